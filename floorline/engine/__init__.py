@@ -1,0 +1,1 @@
+"""The engine: requests, the scheduler, the paged KV cache and the step loop."""

@@ -1,0 +1,62 @@
+"""Linear layers whose output may merge several checkpoint tensors (q|k|v, gate|up)."""
+
+from __future__ import annotations
+
+import torch
+
+from floorline.errors import WeightMismatchError
+from floorline.quant.base import QuantMethod, UnquantizedMethod
+
+
+class Linear(torch.nn.Module):
+    """y = x W^T (+ b), with W stored by a QuantMethod.
+
+    `output_sizes` lists the row blocks of W in order: [out] for a plain projection,
+    [q, k, v] for a merged QKV projection. Each block loads from its own checkpoint tensor.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        output_sizes: list[int],
+        bias: bool = False,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        quant_method: QuantMethod | None = None,
+        prefix: str = "",
+    ):
+        super().__init__()
+        self.in_features = in_features
+        self.output_sizes = list(output_sizes)
+        self.out_features = sum(output_sizes)
+        self.prefix = prefix
+        self.quant_method = quant_method or UnquantizedMethod()
+        self.quant_method.create_weights(self, dtype, torch.device(device))
+        if bias:
+            b = torch.empty(self.out_features, dtype=dtype, device=device)
+            self.bias = torch.nn.Parameter(b, requires_grad=False)  # [out]
+        else:
+            self.bias = None
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        return sum(self.output_sizes[:shard]), self.output_sizes[shard]
+
+    def load(self, shard: int, kind: str, tensor: torch.Tensor) -> None:
+        """Loads one checkpoint tensor: `kind` is "weight" or "bias"."""
+        if kind == "weight":
+            self.quant_method.load_shard(self, shard, tensor)
+            return
+        if self.bias is None:
+            raise WeightMismatchError(f"{self.prefix}: checkpoint has a bias this model does not expect")
+        start, size = self.shard_range(shard)
+        if tuple(tensor.shape) != (size,):
+            raise WeightMismatchError(
+                f"{self.prefix}: bias shard {shard} has shape {tuple(tensor.shape)}, expected {(size,)}"
+            )
+        self.bias.data[start : start + size].copy_(tensor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.quant_method.apply(self, x)  # [num_tokens, out]
+        if self.bias is not None:
+            y = y + self.bias
+        return y

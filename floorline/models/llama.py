@@ -1,0 +1,187 @@
+"""The Llama family in one file: Llama 2/3.x, Mistral, Qwen2/2.5 (QKV bias), Qwen3 (q/k norm), SmolLM2."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from floorline.config import ModelConfig
+from floorline.errors import WeightMismatchError
+from floorline.kernels.activation import silu_and_mul
+from floorline.kernels.rotary import rotary_cos_sin_cache
+from floorline.layers.attention import Attention
+from floorline.layers.embedding import Embedding, LMHead
+from floorline.layers.linear import Linear
+from floorline.layers.norm import RMSNorm
+
+# HF checkpoint name (within a layer) -> (merged module, shard index).
+_MERGED = {
+    "self_attn.q_proj": ("self_attn.qkv_proj", 0),
+    "self_attn.k_proj": ("self_attn.qkv_proj", 1),
+    "self_attn.v_proj": ("self_attn.qkv_proj", 2),
+    "mlp.gate_proj": ("mlp.gate_up_proj", 0),
+    "mlp.up_proj": ("mlp.gate_up_proj", 1),
+}
+# Checkpoint tensors that carry nothing the model needs.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class LlamaAttention(torch.nn.Module):
+    def __init__(self, cfg: ModelConfig, cos_sin: torch.Tensor, dtype: torch.dtype, device, prefix: str):
+        super().__init__()
+        self.cfg = cfg
+        self.qkv_proj = Linear(cfg.hidden_size, [cfg.q_size, cfg.kv_size, cfg.kv_size], cfg.qkv_bias,
+                               dtype, device, prefix=f"{prefix}.qkv_proj")
+        self.o_proj = Linear(cfg.q_size, [cfg.hidden_size], cfg.o_bias, dtype, device, prefix=f"{prefix}.o_proj")
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype, device)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype, device)
+        self.attn = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cos_sin)
+
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        qkv = self.qkv_proj(hidden)  # [n, q + 2 kv]
+        q, k, v = qkv.split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
+        n = hidden.shape[0]
+        q = q.reshape(n, cfg.num_heads, cfg.head_dim)
+        k = k.reshape(n, cfg.num_kv_heads, cfg.head_dim)
+        v = v.reshape(n, cfg.num_kv_heads, cfg.head_dim)
+        if cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        else:
+            q, k = q.contiguous(), k.contiguous()  # rotary runs in place
+        return self.o_proj(self.attn(q, k, v.contiguous(), positions))
+
+
+class LlamaMLP(torch.nn.Module):
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, device, prefix: str):
+        super().__init__()
+        i = cfg.intermediate_size
+        self.gate_up_proj = Linear(cfg.hidden_size, [i, i], cfg.mlp_bias, dtype, device, prefix=f"{prefix}.gate_up_proj")
+        self.down_proj = Linear(i, [cfg.hidden_size], cfg.mlp_bias, dtype, device, prefix=f"{prefix}.down_proj")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(torch.nn.Module):
+    def __init__(self, cfg: ModelConfig, cos_sin: torch.Tensor, dtype: torch.dtype, device, prefix: str):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
+        self.self_attn = LlamaAttention(cfg, cos_sin, dtype, device, f"{prefix}.self_attn")
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
+        self.mlp = LlamaMLP(cfg, dtype, device, f"{prefix}.mlp")
+
+    def forward(
+        self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
+
+
+class LlamaForCausalLM(torch.nn.Module):
+    """forward(input_ids [n], positions [n]) -> hidden [n, h]; compute_logits(hidden) -> [n, vocab] fp32."""
+
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                 max_positions: int | None = None):
+        super().__init__()
+        self.config = cfg
+        max_pos = max_positions or cfg.max_position_embeddings
+        cos_sin = rotary_cos_sin_cache(cfg.head_dim, max_pos, cfg.rope_theta, cfg.rope_scaling).to(device)
+        self.register_buffer("cos_sin_cache", cos_sin, persistent=False)  # [max_pos, head_dim] fp32
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, dtype, device)
+        self.layers = torch.nn.ModuleList(
+            LlamaDecoderLayer(cfg, cos_sin, dtype, device, f"model.layers.{i}") for i in range(cfg.num_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
+        tied = self.embed_tokens if cfg.tie_word_embeddings else None
+        self.lm_head = LMHead(cfg.vocab_size, cfg.hidden_size, dtype, device, tied_to=tied)
+
+    def attention_layers(self) -> list[Attention]:
+        return [layer.self_attn.attn for layer in self.layers]
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed_tokens(input_ids)  # [n, h]
+        residual = None
+        for layer in self.layers:
+            hidden, residual = layer(positions, hidden, residual)
+        hidden, _ = self.norm(hidden, residual)
+        return hidden
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
+
+    # ---- weights -------------------------------------------------------------------------------
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Loads HF-named tensors; raises WeightMismatchError on missing, unexpected or misshaped ones."""
+        expected = self._expected_checkpoint_names()
+        seen: set[str] = set()
+        unexpected: list[str] = []
+        for name, tensor in weights:
+            if name.endswith(_IGNORED_SUFFIXES):
+                continue
+            if name == "lm_head.weight" and self.config.tie_word_embeddings:
+                continue  # some tied checkpoints still store a copy
+            if name not in expected:
+                unexpected.append(name)
+                continue
+            self._load_one(name, tensor)
+            seen.add(name)
+        if unexpected:
+            raise WeightMismatchError(
+                f"checkpoint has {len(unexpected)} tensor(s) this {self.config.architecture} config does not "
+                f"expect, e.g. {', '.join(sorted(unexpected)[:3])}"
+            )
+        missing = sorted(expected - seen)
+        if missing:
+            raise WeightMismatchError(
+                f"checkpoint lacks {len(missing)} tensor(s) the config needs, e.g. {', '.join(missing[:3])}"
+            )
+
+    def _expected_checkpoint_names(self) -> set[str]:
+        cfg = self.config
+        names = {"model.embed_tokens.weight", "model.norm.weight"}
+        if not cfg.tie_word_embeddings:
+            names.add("lm_head.weight")
+        for i in range(cfg.num_layers):
+            p = f"model.layers.{i}"
+            names |= {f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight"}
+            for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+                names.add(f"{p}.self_attn.{proj}.weight")
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                names.add(f"{p}.mlp.{proj}.weight")
+                if cfg.mlp_bias:
+                    names.add(f"{p}.mlp.{proj}.bias")
+            if cfg.qkv_bias:
+                names |= {f"{p}.self_attn.{x}_proj.bias" for x in "qkv"}
+            if cfg.o_bias:
+                names.add(f"{p}.self_attn.o_proj.bias")
+            if cfg.qk_norm:
+                names |= {f"{p}.self_attn.q_norm.weight", f"{p}.self_attn.k_norm.weight"}
+        return names
+
+    def _load_one(self, name: str, tensor: torch.Tensor) -> None:
+        module_path, kind = name.rsplit(".", 1)
+        if module_path.startswith("model.layers."):
+            _, _, idx, local = module_path.split(".", 3)
+            target, shard = _MERGED.get(local, (local, 0))
+            module = self.layers[int(idx)].get_submodule(target)
+        else:
+            shard = 0
+            module = {"model.embed_tokens": self.embed_tokens, "model.norm": self.norm,
+                      "lm_head": self.lm_head}[module_path]
+        if isinstance(module, Linear):
+            module.load(shard, kind, tensor)
+            return
+        param = getattr(module, kind)
+        if tuple(param.shape) != tuple(tensor.shape):
+            raise WeightMismatchError(f"{name} has shape {tuple(tensor.shape)}, the config expects {tuple(param.shape)}")
+        param.data.copy_(tensor)

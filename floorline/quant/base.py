@@ -1,0 +1,46 @@
+"""QuantMethod: how a Linear creates, loads and applies its weights (bf16 is the plain method)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from floorline.errors import WeightMismatchError
+
+
+class QuantMethod:
+    """Strategy a `Linear` delegates to; the loader never looks at the quantization type."""
+
+    name = "base"
+
+    def create_weights(self, layer: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+        raise NotImplementedError
+
+    def load_shard(self, layer: torch.nn.Module, shard: int, tensor: torch.Tensor) -> None:
+        """Copies the checkpoint tensor of output shard `shard` (e.g. q, k or v) into the layer."""
+        raise NotImplementedError
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class UnquantizedMethod(QuantMethod):
+    """Weights kept in the model dtype; `apply` is a plain matmul."""
+
+    name = "none"
+
+    def create_weights(self, layer: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+        weight = torch.empty(layer.out_features, layer.in_features, dtype=dtype, device=device)
+        layer.weight = torch.nn.Parameter(weight, requires_grad=False)  # [out, in]
+
+    def load_shard(self, layer: torch.nn.Module, shard: int, tensor: torch.Tensor) -> None:
+        start, size = layer.shard_range(shard)
+        expected = (size, layer.in_features)
+        if tuple(tensor.shape) != expected:
+            raise WeightMismatchError(
+                f"{layer.prefix}: shard {shard} has shape {tuple(tensor.shape)}, expected {expected}"
+            )
+        layer.weight.data[start : start + size].copy_(tensor)
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, layer.weight)
