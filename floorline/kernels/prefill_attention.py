@@ -1,0 +1,172 @@
+"""Varlen paged prefill attention in Triton: many sequences (chunks) of any q_len in one launch.
+
+Program `(seq, tile, kv_head)` owns `TOKENS_PER_TILE` consecutive query tokens of one sequence
+and all `group` query heads that share `kv_head`, packed as `BLOCK_M = tokens * group` rows (row
+`r` is token `r // group`, head `r % group`), so each KV tile is read once per group. It walks
+the sequence's KV through the block table with an online softmax in float32: first the tiles
+every row sees in full (the cached prefix and earlier chunk tokens, no mask), then the causal
+diagonal. Tiles past a sequence's `q_len` exit at once, so q_len 1 rows (decode tokens in a
+mixed batch) cost one small program.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from floorline.kernels.paged_attention import check_paged_inputs
+
+
+@triton.jit
+def _attend_tile(
+    q, acc, m_i, l_i, n0, kv_end, row_pos,
+    table_row, k_head, v_head, d, d_ok,
+    qk_scale, stride_kb, stride_ks, stride_vb, stride_vs,
+    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One online-softmax step over KV positions n0..n0+BLOCK_N (masked only when CAUSAL)."""
+    pos = n0 + tl.arange(0, BLOCK_N)
+    if CAUSAL:
+        valid = pos < kv_end
+        block = tl.load(table_row + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
+    else:
+        block = tl.load(table_row + pos // BLOCK_SIZE).to(tl.int64)
+    slot_off = pos % BLOCK_SIZE
+    k_ptrs = k_head + block[:, None] * stride_kb + slot_off[:, None] * stride_ks + d[None, :]
+    v_ptrs = v_head + block[:, None] * stride_vb + slot_off[:, None] * stride_vs + d[None, :]
+    if CAUSAL:
+        kv_mask = valid[:, None] & d_ok[None, :]
+    else:
+        kv_mask = d_ok[None, :]
+    k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+    if CAUSAL:
+        s = tl.where((pos[None, :] <= row_pos[:, None]) & valid[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _prefill_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr,
+    query_start_loc_ptr, seq_lens_ptr, block_tables_ptr,
+    qk_scale,
+    stride_qt, stride_qh,
+    stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh,
+    stride_bt,
+    stride_ot, stride_oh,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TOKENS_PER_TILE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
+    seq = tl.program_id(0)
+    tile = tl.program_id(1)
+    kv_head = tl.program_id(2)
+    q_start = tl.load(query_start_loc_ptr + seq)
+    q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+    tok0 = tile * TOKENS_PER_TILE
+    if tok0 >= q_len:
+        return
+    seq_len = tl.load(seq_lens_ptr + seq)
+    first_pos = seq_len - q_len + tok0  # position of the tile's first query token
+
+    rows = tl.arange(0, BLOCK_M)
+    tok = tok0 + rows // GROUP
+    heads = kv_head * GROUP + rows % GROUP
+    row_ok = (rows < TOKENS_PER_TILE * GROUP) & (tok < q_len)
+    # Padding rows get positions >= seq_len: they see every KV position, so stay finite.
+    row_pos = first_pos + rows // GROUP
+    d = tl.arange(0, D_PAD)
+    d_ok = d < HEAD_DIM
+    tok_idx = (q_start + tok).to(tl.int64)
+    io_mask = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(q_ptr + tok_idx[:, None] * stride_qt + heads[:, None] * stride_qh + d[None, :], mask=io_mask, other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    table_row = block_tables_ptr + seq * stride_bt
+    k_head = k_ptr + kv_head * stride_kh
+    v_head = v_ptr + kv_head * stride_vh
+    # Positions 0..first_pos are visible to every row: whole tiles there need no mask.
+    full_end = (first_pos + 1) // BLOCK_N * BLOCK_N
+    # One past the last valid row's position (<= seq_len).
+    kv_end = tl.minimum(first_pos + TOKENS_PER_TILE, seq_len)
+    for n0 in range(0, full_end, BLOCK_N):
+        acc, m_i, l_i = _attend_tile(
+            q, acc, m_i, l_i, n0, kv_end, row_pos, table_row, k_head, v_head, d, d_ok,
+            qk_scale, stride_kb, stride_ks, stride_vb, stride_vs,
+            BLOCK_SIZE, BLOCK_N, False, DOT_PRECISION,
+        )  # fmt: skip
+    # The diagonal. A row sees position first_pos here or in the loop above, so m_i stays finite.
+    for n0 in range(full_end, kv_end, BLOCK_N):
+        acc, m_i, l_i = _attend_tile(
+            q, acc, m_i, l_i, n0, kv_end, row_pos, table_row, k_head, v_head, d, d_ok,
+            qk_scale, stride_kb, stride_ks, stride_vb, stride_vs,
+            BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION,
+        )  # fmt: skip
+
+    o = acc / l_i[:, None]
+    tl.store(
+        out_ptr + tok_idx[:, None] * stride_ot + heads[:, None] * stride_oh + d[None, :],
+        o.to(out_ptr.dtype.element_ty),
+        mask=io_mask,
+    )
+
+
+def prefill_attention(
+    q: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    query_start_loc: torch.Tensor,  # [num_seqs + 1] int32
+    seq_lens: torch.Tensor,  # [num_seqs] int32
+    block_tables: torch.Tensor,  # [num_seqs, max_blocks] int32
+    scale: float,
+    max_query_len: int,
+    out: torch.Tensor | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+) -> torch.Tensor:
+    """Causal varlen paged attention for any mix of q_len (>= 0) -> [num_tokens, num_heads, head_dim]."""
+    check_paged_inputs(q, key_cache, value_cache, query_start_loc, seq_lens, block_tables, out)
+    num_tokens, num_heads, head_dim = q.shape
+    block_size, num_kv_heads = key_cache.shape[1], key_cache.shape[2]
+    group = num_heads // num_kv_heads
+    num_seqs = seq_lens.shape[0]
+    if out is None:
+        out = torch.empty_like(q)
+    if num_seqs == 0 or num_tokens == 0 or max_query_len <= 0:
+        return out
+    d_pad = triton.next_power_of_2(head_dim)
+    if block_m is None:
+        block_m = 128 if d_pad <= 128 else 64
+    # A tile must hold at least one token's whole group.
+    block_m = max(block_m, 16, triton.next_power_of_2(group))
+    if block_n is None:
+        block_n = 64 if d_pad <= 128 else 32
+    tokens_per_tile = block_m // group
+    grid = (num_seqs, triton.cdiv(max_query_len, tokens_per_tile), num_kv_heads)
+    _prefill_kernel[grid](
+        q, key_cache, value_cache, out,
+        query_start_loc, seq_lens, block_tables,
+        scale * math.log2(math.e),
+        q.stride(0), q.stride(1),
+        key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
+        value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
+        block_tables.stride(0),
+        out.stride(0), out.stride(1),
+        GROUP=group, HEAD_DIM=head_dim, D_PAD=d_pad,
+        BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n,
+        TOKENS_PER_TILE=tokens_per_tile, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=8 if block_m >= 128 else 4,
+    )  # fmt: skip
+    return out

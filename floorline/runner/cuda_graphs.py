@@ -1,0 +1,101 @@
+"""CUDA graphs for decode steps: captured once per batch-size bucket, replayed with static buffers.
+
+A decode step of an 8B model is ~300 kernel launches; launched from Python each costs several
+microseconds of host time and leaves the GPU idle in between. One graph replay per step removes
+those gaps. Graphs cover pure-decode batches (one new token per sequence); prefill runs eagerly.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from floorline.config import ModelConfig
+from floorline.kernels.decode_attention import decode_num_splits, num_sms_of
+from floorline.runner.forward_context import AttentionMetadata, forward_context
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """1, 2, 4, 8, 16, 24, 32, 40, ... (steps of 8 past 8) up to max_batch."""
+    sizes = [b for b in (1, 2, 4, 8) if b < max_batch]
+    sizes += list(range(16, max_batch, 8))
+    return sorted(set(sizes + [max_batch]))
+
+
+class DecodeGraphs:
+    """Holds one captured graph per bucket and the static buffers every graph reads."""
+
+    def __init__(self, model: torch.nn.Module, cfg: ModelConfig, max_batch: int, max_model_len: int,
+                 block_size: int, device: torch.device):
+        self.model = model
+        self.cfg = cfg
+        self.buckets = batch_buckets(max_batch)
+        self.max_batch = self.buckets[-1]
+        self.max_model_len = max_model_len
+        self.max_blocks = -(-max_model_len // block_size)
+        n = self.max_batch
+        self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
+        self.positions = torch.zeros(n, dtype=torch.int64, device=device)
+        self.slot_mapping = torch.full((n,), -1, dtype=torch.int64, device=device)
+        self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
+        self.block_tables = torch.zeros(n, self.max_blocks, dtype=torch.int32, device=device)
+        self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
+        self.num_sms = num_sms_of(device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.logits: dict[int, torch.Tensor] = {}  # [bucket, vocab] fp32, written by each replay
+        self.capture_seconds = 0.0
+
+    def _meta(self, b: int) -> AttentionMetadata:
+        return AttentionMetadata(
+            slot_mapping=self.slot_mapping[:b], query_start_loc=self.query_start_loc[: b + 1],
+            seq_lens=self.seq_lens[:b], block_tables=self.block_tables[:b], max_query_len=1,
+            max_seq_len=self.max_model_len,
+            decode_num_splits=decode_num_splits(b, self.cfg.num_kv_heads, self.max_model_len, self.num_sms),
+        )
+
+    def _forward(self, b: int) -> torch.Tensor:
+        with forward_context(self._meta(b)):
+            hidden = self.model(self.input_ids[:b], self.positions[:b])
+        return self.model.compute_logits(hidden)
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        """Warms up (compiles every kernel) and captures the largest bucket first so the rest share its pool."""
+        t0 = time.perf_counter()
+        pool = None
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for b in reversed(self.buckets):
+                for _ in range(2):
+                    self._forward(b)  # slot -1: nothing is written to the cache
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, stream=stream):
+                    self.logits[b] = self._forward(b)
+                pool = graph.pool() if pool is None else pool
+                self.graphs[b] = graph
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+        self.capture_seconds = time.perf_counter() - t0
+
+    def can_run(self, num_seqs: int, max_seq_len: int) -> bool:
+        return bool(self.graphs) and num_seqs <= self.max_batch and max_seq_len <= self.max_model_len
+
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Replays the smallest bucket that holds the batch; returns logits [num_seqs, vocab]."""
+        n = input_ids.shape[0]
+        b = next(x for x in self.buckets if x >= n)
+        self.input_ids[:n].copy_(input_ids, non_blocking=True)
+        self.positions[:n].copy_(positions, non_blocking=True)
+        self.slot_mapping[:n].copy_(meta.slot_mapping, non_blocking=True)
+        self.seq_lens[:n].copy_(meta.seq_lens, non_blocking=True)
+        width = meta.block_tables.shape[1]
+        self.block_tables[:n, :width].copy_(meta.block_tables, non_blocking=True)
+        if b > n:  # padding rows: write nothing, attend to one token of block 0
+            self.slot_mapping[n:b].fill_(-1)
+            self.seq_lens[n:b].fill_(1)
+            self.block_tables[n:b, 0].fill_(0)
+        self.graphs[b].replay()
+        return self.logits[b][:n]
