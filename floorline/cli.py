@@ -73,8 +73,8 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_generate(ns: argparse.Namespace) -> int:
+    params = sampling_params_from(ns)  # bad values fail before the model loads
     llm = _build_llm(ns)
-    params = sampling_params_from(ns)
     prompt = ns.prompt
     if ns.chat:
         prompt = llm.tokenizer.encode_chat([{"role": "user", "content": ns.prompt}])
@@ -120,8 +120,8 @@ def _chat_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_chat(ns: argparse.Namespace) -> int:
-    llm = _build_llm(ns)
     params = sampling_params_from(ns)
+    llm = _build_llm(ns)
     history: list[dict[str, str]] = [{"role": "system", "content": ns.system}] if ns.system else []
     interactive = sys.stdin.isatty()
     if interactive:

@@ -13,23 +13,7 @@ transformers = pytest.importorskip("transformers")
 from floorline.api import LLM  # noqa: E402
 from floorline.sampling_params import SamplingParams  # noqa: E402
 
-VOCAB = 211
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                   eos_token_id=None, bos_token_id=None)
-    torch.manual_seed(1)
-    model = transformers.LlamaForCausalLM(cfg)
-    with torch.no_grad():  # larger weights make the greedy choice depend on the whole context
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    model.save_pretrained(path, safe_serialization=True)
-    return str(path)
+from tests.engine.conftest import VOCAB  # noqa: E402
 
 
 def prompts(n: int, seed: int = 0, lo: int = 3, hi: int = 60) -> list[list[int]]:
