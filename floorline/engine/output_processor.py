@@ -62,6 +62,7 @@ class CompletionState:
         self._text = ""  # all detokenized text (stop-string truncation applied at the end)
         self._emitted = 0  # chars of _text already reported
         self._hold = max((len(s) for s in params.stop), default=1) - 1 if params.stop else 0
+        self._stopped_on_string = False
 
     def add(self, token_ids: list[int], logprobs: list[Logprob] | None) -> str | None:
         """Adds tokens; returns the stop string if one appeared (the caller then finishes the request)."""
@@ -79,11 +80,14 @@ class CompletionState:
             if pos != -1:
                 end = pos + len(stop) if self.params.include_stop_str_in_output else pos
                 self._text = self._text[:end]
+                self._stopped_on_string = True
                 return stop
         return None
 
     def flush(self, finished: bool) -> None:
         """Moves newly safe text into the output: all of it once finished, else all but a stop-string tail."""
+        if finished and self.detok is not None and not self._stopped_on_string:
+            self._text += self.detok.flush()  # a held-back partial character, as decode() shows it
         limit = len(self._text) if finished else max(self._emitted, len(self._text) - self._hold)
         self.output.delta_text = self._text[self._emitted:limit]
         self.output.text = self._text[:limit]
