@@ -199,4 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the imported module so that commands registered by other modules (which import
+    # `floorline.cli`, not `__main__`) land in the same COMMANDS table.
+    from floorline.cli import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The GPU testing routine, in one call on the GPU machine (see docs/GPU.md):
+#   1. the GPU test suite (bf16 kernels vs references, graphs vs eager, engine vs the CPU path);
+#   2. the skinny-GEMM sweep against cuBLAS (STAGES contains "gemv");
+#   3. the decode benchmark at the issue's contexts (STAGES contains "decode").
+# Logs go to $OUT (or ./gpu_out); the last lines printed are the tables.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
+STAGES=${STAGES:-"tests gemv decode"}
+MODEL=${MODEL:-llama-3.1-8b}
+CONTEXTS=${CONTEXTS:-2048,4096,8192,16384}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+status=0
+if [[ $STAGES == *tests* ]]; then
+  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests -x --timeout 240 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 || status=1
+fi
+if [[ $STAGES == *gemv* ]] && [ -f floorline/bench/kernels.py ]; then
+  timeout 240 python3 -m floorline.bench.kernels --sweep --out "$OUT/gemv_best.json" 2>&1 | tee "$OUT/gemv.log" | tail -40 || status=1
+fi
+if [[ $STAGES == *decode* ]]; then
+  for mode in ${DECODE_MODES:-graphs eager}; do
+    flag=""; [ "$mode" = eager ] && flag="--enforce-eager"
+    timeout 240 python3 -m floorline.cli bench decode --model "$MODEL" --load-format dummy --contexts "$CONTEXTS" \
+      $flag --json "$OUT/decode_$mode.json" 2>&1 | tee "$OUT/decode_$mode.log" | tail -12 || status=1
+  done
+fi
+exit $status

@@ -1,0 +1,79 @@
+"""`floorline floor` and `floorline plan` through floorline.cli.main: tables, JSON, errors, plots."""
+
+import json
+
+import pytest
+import torch
+
+from floorline.cli import main
+
+
+def test_floor_table(capsys):
+    assert main(["floor", "--model", "llama-3.1-8b", "--gpu", "h100", "--context", "2048,16k",
+                 "--bandwidth", "2.88TB/s"]) == 0
+    out = capsys.readouterr().out
+    assert "llama-3.1-8b" in out and "H100 SXM" in out
+    assert "5.305" in out and "5.957" in out and "16384" in out
+
+
+def test_floor_json(capsys):
+    assert main(["floor", "-m", "llama-3.1-8b", "--gpu", "h100,l4", "--context", "2048,4096", "--batch", "1,8",
+                 "--weight-format", "int4", "--kv-format", "fp8", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["floors"]) == 8 and data["measurements"] == []
+    row = data["floors"][0]
+    assert row["gpu"] == "H100 SXM" and row["weight_format"] == "int4" and row["kv_format"] == "fp8"
+    assert row["floor_ms"] == pytest.approx(row["floor_s"] * 1e3)
+
+
+def test_plan_table_and_json(capsys):
+    assert main(["plan", "--model", "llama-3.1-8b", "--gpus", "h100,l4,rtx4090"]) == 0
+    out = capsys.readouterr().out
+    assert "16.06 GB" in out and "131,072 bytes per token" in out and "RTX 4090" in out
+    assert main(["plan", "-m", "deepseek-v3", "--gpus", "h200", "--weight-format", "fp8", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["gpus"][0]["fits"] is False and data["kv_bytes_per_token"] == 70272
+    assert "each token reads 37B" in data["params_text"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["floor", "-m", "llama-3.1-8b", "--gpu", "v100"], "unknown GPU 'v100'; known: L4"),
+    (["floor", "-m", "llama-3.1-8b", "--gpu", "h100", "--context", "200000"],
+     "200000 exceeds llama-3.1-8b's maximum context of 131072"),
+    (["floor", "-m", "llama-3.1-8b", "--gpu", "h100", "--weight-format", "int3"],
+     "unknown weight format 'int3'; accepted:"),
+    (["floor", "-m", "llama-3.1-8b", "--gpu", "h100", "--kv-format", "q4"], "unknown KV-cache format 'q4'; accepted:"),
+    (["floor", "-m", "llama-3.1-8b", "--gpu", "h100", "--context", "lots"], "bad context 'lots'"),
+    (["plan", "-m", "llama-3.1-8b", "--gpus", "h100,tpu"], "unknown GPU 'tpu'"),
+    (["plan", "-m", "no-such-model", "--gpus", "h100"], "not found"),
+])
+def test_errors_are_one_line_exit_2(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_measure_without_cuda(capsys):
+    assert main(["floor", "-m", "llama-3.1-8b", "--gpu", "h100", "--measure"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert main(["floor", "-m", "llama-3.1-8b"]) == 2  # no --gpu and none present
+    assert "name a GPU with --gpu" in capsys.readouterr().err
+
+
+def test_plot_written(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "floor.png"
+    assert main(["floor", "-m", "llama-3.1-8b", "--gpu", "h100,l4", "--context", "2048,4096,8192",
+                 "--plot", str(path)]) == 0
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_plot_of_measurements(tmp_path):
+    pytest.importorskip("matplotlib")
+    from floorline.analysis.report import plot_series
+
+    path = tmp_path / "ratio.png"
+    plot_series(str(path), {"a": [(2048, 1.3), (4096, 1.25)], "b": [(2048, 1.5), (4096, 1.4)]}, "ratio", "t")
+    assert path.stat().st_size > 0
