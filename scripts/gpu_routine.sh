@@ -18,15 +18,16 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,nohea
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 status=0
 if [[ $STAGES == *tests* ]]; then
-  timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests -x --timeout 240 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 || status=1
+  timeout ${TEST_TIMEOUT:-180} python3 -m pytest -q -m gpu -p no:cacheprovider tests -x --timeout 240 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 || status=1
 fi
 if [[ $STAGES == *gemv* ]] && [ -f floorline/bench/kernels.py ]; then
-  timeout 240 python3 -m floorline.bench.kernels --sweep --out "$OUT/gemv_best.json" 2>&1 | tee "$OUT/gemv.log" | tail -40 || status=1
+  timeout ${GEMV_TIMEOUT:-170} python3 -m floorline.bench.kernels --sweep --budget-s ${GEMV_BUDGET:-140} --out "$OUT/gemv_best.json" 2>&1 | tee "$OUT/gemv.log" | tail -40 || status=1
 fi
 if [[ $STAGES == *decode* ]]; then
   for mode in ${DECODE_MODES:-graphs eager}; do
     flag=""; [ "$mode" = eager ] && flag="--enforce-eager"
-    timeout 240 python3 -m floorline.cli bench decode --model "$MODEL" --load-format dummy --contexts "$CONTEXTS" \
+    ctx=$CONTEXTS; [ "$mode" = eager ] && ctx=${EAGER_CONTEXTS:-2048}
+    timeout ${DECODE_TIMEOUT:-110} python3 -m floorline.cli bench decode --model "$MODEL" --load-format dummy --contexts "$ctx" \
       $flag --json "$OUT/decode_$mode.json" 2>&1 | tee "$OUT/decode_$mode.log" | tail -12 || status=1
   done
 fi

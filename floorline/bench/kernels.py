@@ -17,6 +17,7 @@ import json
 import math
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,7 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from floorline.kernels.skinny_gemm import (
-    SkinnyConfig, auto_split_k, get_config, m_bucket, num_sms_of, skinny_gemm_triton,
+    SkinnyConfig,
+    auto_split_k,
+    get_config,
+    m_bucket,
+    num_sms_of,
+    skinny_gemm_triton,
 )
 
 SHAPES: dict[str, tuple[int, int]] = {  # name -> (K, N) of Llama-3.1-8B at tensor parallelism 1
@@ -129,7 +135,13 @@ class Row:
     cublas_s: float
     best: SkinnyConfig | None = None
     best_s: float = math.inf
+    tried: list[tuple[SkinnyConfig, float]] = dataclasses.field(default_factory=list)
     failures: list[str] = dataclasses.field(default_factory=list)
+    cut_short: bool = False  # the time budget ran out before every candidate was timed
+
+
+def short(c: SkinnyConfig) -> str:
+    return f"{'dot' if c.use_dot else 'fma'} n{c.block_n} k{c.block_k} s{c.split_k} w{c.num_warps} st{c.num_stages}"
 
 
 def _try_config(cfg: SkinnyConfig, x: torch.Tensor, weights: list[torch.Tensor], ref: torch.Tensor) -> tuple[float, str]:
@@ -139,13 +151,17 @@ def _try_config(cfg: SkinnyConfig, x: torch.Tensor, weights: list[torch.Tensor],
         if not err < MAX_REL_ERROR:
             return math.inf, f"{cfg}: relative error {err:.3g}"
         return time_per_call([lambda w=w: skinny_gemm_triton(x, w, config=cfg) for w in weights]), ""
-    except Exception as exc:  # a config the compiler or the GPU rejects is skipped, not fatal
+    except Exception as exc:  # noqa: BLE001 - a config the compiler or the GPU rejects is skipped
         return math.inf, f"{cfg}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
 
 
 def bench_shape(name: str, k: int, n: int, ms: tuple[int, ...], sweep: bool, device: torch.device,
-                dtype: torch.dtype = torch.bfloat16) -> list[Row]:
-    """cuBLAS and the default (or best swept) Triton config for one weight shape at each M."""
+                dtype: torch.dtype = torch.bfloat16, deadline: float = math.inf) -> list[Row]:
+    """cuBLAS and the default (or best swept) Triton config for one weight shape at each M.
+
+    Past `deadline` (time.monotonic()) a sweep keeps only what it has timed, so a run under an outer
+    timeout still prints its table.
+    """
     num_sms = num_sms_of(device)
     w_bytes = n * k * dtype.itemsize
     l2 = 0  # off-GPU (tests of this module): two copies
@@ -158,24 +174,31 @@ def bench_shape(name: str, k: int, n: int, ms: tuple[int, ...], sweep: bool, dev
         x = torch.randn(m, k, dtype=dtype, device=device)
         ref = F.linear(x, weights[0])
         row = Row(name, k, n, m, w_bytes + dtype.itemsize * m * (k + n),
-                  time_per_call([lambda w=w: F.linear(x, w) for w in weights]))
+                  time_per_call([lambda w=w, x=x: F.linear(x, w) for w in weights]))
+        # The default config goes first: it is what runs today, and what a cut-short row keeps.
+        configs = [get_config(n, k, m, device)]
         if sweep:
-            configs = [dataclasses.replace(c, split_k=auto_split_k(n, k, c.block_n, c.block_k, num_sms))
-                       for c in base_candidates(m)]
-        else:
-            configs = [get_config(n, k, m, device)]
+            configs += [c for c in (dataclasses.replace(c, split_k=auto_split_k(n, k, c.block_n, c.block_k, num_sms))
+                                    for c in base_candidates(m)) if c not in configs]
         for phase in (0, 1):
             for cfg in configs:
+                if row.best is not None and time.monotonic() > deadline:
+                    row.cut_short = True
+                    break
                 secs, why = _try_config(cfg, x, weights, ref)
                 if why:
                     row.failures.append(why)
-                elif secs < row.best_s:
+                    continue
+                row.tried.append((cfg, secs))
+                print(f"    {name} M={m} {short(cfg)}: {secs * 1e6:.1f} us", flush=True)
+                if secs < row.best_s:
                     row.best, row.best_s = cfg, secs
-            if not sweep or row.best is None or phase == 1:
+            if not sweep or row.best is None or row.cut_short or phase == 1:
                 break
             configs = split_variants(row.best, n, k)
         rows.append(row)
-        print(f"  {name} M={m}: cuBLAS {row.cublas_s * 1e6:.1f} us, Triton {row.best_s * 1e6:.1f} us", flush=True)
+        print(f"  {name} M={m}: cuBLAS {row.cublas_s * 1e6:.1f} us, best Triton {row.best_s * 1e6:.1f} us"
+              + (" (time budget hit)" if row.cut_short else ""), flush=True)
     del weights
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -195,11 +218,8 @@ def print_table(rows: list[Row], bw: float) -> None:
             line += f"{'FAILED':>10}"
         else:
             gbs = r.nbytes / r.best_s / 1e9
-            c = r.best
-            cfg = (f"{'dot' if c.use_dot else 'fma'} n{c.block_n} k{c.block_k} s{c.split_k} "
-                   f"w{c.num_warps} st{c.num_stages}")
             line += (f"{r.best_s * 1e6:>10.1f} {gbs:>6.0f} {100 * gbs * 1e9 / bw:>5.1f} "
-                     f"{r.cublas_s / r.best_s:>6.2f}x  {cfg}")
+                     f"{r.cublas_s / r.best_s:>6.2f}x  {short(r.best)}" + (" *" if r.cut_short else ""))
         print(line)
 
 
@@ -207,7 +227,8 @@ def write_json(rows: list[Row], bw: float, path: Path, gpu: str) -> None:
     """The best config per (N, K, M-bucket), in the format `load_tuned_configs` reads."""
     entries = [
         dict(n=r.n, k=r.k, m_bucket=m_bucket(r.m), config=r.best.as_dict(), us=round(r.best_s * 1e6, 2),
-             gbps=round(r.nbytes / r.best_s / 1e9, 1), cublas_us=round(r.cublas_s * 1e6, 2))
+             gbps=round(r.nbytes / r.best_s / 1e9, 1), cublas_us=round(r.cublas_s * 1e6, 2),
+             tried=[[short(c), round(t * 1e6, 2)] for c, t in r.tried])
         for r in rows if r.best is not None
     ]
     doc = dict(gpu=gpu, read_gbps=round(bw / 1e9, 1), torch=torch.__version__,
@@ -226,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="write the best configs as JSON here")
     p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     p.add_argument("--m", nargs="+", type=int, default=list(M_VALUES), help="row counts, 1..16")
+    p.add_argument("--budget-s", type=float, default=170.0,
+                   help="sweep time budget; past it each remaining row keeps its first timed config")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("floorline.bench.kernels: needs a CUDA GPU (none is visible)", file=sys.stderr)
@@ -237,15 +260,15 @@ def main(argv: list[str] | None = None) -> int:
 
     device = torch.device("cuda", torch.cuda.current_device())
     bw = read_bandwidth(device)
-    print(f"GPU {torch.cuda.get_device_name(device)} | torch {torch.__version__} | triton {triton.__version__} | "
-          f"bf16 | measured read bandwidth {bw / 1e9:.0f} GB/s | mode {'sweep' if args.sweep else 'quick'}")
-    print("times: median per launch over CUDA-graph replays, weights rotated past L2; floor = bytes / read BW")
+    header = (f"GPU {torch.cuda.get_device_name(device)} | torch {torch.__version__} | triton {triton.__version__} | "
+              f"bf16 | measured read bandwidth {bw / 1e9:.0f} GB/s | mode {'sweep' if args.sweep else 'quick'}\n"
+              "times: median per launch over CUDA-graph replays, weights rotated past L2; floor = bytes / read BW")
+    print(header, flush=True)
+    deadline = time.monotonic() + args.budget_s
     rows = []
     for name in args.shapes:
         k, n = SHAPES[name]
-        rows += bench_shape(name, k, n, tuple(args.m), args.sweep, device)
-    print()
-    print_table(rows, bw)
+        rows += bench_shape(name, k, n, tuple(args.m), args.sweep, device, deadline=deadline)
     failures = [f for r in rows for f in r.failures]
     if failures:
         print(f"\n{len(failures)} config(s) rejected:")
@@ -259,6 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         write_json(rows, bw, args.out, torch.cuda.get_device_name(device))
         print(f"\nwrote {args.out}")
+    # The table comes last so that the tail of the log is the result.
+    print()
+    print(header)
+    print_table(rows, bw)
+    if any(r.cut_short for r in rows):
+        print("* time budget hit: not every candidate was timed for this row")
     # Quick mode is a test: any default config failing its check fails the run.
     return 1 if (not args.sweep and failures) or any(r.best is None for r in rows) else 0
 

@@ -40,6 +40,7 @@ class EngineArgs:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     enforce_eager: bool = False  # CUDA only: skip CUDA-graph capture (graphs are never used on CPU)
+    async_scheduling: bool | None = None  # schedule step N+1 while N runs; None: on for CUDA
 
 
 class LLMEngine:
@@ -79,6 +80,9 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, cfg, args.block_size, self.device, self.eos_token_ids)
         if self.device.type == "cuda" and not args.enforce_eager:
             self.startup_times["graph_capture"] = self.runner.capture_cuda_graphs(args.max_num_seqs, max_len)
+        self.async_scheduling = (self.device.type == "cuda" if args.async_scheduling is None
+                                 else args.async_scheduling)
+        self._inflight = None  # (SchedulerOutput, StepHandle) of a launched, unapplied step
         self.requests: dict[str, RequestState] = {}
         self._child_to_parent: dict[str, str] = {}
         self._ids = itertools.count()
@@ -153,9 +157,24 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """One engine step; returns an output for every request that got new tokens or finished."""
-        sched_out = self.scheduler.schedule()
-        runner_out = self.runner.execute(sched_out)
-        updates = self.scheduler.update(sched_out, runner_out)
+        if not self.async_scheduling:
+            sched_out = self.scheduler.schedule()
+            runner_out = self.runner.execute(sched_out)
+            updates = self.scheduler.update(sched_out, runner_out)
+            return self._process(updates)
+        return self._step_async()
+
+    def _step_async(self) -> list[RequestOutput]:
+        """The same three calls, one step apart: step N+1 is scheduled and launched before N's tokens
+        are read, so host work (update, detokenize, schedule, inputs) overlaps the GPU."""
+        if self._inflight is None:
+            sched_out = self.scheduler.schedule()
+            self._inflight = (sched_out, self.runner.launch(sched_out))
+        next_out = self.scheduler.schedule(ahead=True)
+        next_handle = self.runner.launch(next_out)
+        sched_out, handle = self._inflight
+        self._inflight = (next_out, next_handle) if not next_out.is_empty else None
+        updates = self.scheduler.update(sched_out, handle.result())
         return self._process(updates)
 
     def _process(self, updates) -> list[RequestOutput]:

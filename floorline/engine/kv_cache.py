@@ -128,7 +128,7 @@ class KVCacheManager:
         computed = computed_blocks or []
         if computed and request.block_ids:
             raise ValueError(f"{request.request_id}: computed blocks given but blocks held")
-        num_computed = request.num_computed_tokens + len(computed) * self.block_size
+        num_computed = request.num_computed_tokens + request.num_inflight_tokens + len(computed) * self.block_size
         num_held = len(request.block_ids) + len(computed)
         num_new_blocks = max(0, self.blocks_needed(num_computed + num_new_tokens) - num_held)
         # A cached hit on the free queue stops being free once this request takes it.

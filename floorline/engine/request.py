@@ -66,6 +66,10 @@ class Request:
 
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
+        # Scheduled ahead (async scheduling): tokens in a step not yet applied by update(), and
+        # sampled tokens that step will produce. Both are 0 whenever nothing is in flight.
+        self.num_inflight_tokens = 0
+        self.num_placeholders = 0
         self.block_ids: list[int] = []  # written by KVCacheManager only
         self.num_preemptions = 0
         self.finish_reason: str | None = None
@@ -79,6 +83,13 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self._all_token_ids)
+
+    @property
+    def async_safe(self) -> bool:
+        """Whether its next step may be scheduled before its last token is known: penalties and
+        min_tokens read the output history on the host, so they wait for it."""
+        params = self.sampling_params
+        return not params.uses_penalties and params.min_tokens == 0
 
     @property
     def num_prompt_tokens(self) -> int:

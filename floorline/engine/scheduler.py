@@ -145,8 +145,14 @@ class Scheduler:
 
     # ---- one step ---------------------------------------------------------------------------
 
-    def schedule(self) -> SchedulerOutput:
-        """Picks this step's requests and token counts, allocating their KV blocks."""
+    def schedule(self, ahead: bool = False) -> SchedulerOutput:
+        """Picks this step's requests and token counts, allocating their KV blocks.
+
+        `ahead=True` schedules while the previous step is still in flight (async scheduling): a
+        request's pending sampled token is a placeholder the runner fills on the device. Such a
+        step never preempts (in-flight KV would be lost) and skips requests that are not
+        `async_safe` or whose in-flight token may already be their last.
+        """
         out = SchedulerOutput(finished_request_ids=self._finished_ids)
         self._finished_ids = set()
         budget = self.config.max_num_batched_tokens
@@ -156,25 +162,45 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            start = request.num_computed_tokens + request.num_inflight_tokens
+            remaining = request.num_tokens + request.num_placeholders - start
+            if remaining <= 0 or (request.num_placeholders and not self._may_run_ahead(request)):
+                i += 1
+                continue
+            num_new = min(remaining, budget)
             while (new_blocks := self.kv.allocate_slots(request, num_new)) is None:
+                if ahead:
+                    break
                 victim = self.running[-1]
                 self._preempt(victim)
                 out.preempted_request_ids.add(victim.request_id)
                 if victim is request:
                     break
             if new_blocks is None:
-                break  # it preempted itself: it was the last running request
-            out.cached_requests.append(
-                CachedRequestData(request.request_id, new_blocks, request.num_computed_tokens)
-            )
+                break  # no room: preempted itself (the last running request), or ahead
+            out.cached_requests.append(CachedRequestData(request.request_id, new_blocks, start))
             out.num_scheduled_tokens[request.request_id] = num_new
+            self._mark_scheduled(request, start, num_new)
             budget -= num_new
             i += 1
 
         if not out.preempted_request_ids:
             self._admit_waiting(out, budget)
         return out
+
+    def _may_run_ahead(self, request: Request) -> bool:
+        """A request with a token in flight runs again only if that token cannot end it."""
+        params = request.sampling_params
+        num_out = request.num_output_tokens + request.num_placeholders
+        if params.max_tokens is not None and num_out >= params.max_tokens:
+            return False
+        return request.async_safe and request.num_tokens + request.num_placeholders < self.max_seq_len
+
+    @staticmethod
+    def _mark_scheduled(request: Request, start: int, num_new: int) -> None:
+        request.num_inflight_tokens += num_new
+        if start + num_new == request.num_tokens + request.num_placeholders:
+            request.num_placeholders += 1  # this step samples a token
 
     def _admit_waiting(self, out: SchedulerOutput, budget: int) -> None:
         """Admits waiting requests in arrival order while budget, seats and blocks last."""
@@ -204,6 +230,7 @@ class Scheduler:
                 )
             )
             out.num_scheduled_tokens[request.request_id] = num_new
+            self._mark_scheduled(request, num_cached, num_new)
             budget -= num_new
 
     def _preempt(self, request: Request) -> None:
@@ -211,6 +238,7 @@ class Scheduler:
         self.running.remove(request)
         self.kv.free(request)
         request.num_computed_tokens = 0
+        request.num_inflight_tokens = request.num_placeholders = 0
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
         self.num_preemptions += 1
@@ -233,9 +261,11 @@ class Scheduler:
             if request is None or request.status is not RequestStatus.RUNNING:
                 continue  # aborted since the step was scheduled
             request.num_computed_tokens += num_tokens
+            request.num_inflight_tokens -= num_tokens
             self.kv.cache_full_blocks(request)
             if request.num_computed_tokens < request.num_tokens:
                 continue  # a prefill chunk: no token yet
+            request.num_placeholders -= 1
             token_id = sampled.get(rid)
             if token_id is None:
                 # Scheduling it again would compute zero tokens forever: fail loudly instead.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from floorline.kernels.skinny_gemm import skinny_gemm
+
 
 class Embedding(torch.nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int, dtype: torch.dtype, device: torch.device | str):
@@ -30,4 +32,4 @@ class LMHead(torch.nn.Module):
             self.weight = torch.nn.Parameter(w, requires_grad=False)  # [vocab, hidden]
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.weight).float()  # [num_tokens, vocab]
+        return skinny_gemm(hidden, self.weight).float()  # [num_tokens, vocab]

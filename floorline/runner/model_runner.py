@@ -25,6 +25,7 @@ class _RequestState:
     num_computed_tokens: int
     eos_token_ids: frozenset[int] = frozenset()
     generator: torch.Generator | None = None
+    num_unresolved: int = 0  # sampled on the device, not yet copied into token_ids (async scheduling)
 
     @property
     def output_token_ids(self) -> list[int]:
@@ -42,6 +43,24 @@ class StepInputs:
     sampled_request_ids: list[str] = field(default_factory=list)
 
 
+@dataclass
+class StepHandle:
+    """A launched step; `result()` waits for its sampled tokens (only them, not later steps)."""
+
+    runner: "ModelRunner"
+    request_ids: list[str] = field(default_factory=list)
+    token_ids: torch.Tensor | None = None  # [num_sampled] on the host (pinned on CUDA)
+    logprobs: torch.Tensor | None = None  # [num_sampled]
+    top_ids: torch.Tensor | None = None  # [num_sampled, k]
+    top_values: torch.Tensor | None = None
+    event: torch.cuda.Event | None = None
+
+    def result(self) -> RunnerOutput:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.runner._resolve(self)
+
+
 class ModelRunner:
     """Holds the model, its KV cache and per-request state; one `execute` per engine step."""
 
@@ -55,6 +74,8 @@ class ModelRunner:
         self.sampler = Sampler()
         self.requests: dict[str, _RequestState] = {}
         self.graphs: DecodeGraphs | None = None
+        self._last_sampled: torch.Tensor | None = None  # [num_sampled] token ids of the last launched step
+        self._last_rows: dict[str, int] = {}  # request id -> row of _last_sampled
 
     def capture_cuda_graphs(self, max_batch: int, max_model_len: int) -> float:
         """Captures decode graphs for batch buckets up to `max_batch`; returns the seconds it took."""
@@ -94,18 +115,27 @@ class ModelRunner:
         tables: list[list[int]] = []
         logits_indices: list[int] = []
         sampled: list[str] = []
+        fill_rows: list[int] = []  # tokens still on the device: (row of input_ids, row of the last sample)
+        fill_from: list[int] = []
         for rid, n in out.num_scheduled_tokens.items():
             state = self.requests[rid]
             start = state.num_computed_tokens
             end = start + n
+            known = len(state.token_ids)
             input_ids.extend(state.token_ids[start:end])
+            if end > known:  # the previous step's token, sampled but not yet copied back
+                if end != known + 1 or state.num_unresolved != 1 or rid not in self._last_rows:
+                    raise RuntimeError(f"{rid}: scheduled past its known tokens ({end} > {known})")
+                input_ids.append(0)
+                fill_rows.append(len(input_ids) - 1)
+                fill_from.append(self._last_rows[rid])
             for pos in range(start, end):
                 positions.append(pos)
                 slots.append(state.block_ids[pos // bs] * bs + pos % bs)
             query_start.append(query_start[-1] + n)
             seq_lens.append(end)
             tables.append(state.block_ids)
-            if end == len(state.token_ids):  # reached the end of what is known: sample the next token
+            if end == known + state.num_unresolved:  # reached the end of what is known: sample
                 logits_indices.append(query_start[-1] - 1)
                 sampled.append(rid)
         width = max(len(t) for t in tables)
@@ -121,8 +151,12 @@ class ModelRunner:
             max_query_len=max(out.num_scheduled_tokens.values()),
             max_seq_len=max(seq_lens),
         )
+        input_ids_t = torch.tensor(input_ids, dtype=torch.int64).to(dev, non_blocking=True)
+        if fill_rows:
+            rows = torch.tensor(fill_rows + fill_from, dtype=torch.int64).to(dev, non_blocking=True)
+            input_ids_t[rows[: len(fill_rows)]] = self._last_sampled[rows[len(fill_rows):]]
         return StepInputs(
-            input_ids=torch.tensor(input_ids, dtype=torch.int64).to(dev, non_blocking=True),
+            input_ids=input_ids_t,
             positions=torch.tensor(positions, dtype=torch.int64).to(dev, non_blocking=True),
             meta=meta,
             logits_indices=torch.tensor(logits_indices, dtype=torch.int64).to(dev, non_blocking=True),
@@ -131,11 +165,16 @@ class ModelRunner:
 
     # ---- step ----------------------------------------------------------------------------------
 
-    @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> RunnerOutput:
+        """Runs one step and waits for its tokens."""
+        return self.launch(out).result()
+
+    @torch.inference_mode()
+    def launch(self, out: SchedulerOutput) -> StepHandle:
+        """Queues one step on the device and returns without waiting for it (async scheduling)."""
         self._update_states(out)
         if out.is_empty:
-            return RunnerOutput()
+            return StepHandle(self)
         inputs = self._prepare_inputs(out)
         num_seqs = inputs.meta.num_seqs
         if (self.graphs is not None and inputs.meta.is_decode_only and len(inputs.sampled_request_ids) == num_seqs
@@ -145,12 +184,19 @@ class ModelRunner:
         with forward_context(inputs.meta):
             hidden = self.model(inputs.input_ids, inputs.positions)  # [num_tokens, hidden]
         if not inputs.sampled_request_ids:
-            return RunnerOutput()
+            return StepHandle(self)
         logits = self.model.compute_logits(hidden[inputs.logits_indices])  # [num_sampled, vocab] fp32
         return self._sample(logits, inputs.sampled_request_ids)
 
-    def _sample(self, logits: torch.Tensor, request_ids: list[str]) -> RunnerOutput:
+    def _sample(self, logits: torch.Tensor, request_ids: list[str]) -> StepHandle:
+        """Samples on the device and starts copying the tokens back; the next step reads them there."""
         states = [self.requests[rid] for rid in request_ids]
+        for state in states:
+            if state.generator is not None:
+                # Noise depends only on (seed, output index): the same tokens whatever the batch,
+                # preemption (the request restarts) or async scheduling did.
+                index = len(state.token_ids) - state.num_prompt_tokens + state.num_unresolved
+                state.generator.manual_seed((state.params.seed * 1_000_003 + index) % (1 << 63))
         meta = SamplingMetadata.build(
             params=[s.params for s in states],
             prompt_token_ids=[s.token_ids[: s.num_prompt_tokens] for s in states],
@@ -161,21 +207,52 @@ class ModelRunner:
             eos_token_ids=[s.eos_token_ids for s in states],
         )
         result = self.sampler(logits, meta)
-        token_ids = result.token_ids.tolist()
-        output = RunnerOutput()
+        self._last_sampled = result.token_ids
+        self._last_rows = {rid: i for i, rid in enumerate(request_ids)}
+        for state in states:
+            state.num_unresolved += 1
+        handle = StepHandle(self, request_ids)
         want_logprobs = any(s.params.logprobs is not None for s in states)
+        handle.token_ids = _to_host(result.token_ids)
         if want_logprobs:
-            chosen = result.logprobs.tolist()
-            top_ids = result.top_logprob_ids.tolist() if result.top_logprob_ids is not None else None
-            top_vals = result.top_logprobs.tolist() if result.top_logprobs is not None else None
-        for i, (rid, state) in enumerate(zip(request_ids, states)):
+            handle.logprobs = _to_host(result.logprobs)
+            if result.top_logprob_ids is not None:
+                handle.top_ids, handle.top_values = _to_host(result.top_logprob_ids), _to_host(result.top_logprobs)
+        if logits.is_cuda:
+            handle.event = torch.cuda.Event()
+            handle.event.record()
+        return handle
+
+    def _resolve(self, handle: StepHandle) -> RunnerOutput:
+        """Appends a finished step's tokens to the runner's requests and lists them for the scheduler."""
+        output = RunnerOutput()
+        if not handle.request_ids:
+            return output
+        token_ids = handle.token_ids.tolist()
+        chosen = handle.logprobs.tolist() if handle.logprobs is not None else None
+        top_ids = handle.top_ids.tolist() if handle.top_ids is not None else None
+        top_vals = handle.top_values.tolist() if handle.top_values is not None else None
+        for i, rid in enumerate(handle.request_ids):
             token = token_ids[i]
-            state.token_ids.append(token)
             output.sampled_token_ids[rid] = token
+            state = self.requests.get(rid)
+            if state is None:
+                continue  # finished or aborted while this step was in flight
+            state.token_ids.append(token)
+            state.num_unresolved -= 1
             k = state.params.logprobs
-            if k is not None:
+            if k is not None and chosen is not None:
                 top = {}
                 if k > 0 and top_ids is not None:
                     top = dict(zip(top_ids[i][:k], top_vals[i][:k]))
                 output.logprobs[rid] = Logprob(logprob=chosen[i], top=top)
         return output
+
+
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """Starts a device-to-host copy that does not wait (pinned memory) on CUDA; a no-op on CPU."""
+    if not t.is_cuda:
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host

@@ -120,3 +120,21 @@ def test_max_tokens_and_stop_token_ids(tiny_model_dir, solo_reference):
     assert out.outputs[0].finish_reason == "stop" and out.outputs[0].stop_reason == stop_at
     out = llm.generate([ps[1]], greedy(5))[0]
     assert out.outputs[0].finish_reason == "length" and len(out.outputs[0].token_ids) == 5
+
+
+@pytest.mark.parametrize("config", [
+    dict(num_kv_blocks=256, max_num_seqs=16),
+    dict(num_kv_blocks=256, max_num_batched_tokens=7, max_num_seqs=5),
+    dict(num_kv_blocks=16, max_num_seqs=12, enable_prefix_caching=False),
+])
+def test_async_scheduling_equals_plain(tiny_model_dir, solo_reference, config):
+    """Scheduling step N+1 before N's tokens are read (placeholders filled on the device) changes nothing."""
+    ps, ref = solo_reference
+    llm = LLM(tiny_model_dir, async_scheduling=True, **config)
+    assert tokens(llm.generate(ps, greedy())) == ref
+    mixed = [SamplingParams(temperature=0.9, seed=i, max_tokens=9, ignore_eos=True, repetition_penalty=1.0 + (i % 2))
+             for i in range(len(ps))]
+    plain = LLM(tiny_model_dir, **config)
+    assert tokens(llm.generate(ps, mixed)) == tokens(plain.generate(ps, mixed))
+    llm.engine.step()
+    check_engine_state(llm)

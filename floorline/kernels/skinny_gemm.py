@@ -1,0 +1,351 @@
+"""Skinny GEMM for decode: `y = x W^T (+ b)` with x of 1..16 rows, streaming W once at the memory floor.
+
+Decode reads every weight once per step, so this op is bound by HBM bandwidth, not by math. Design:
+
+* Each program owns BLOCK_N rows of W (output columns) and walks its K range in BLOCK_K steps. Loads
+  run along K, W's contiguous axis, so every thread issues 16-byte vectors (8 bf16); clamping the row
+  index to N - 1 (instead of masking rows) keeps the W loads mask-free when K % BLOCK_K == 0.
+* The K loop is a `tl.range(num_stages=...)`: for a loop without `tl.dot` that attribute is what lets
+  Triton's pipeliner keep NUM_STAGES - 1 tiles in flight (cp.async into shared memory); with
+  NUM_STAGES = 1 in-flight bytes come only from occupancy. The benchmark sweeps both.
+* All M rows share each W tile, so W is read once whatever M is. M == 1 takes the FMA path: a
+  [BLOCK_N, BLOCK_K] fp32 accumulator reduced over K once after the loop (no shuffles in the loop).
+  M in 2..16 takes the dot path: x padded to 16 rows (masked, so never fetched) times the W tile on
+  tensor cores, which keeps the math far below the load time even at M = 16. The x tile of an
+  iteration lives in registers (or in the pipeline's shared buffers); x itself stays L2-resident.
+* Split-K when N alone leaves SMs idle (e.g. N = 1024 k/v projections): grid (tiles, splits), each
+  split writes an fp32 partial to a workspace, and the last program to finish a tile (an atomic
+  ticket per tile) sums the partials in split order 0..S-1. One launch, and the sum order does not
+  depend on which program comes last, so results are bit-for-bit deterministic. The ticket counters
+  are allocated once per device (first eager call, or `prepare(device)` before graph capture) and
+  reset by the kernel itself, so CUDA-graph replays need no memset. Split-K launches on one device
+  must therefore be stream-ordered (the engine uses one stream).
+* Launch configs come from a table keyed by (N, K, M-bucket) that the benchmark fills
+  (`python -m floorline.bench.kernels --sweep --out f.json`), else from a heuristic; never autotuned
+  at run time, so start-up stays short and graph capture never benchmarks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from floorline.kernels.decode_attention import (
+    num_sms_of,  # cached SM count; a small one off-GPU
+)
+
+MAX_M = 16
+M_BUCKETS = (1, 2, 4, 8, 16)
+_DOT_BLOCK_M = 16  # tl.dot needs >= 16 rows; rows past M are masked and never fetched
+_FAST_DTYPES = (torch.float16, torch.bfloat16)
+_KERNEL_DTYPES = _FAST_DTYPES + (torch.float32,)
+
+
+@dataclass(frozen=True)
+class SkinnyConfig:
+    """One launch config. `use_dot=False` (FMA path) is only valid for M == 1."""
+
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+    use_dot: bool = False
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Tuned on the GPU by `python -m floorline.bench.kernels --sweep --out f.json` (the sweep prints lines
+# to paste here). Keys: (N, K, M-bucket). Shapes missing here use `heuristic_config`.
+TUNED_CONFIGS: dict[tuple[int, int, int], SkinnyConfig] = {}
+
+
+@triton.jit
+def _finish(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS: tl.constexpr):
+    """Adds the bias in fp32 and stores in the output dtype."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + n_offs, mask=n_offs < N, other=0.0).to(tl.float32)
+    tl.store(out_ptr + c_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _epilogue(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, MN,
+              HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
+    """Stores the tile, or with split-K its partial; the last split of a tile reduces all partials."""
+    if SPLIT:
+        tl.store(ws_ptr + split * MN + c_offs, acc, mask=mask)
+        # Every thread's partial must be issued before the ticket is taken: the barrier orders the
+        # CTA's stores before the (release) atomic, which one thread performs for the program.
+        tl.debug_barrier()
+        ticket = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+        if ticket == num_splits - 1:
+            total = tl.zeros_like(acc)
+            for s in range(num_splits):  # fixed order: the result never depends on arrival order
+                # .cg reads from L2, where the other SMs' partials are, never a stale L1 line.
+                total += tl.load(ws_ptr + s * MN + c_offs, mask=mask, other=0.0, cache_modifier=".cg")
+            _finish(total, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS)
+            tl.store(cnt_ptr + tile, 0)  # ready for the next launch (or graph replay)
+    else:
+        _finish(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS)
+
+
+@triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits"])
+def _skinny_gemm_kernel(
+    x_ptr,  # [M, K], last-dim stride 1
+    w_ptr,  # [N, K], last-dim stride 1
+    bias_ptr,  # [N] or a dummy when HAS_BIAS is False
+    out_ptr,  # [M, N] contiguous
+    ws_ptr,  # [num_splits, M, N] fp32 partials (SPLIT only)
+    cnt_ptr,  # [>= num tiles] int32 tickets, zero between launches (SPLIT only)
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_wn,
+    k_blocks_per_split,
+    num_splits,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    DOT_IEEE: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    split = tl.program_id(1)
+    k_start = split * k_blocks_per_split * BLOCK_K
+    k_end = tl.minimum(K, k_start + k_blocks_per_split * BLOCK_K)
+    rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    # Rows past N re-read row N-1 instead of being masked: loads stay unpredicated, stores are masked.
+    rn_w = tl.minimum(rn, N - 1).to(tl.int64)  # int64: row * stride can pass 2**31 on big vocabularies
+    rk = tl.arange(0, BLOCK_K)
+    if USE_DOT:
+        rm = tl.arange(0, BLOCK_M)
+        m_mask = rm < M
+        x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + rk)[None, :]  # [BLOCK_M, BLOCK_K]
+        w_ptrs = w_ptr + rn_w[None, :] * stride_wn + (k_start + rk)[:, None]  # [BLOCK_K, BLOCK_N] = W^T tile
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+            if EVEN_K:
+                a = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
+                b = tl.load(w_ptrs, eviction_policy="evict_first")  # W is read once: keep x in L2
+            else:
+                k_mask = (k + rk) < K
+                a = tl.load(x_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+                b = tl.load(w_ptrs, mask=k_mask[:, None], other=0.0, eviction_policy="evict_first")
+            if DOT_IEEE:  # fp32 inputs: exact products, not tf32
+                acc = tl.dot(a, b, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
+            x_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+        c_offs = rm[:, None] * N + rn[None, :]
+        mask = m_mask[:, None] & (rn[None, :] < N)
+        _epilogue(acc, c_offs, rn[None, :], mask, out_ptr, bias_ptr, ws_ptr, cnt_ptr, tile, split,
+                  num_splits, N, M * N, HAS_BIAS, SPLIT)
+    else:
+        x_ptrs = x_ptr + k_start + rk  # the one row of x
+        w_ptrs = w_ptr + rn_w[:, None] * stride_wn + (k_start + rk)[None, :]  # [BLOCK_N, BLOCK_K]
+        acc2 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+            if EVEN_K:
+                xk = tl.load(x_ptrs)
+                w = tl.load(w_ptrs, eviction_policy="evict_first")
+            else:
+                k_mask = (k + rk) < K
+                xk = tl.load(x_ptrs, mask=k_mask, other=0.0)
+                w = tl.load(w_ptrs, mask=k_mask[None, :], other=0.0, eviction_policy="evict_first")
+            # Elementwise FMA into a 2D accumulator: the cross-thread reduction happens once, below.
+            acc2 += w.to(tl.float32) * xk.to(tl.float32)[None, :]
+            x_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+        acc = tl.sum(acc2, axis=1)  # [BLOCK_N]
+        _epilogue(acc, rn, rn, rn < N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
+                  HAS_BIAS, SPLIT)
+
+
+def m_bucket(m: int) -> int:
+    """Smallest bucket of M_BUCKETS that holds m rows."""
+    return next(b for b in M_BUCKETS if b >= m)
+
+
+def auto_split_k(n: int, k: int, block_n: int, block_k: int, num_sms: int) -> int:
+    """Doubles the split count while the grid has fewer programs than SMs and splits keep >= 2 K blocks.
+
+    One program per SM with a few tiles in flight each already saturates HBM; fewer programs leave SMs
+    (and their outstanding loads) unused, which is what hurts small-N layers.
+    """
+    tiles = triton.cdiv(n, block_n)
+    k_blocks = triton.cdiv(k, block_k)
+    split = 1
+    while tiles * split < num_sms and k_blocks // (split * 2) >= 2:
+        split *= 2
+    return split
+
+
+def heuristic_config(n: int, k: int, m: int, num_sms: int = 132) -> SkinnyConfig:
+    """Default when the table has no entry: FMA path for M == 1, tensor-core path above, split-K to fill SMs."""
+    if m == 1:
+        base = SkinnyConfig(block_n=16, block_k=512, num_warps=4, num_stages=3, use_dot=False)
+    else:
+        base = SkinnyConfig(block_n=32, block_k=256, num_warps=4, num_stages=4, use_dot=True)
+    # Small problems (tests, tiny models): shrink tiles to the problem instead of masking most of them.
+    block_k = max(16, min(base.block_k, triton.next_power_of_2(k)))
+    block_n = max(16 if base.use_dot else 1, min(base.block_n, triton.next_power_of_2(n)))
+    split = auto_split_k(n, k, block_n, block_k, num_sms)
+    return dataclasses.replace(base, block_n=block_n, block_k=block_k, split_k=split)
+
+
+def get_config(n: int, k: int, m: int, device: torch.device | str = "cuda") -> SkinnyConfig:
+    """The config `skinny_gemm` launches for this shape: the tuned table entry, else the heuristic."""
+    tuned = TUNED_CONFIGS.get((n, k, m_bucket(m)))
+    if tuned is not None and (tuned.use_dot or m == 1):
+        return tuned
+    return heuristic_config(n, k, m, num_sms_of(torch.device(device)))
+
+
+def set_tuned_config(n: int, k: int, bucket: int, config: SkinnyConfig) -> None:
+    """Registers a config for (N, K, M-bucket), overriding the heuristic."""
+    if bucket not in M_BUCKETS:
+        raise ValueError(f"skinny_gemm: M-bucket must be one of {M_BUCKETS}, got {bucket}")
+    if bucket > 1 and not config.use_dot:
+        raise ValueError("skinny_gemm: the FMA path (use_dot=False) handles M == 1 only")
+    TUNED_CONFIGS[(n, k, bucket)] = config
+
+
+def load_tuned_configs(path: str | Path) -> int:
+    """Loads the JSON the benchmark writes (`--out`) into the table; returns the number of entries."""
+    entries = json.loads(Path(path).read_text())["configs"]
+    fields = {f.name for f in dataclasses.fields(SkinnyConfig)}
+    for e in entries:
+        set_tuned_config(e["n"], e["k"], e["m_bucket"], SkinnyConfig(**{f: e["config"][f] for f in fields}))
+    return len(entries)
+
+
+_TICKETS: dict[torch.device, torch.Tensor] = {}
+
+
+def _tickets(device: torch.device, num_tiles: int) -> torch.Tensor:
+    """Zeroed per-device int32 tickets for split-K, allocated outside graph capture and then reused."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    buf = _TICKETS.get(device)
+    if buf is None or buf.numel() < num_tiles:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "skinny_gemm: split-K tickets must be allocated before CUDA-graph capture; run the model "
+                "once eagerly (warm-up) or call floorline.kernels.skinny_gemm.prepare(device) first"
+            )
+        buf = torch.zeros(max(num_tiles, 1 << 14), dtype=torch.int32, device=device)
+        _TICKETS[device] = buf
+    return buf
+
+
+def prepare(device: torch.device | str, num_tiles: int = 1 << 14) -> None:
+    """Allocates the split-K tickets of `device` now (call before capturing CUDA graphs)."""
+    _tickets(torch.device(device), num_tiles)
+
+
+def _check(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> None:
+    if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(
+            f"skinny_gemm: need x [M, K] and w [N, K], got x {tuple(x.shape)} and w {tuple(w.shape)}"
+        )
+    if x.dtype != w.dtype or (bias is not None and bias.dtype != x.dtype):
+        raise ValueError(f"skinny_gemm: x, w and bias must share a dtype, got {x.dtype}, {w.dtype}, "
+                         f"{None if bias is None else bias.dtype}")
+    if bias is not None and tuple(bias.shape) != (w.shape[0],):
+        raise ValueError(f"skinny_gemm: bias must be [{w.shape[0]}], got {tuple(bias.shape)}")
+
+
+def skinny_gemm_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain PyTorch: fp32 `x W^T + b`, rounded once to x.dtype; [M, K] x [N, K] -> [M, N]."""
+    _check(x, w, bias)
+    return F.linear(x.float(), w.float(), None if bias is None else bias.float()).to(x.dtype)
+
+
+def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
+                       config: SkinnyConfig | None = None) -> torch.Tensor:
+    """Triton `x W^T + b` for 1 <= M <= 16; `config` overrides the table. Returns [M, N] contiguous."""
+    _check(x, w, bias)
+    m, k = x.shape
+    n = w.shape[0]
+    if m > MAX_M:
+        raise ValueError(f"skinny_gemm: the Triton kernel takes M <= {MAX_M} rows, got {m}")
+    if x.dtype not in _KERNEL_DTYPES:
+        raise ValueError(f"skinny_gemm: dtype must be float16/bfloat16/float32, got {x.dtype}")
+    if x.device != w.device or (bias is not None and bias.device != x.device):
+        raise ValueError("skinny_gemm: x, w and bias must be on one device")
+    if x.stride(1) != 1 or w.stride(1) != 1 or (bias is not None and bias.stride(0) != 1):
+        raise ValueError("skinny_gemm: x, w and bias need a contiguous last dim (stride 1)")
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0 or n == 0:
+        return out
+    if k == 0:
+        return out.zero_() if bias is None else out.copy_(bias.expand(m, n))
+    cfg = config or get_config(n, k, m, x.device)
+    if not cfg.use_dot and m != 1:
+        raise ValueError(f"skinny_gemm: the FMA path (use_dot=False) handles M == 1 only, got M = {m}")
+    for name in ("block_n", "block_k", "num_warps"):
+        v = getattr(cfg, name)
+        if v < 1 or v & (v - 1):
+            raise ValueError(f"skinny_gemm: {name} must be a power of two, got {v}")
+    if cfg.use_dot and (cfg.block_n < 16 or cfg.block_k < 16):
+        raise ValueError("skinny_gemm: the dot path needs block_n >= 16 and block_k >= 16")
+    tiles = triton.cdiv(n, cfg.block_n)
+    k_blocks = triton.cdiv(k, cfg.block_k)
+    per_split = triton.cdiv(k_blocks, max(1, min(cfg.split_k, k_blocks)))
+    splits = triton.cdiv(k_blocks, per_split)  # no empty splits
+    if splits > 1:
+        ws = torch.empty((splits, m, n), dtype=torch.float32, device=x.device)
+        tickets = _tickets(x.device, tiles)
+    else:
+        ws, tickets = out, out  # dummies: SPLIT=False never touches them
+    _skinny_gemm_kernel[(tiles, splits)](
+        x, w, bias if bias is not None else out, out, ws, tickets,
+        m, n, k, x.stride(0), w.stride(0), per_split, splits,
+        BLOCK_M=_DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0,
+        HAS_BIAS=bias is not None, SPLIT=splits > 1, DOT_IEEE=x.dtype == torch.float32,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
+def shape_supported(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Shape/dtype/layout half of `triton_supported`: fp16/bf16, 1 <= M <= 16, 16-byte aligned rows."""
+    if x.dim() != 2 or w.dim() != 2 or not 1 <= x.shape[0] <= MAX_M or x.shape[1] != w.shape[1]:
+        return False
+    if x.dtype not in _FAST_DTYPES or w.dtype != x.dtype or w.device != x.device:
+        return False
+    # Rows must start on 16-byte boundaries for the vector loads the kernel is built around.
+    if x.shape[1] % 8 or x.stride(1) != 1 or w.stride(1) != 1 or x.stride(0) % 8 or w.stride(0) % 8:
+        return False
+    return bias is None or (bias.dim() == 1 and bias.shape[0] == w.shape[0] and bias.dtype == x.dtype
+                            and bias.device == x.device and bias.stride(0) == 1)
+
+
+def triton_supported(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether `skinny_gemm` takes the Triton path: a CUDA tensor and `shape_supported`."""
+    return x.is_cuda and shape_supported(x, w, bias)
+
+
+def skinny_gemm(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`x W^T (+ b)`: x [M, K], w [N, K], bias [N] -> [M, N].
+
+    Triton on CUDA for 1..16 rows (decode), `torch.nn.functional.linear` otherwise (prefill, CPU, fp32).
+    """
+    if triton_supported(x, w, bias):
+        return skinny_gemm_triton(x, w, bias)
+    return F.linear(x, w, bias)
