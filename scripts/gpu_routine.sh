@@ -18,7 +18,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,nohea
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 status=0
 if [[ $STAGES == *tests* ]]; then
-  timeout ${TEST_TIMEOUT:-180} python3 -m pytest -q -m gpu -p no:cacheprovider tests -x --timeout 240 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 || status=1
+  timeout ${TEST_TIMEOUT:-180} python3 -m pytest -q -m gpu -p no:cacheprovider tests --timeout 120 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 || status=1
 fi
 if [[ $STAGES == *gemv* ]] && [ -f floorline/bench/kernels.py ]; then
   timeout ${GEMV_TIMEOUT:-170} python3 -m floorline.bench.kernels --sweep --budget-s ${GEMV_BUDGET:-140} --out "$OUT/gemv_best.json" 2>&1 | tee "$OUT/gemv.log" | tail -40 || status=1
