@@ -90,12 +90,14 @@ def bench_context(engine: LLMEngine, context: int, batch: int, steps: int, warmu
         engine.step()
     if engine.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(engine.device)
-    times = []
+    # No synchronization inside the loop: with async scheduling a step overlaps the next one, so
+    # the time between consecutive returns of step() is the steady-state time per token.
+    _sync(engine.device)
+    stamps = [time.perf_counter()]
     for _ in range(steps):
-        _sync(engine.device)
-        t0 = time.perf_counter()
-        engine.step()  # ends with the sampled ids copied to the host, so the GPU work is done
-        times.append(time.perf_counter() - t0)
+        engine.step()  # returns once this step's sampled ids are on the host
+        stamps.append(time.perf_counter())
+    times = [b - a for a, b in zip(stamps, stamps[1:])]
     gpu_ms = _graph_gpu_ms(engine, batch, repeats=max(steps // 2, 5))
     for r in ids:
         engine.abort_request(r)

@@ -65,7 +65,35 @@ class SkinnyConfig:
 
 # Tuned on the GPU by `python -m floorline.bench.kernels --sweep --out f.json` (the sweep prints lines
 # to paste here). Keys: (N, K, M-bucket). Shapes missing here use `heuristic_config`.
-TUNED_CONFIGS: dict[tuple[int, int, int], SkinnyConfig] = {}
+# Llama-3.1-8B decode shapes, swept on an H100 80GB HBM3 (torch 2.11, triton 3.6), 2026-11-22;
+# benchmarks/RESULTS.md has the table.
+TUNED_CONFIGS: dict[tuple[int, int, int], SkinnyConfig] = {
+    (6144, 4096, 1): SkinnyConfig(block_n=8, block_k=512, split_k=1, num_warps=4, num_stages=1, use_dot=False),
+    (6144, 4096, 2): SkinnyConfig(block_n=32, block_k=128, split_k=1, num_warps=4, num_stages=6, use_dot=True),
+    (6144, 4096, 4): SkinnyConfig(block_n=32, block_k=128, split_k=1, num_warps=4, num_stages=6, use_dot=True),
+    (6144, 4096, 8): SkinnyConfig(block_n=32, block_k=128, split_k=1, num_warps=4, num_stages=6, use_dot=True),
+    (6144, 4096, 16): SkinnyConfig(block_n=16, block_k=256, split_k=1, num_warps=2, num_stages=4, use_dot=True),
+    (4096, 4096, 1): SkinnyConfig(block_n=8, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=False),
+    (4096, 4096, 2): SkinnyConfig(block_n=32, block_k=128, split_k=1, num_warps=4, num_stages=6, use_dot=True),
+    (4096, 4096, 4): SkinnyConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=4, use_dot=True),
+    (4096, 4096, 8): SkinnyConfig(block_n=16, block_k=256, split_k=1, num_warps=2, num_stages=4, use_dot=True),
+    (4096, 4096, 16): SkinnyConfig(block_n=16, block_k=256, split_k=1, num_warps=2, num_stages=4, use_dot=True),
+    (28672, 4096, 1): SkinnyConfig(block_n=16, block_k=1024, split_k=1, num_warps=8, num_stages=2, use_dot=False),
+    (28672, 4096, 2): SkinnyConfig(block_n=64, block_k=256, split_k=1, num_warps=8, num_stages=3, use_dot=True),
+    (28672, 4096, 4): SkinnyConfig(block_n=64, block_k=256, split_k=1, num_warps=8, num_stages=3, use_dot=True),
+    (28672, 4096, 8): SkinnyConfig(block_n=64, block_k=256, split_k=1, num_warps=8, num_stages=3, use_dot=True),
+    (28672, 4096, 16): SkinnyConfig(block_n=64, block_k=256, split_k=1, num_warps=8, num_stages=3, use_dot=True),
+    (4096, 14336, 1): SkinnyConfig(block_n=8, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=False),
+    (4096, 14336, 2): SkinnyConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
+    (4096, 14336, 4): SkinnyConfig(block_n=32, block_k=128, split_k=2, num_warps=4, num_stages=6, use_dot=True),
+    (4096, 14336, 8): SkinnyConfig(block_n=32, block_k=128, split_k=1, num_warps=4, num_stages=6, use_dot=True),
+    (4096, 14336, 16): SkinnyConfig(block_n=32, block_k=128, split_k=1, num_warps=4, num_stages=6, use_dot=True),
+    (128256, 4096, 1): SkinnyConfig(block_n=16, block_k=1024, split_k=1, num_warps=8, num_stages=2, use_dot=False),
+    (128256, 4096, 2): SkinnyConfig(block_n=16, block_k=256, split_k=1, num_warps=2, num_stages=4, use_dot=True),
+    (128256, 4096, 4): SkinnyConfig(block_n=32, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=True),
+    (128256, 4096, 8): SkinnyConfig(block_n=16, block_k=256, split_k=1, num_warps=2, num_stages=4, use_dot=True),
+    (128256, 4096, 16): SkinnyConfig(block_n=32, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=True),
+}
 
 
 @triton.jit
@@ -196,8 +224,11 @@ def auto_split_k(n: int, k: int, block_n: int, block_k: int, num_sms: int) -> in
 
 def heuristic_config(n: int, k: int, m: int, num_sms: int = 132) -> SkinnyConfig:
     """Default when the table has no entry: FMA path for M == 1, tensor-core path above, split-K to fill SMs."""
-    if m == 1:
-        base = SkinnyConfig(block_n=16, block_k=512, num_warps=4, num_stages=3, use_dot=False)
+    if m == 1:  # the H100 sweep's winners: long K tiles; wider programs for very tall matrices
+        if n >= 16384:
+            base = SkinnyConfig(block_n=16, block_k=1024, num_warps=8, num_stages=2, use_dot=False)
+        else:
+            base = SkinnyConfig(block_n=8, block_k=512, num_warps=4, num_stages=3, use_dot=False)
     else:
         base = SkinnyConfig(block_n=32, block_k=256, num_warps=4, num_stages=4, use_dot=True)
     # Small problems (tests, tiny models): shrink tiles to the problem instead of masking most of them.

@@ -49,9 +49,8 @@ class LlamaAttention(torch.nn.Module):
         v = v.reshape(n, cfg.num_kv_heads, cfg.head_dim)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        else:
-            q, k = q.contiguous(), k.contiguous()  # rotary runs in place
-        return self.o_proj(self.attn(q, k, v.contiguous(), positions))
+        # q, k, v stay strided views of qkv (no copies): rotary runs in place on them
+        return self.o_proj(self.attn(q, k, v, positions))
 
 
 class LlamaMLP(torch.nn.Module):

@@ -6,10 +6,11 @@ import struct
 from pathlib import Path
 from typing import Iterator
 
-import gguf
 import numpy as np
 import pytest
 import torch
+
+gguf = pytest.importorskip("gguf")
 
 from floorline.config import ModelConfig
 from floorline.errors import (
