@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from floorline.kernels.pdl import gdc_wait, pdl_args
+
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _BLOCK = 1024
 
@@ -21,7 +23,10 @@ def _silu_and_mul_kernel(
     i,
     x_stride0,
     BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    if USE_PDL:
+        gdc_wait()  # wait for the previous kernel's writes (launched early with PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < i
@@ -56,7 +61,7 @@ def silu_and_mul_triton(x: torch.Tensor) -> torch.Tensor:
     if n * i == 0:
         return out
     block = min(_BLOCK, triton.next_power_of_2(i))
-    _silu_and_mul_kernel[(n, triton.cdiv(i, block))](x, out, i, x.stride(0), BLOCK=block, num_warps=4)
+    _silu_and_mul_kernel[(n, triton.cdiv(i, block))](x, out, i, x.stride(0), BLOCK=block, num_warps=4, **pdl_args(x.device))
     return out
 
 

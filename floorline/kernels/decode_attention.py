@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from floorline.kernels.pdl import gdc_wait, pdl_args
+
 from floorline.kernels.paged_attention import check_paged_inputs
 
 # Programs per SM the split count aims for: enough loads in flight to saturate HBM at batch 1.
@@ -75,7 +77,10 @@ def _decode_split_kernel(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     DIRECT_OUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):  # fmt: skip
+    if USE_PDL:
+        gdc_wait()  # wait for the previous kernel's writes (launched early with PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -147,7 +152,10 @@ def _decode_merge_kernel(
     stride_ot, stride_oh,
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     SPLITS_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):  # fmt: skip
+    if USE_PDL:
+        gdc_wait()
     seq = tl.program_id(0)
     head = tl.program_id(1)
     seq_len = tl.load(seq_lens_ptr + seq)
@@ -219,7 +227,7 @@ def decode_attention(
         HEAD_DIM=head_dim, D_PAD=d_pad,
         BLOCK_SIZE=block_size, BLOCK_N=block_n,
         DIRECT_OUT=direct, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=4,
+        num_warps=4, **pdl_args(q.device),
     )  # fmt: skip
     if not direct:
         _decode_merge_kernel[(num_seqs, num_heads)](
@@ -228,6 +236,6 @@ def decode_attention(
             out.stride(0), out.stride(1),
             NUM_HEADS=num_heads, HEAD_DIM=head_dim, D_PAD=d_pad,
             SPLITS_PAD=triton.next_power_of_2(num_splits), BLOCK_N=block_n,
-            num_warps=1 if d_pad <= 128 else 2,
+            num_warps=1 if d_pad <= 128 else 2, **pdl_args(q.device),
         )  # fmt: skip
     return out

@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from floorline.kernels.pdl import gdc_wait, pdl_args
+
 from floorline.kernels.rotary import (
     load_cos_sin,
     rotate_heads,
@@ -51,7 +53,10 @@ def _kv_write_kernel(
     ROTARY: tl.constexpr,
     BH: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    if USE_PDL:
+        gdc_wait()  # wait for the previous kernel's writes (launched early with PDL)
     tok = tl.program_id(0).to(tl.int64)
     heads = tl.program_id(1) * BH + tl.arange(0, BH)
     cols = tl.arange(0, BLOCK_HALF)
@@ -174,7 +179,7 @@ def _launch(
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
-        ROTARY=rotary, BH=bh, BLOCK_HALF=block_half, num_warps=4,
+        ROTARY=rotary, BH=bh, BLOCK_HALF=block_half, num_warps=4, **pdl_args(k.device),
     )
 
 

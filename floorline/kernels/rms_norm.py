@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from floorline.kernels.pdl import gdc_wait, pdl_args
+
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -31,7 +33,10 @@ def _rms_norm_kernel(
     eps,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    if USE_PDL:
+        gdc_wait()  # wait for the previous kernel's writes (launched early with PDL)
     row = tl.program_id(0).to(tl.int64)  # int64: row * stride may pass 2**31 on big batches
     i = row // m
     j = row % m
@@ -108,7 +113,7 @@ def rms_norm_triton(
     num_warps = min(max(block // 512, 1), 8)
     _rms_norm_kernel[(n * m,)](
         x3, r3, weight, out, s, m, d, x3.stride(0), x3.stride(1), *res_strides, float(eps),
-        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps,
+        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps, **pdl_args(x.device),
     )
     return out if residual is None else (out, s)
 

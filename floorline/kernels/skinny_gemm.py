@@ -37,6 +37,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from floorline.kernels.pdl import gdc_wait, pdl_args
+
 from floorline.kernels.decode_attention import (
     num_sms_of,  # cached SM count; a small one off-GPU
 )
@@ -149,7 +151,10 @@ def _skinny_gemm_kernel(
     HAS_BIAS: tl.constexpr,
     SPLIT: tl.constexpr,
     DOT_IEEE: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
+    if USE_PDL:
+        gdc_wait()  # wait for the previous kernel's writes (launched early with PDL)
     tile = tl.program_id(0)
     split = tl.program_id(1)
     k_start = split * k_blocks_per_split * BLOCK_K
@@ -349,7 +354,7 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
         BLOCK_M=_DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0,
         HAS_BIAS=bias is not None, SPLIT=splits > 1, DOT_IEEE=x.dtype == torch.float32,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
     )
     return out
 

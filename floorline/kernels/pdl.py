@@ -1,0 +1,39 @@
+"""Programmatic dependent launch (Hopper and later): a kernel launches while its predecessor drains.
+
+A decode step is ~350 small kernels; each one's launch latency and CTA ramp-up otherwise sits
+between two memory-bound kernels. Kernels launched with `launch_pdl` start early and block in
+`gdc_wait()` (their first statement) until the previous kernel has finished and its writes are
+visible, so the overlap is safe for any data dependency. Set FLOORLINE_PDL=0 to turn it off.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+try:
+    from triton.language.extra.cuda import gdc_wait
+except ImportError:  # an old Triton: kernels keep USE_PDL=False and never reach the call
+    gdc_wait = None
+
+__all__ = ["gdc_wait", "pdl_enabled", "pdl_args"]
+
+
+@functools.lru_cache(maxsize=None)
+def _supports_pdl(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    if device.type != "cuda" or gdc_wait is None or os.environ.get("FLOORLINE_PDL", "1") == "0":
+        return False
+    return _supports_pdl(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def pdl_args(device: torch.device) -> dict:
+    """Keyword arguments for a kernel launch: the USE_PDL constexpr and, where on, `launch_pdl`."""
+    if pdl_enabled(device):
+        return {"USE_PDL": True, "launch_pdl": True}
+    return {"USE_PDL": False}
