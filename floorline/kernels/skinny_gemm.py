@@ -99,6 +99,14 @@ TUNED_CONFIGS: dict[tuple[int, int, int], SkinnyConfig] = {
 
 
 @triton.jit
+def _silu_mul(g, u):
+    """silu(g) * u rounded like the unfused `silu_and_mul` (silu rounded to the dtype first)."""
+    gf = g.to(tl.float32)
+    act = (gf * tl.sigmoid(gf)).to(g.dtype).to(tl.float32)
+    return (act * u.to(tl.float32)).to(g.dtype)
+
+
+@triton.jit
 def _finish(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS: tl.constexpr):
     """Adds the bias in fp32 and stores in the output dtype."""
     if HAS_BIAS:
@@ -152,6 +160,7 @@ def _skinny_gemm_kernel(
     SPLIT: tl.constexpr,
     DOT_IEEE: tl.constexpr,
     USE_PDL: tl.constexpr = False,
+    X_SILU_MUL: tl.constexpr = False,  # x is [M, 2K] gate|up: the operand is silu(gate) * up
 ):
     if USE_PDL:
         gdc_wait()  # wait for the previous kernel's writes (launched early with PDL)
@@ -171,12 +180,15 @@ def _skinny_gemm_kernel(
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
             if EVEN_K:
-                a = tl.load(x_ptrs, mask=m_mask[:, None], other=0.0)
+                a_mask = m_mask[:, None]
                 b = tl.load(w_ptrs, eviction_policy="evict_first")  # W is read once: keep x in L2
             else:
                 k_mask = (k + rk) < K
-                a = tl.load(x_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+                a_mask = m_mask[:, None] & k_mask[None, :]
                 b = tl.load(w_ptrs, mask=k_mask[:, None], other=0.0, eviction_policy="evict_first")
+            a = tl.load(x_ptrs, mask=a_mask, other=0.0)
+            if X_SILU_MUL:
+                a = _silu_mul(a, tl.load(x_ptrs + K, mask=a_mask, other=0.0))
             if DOT_IEEE:  # fp32 inputs: exact products, not tf32
                 acc = tl.dot(a, b, acc, input_precision="ieee")
             else:
@@ -194,10 +206,14 @@ def _skinny_gemm_kernel(
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
             if EVEN_K:
                 xk = tl.load(x_ptrs)
+                if X_SILU_MUL:
+                    xk = _silu_mul(xk, tl.load(x_ptrs + K))
                 w = tl.load(w_ptrs, eviction_policy="evict_first")
             else:
                 k_mask = (k + rk) < K
                 xk = tl.load(x_ptrs, mask=k_mask, other=0.0)
+                if X_SILU_MUL:
+                    xk = _silu_mul(xk, tl.load(x_ptrs + K, mask=k_mask, other=0.0))
                 w = tl.load(w_ptrs, mask=k_mask[None, :], other=0.0, eviction_policy="evict_first")
             # Elementwise FMA into a 2D accumulator: the cross-thread reduction happens once, below.
             acc2 += w.to(tl.float32) * xk.to(tl.float32)[None, :]
@@ -312,8 +328,16 @@ def skinny_gemm_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None 
 
 
 def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
-                       config: SkinnyConfig | None = None) -> torch.Tensor:
-    """Triton `x W^T + b` for 1 <= M <= 16; `config` overrides the table. Returns [M, N] contiguous."""
+                       config: SkinnyConfig | None = None, silu_mul: bool = False) -> torch.Tensor:
+    """Triton `x W^T + b` for 1 <= M <= 16; `config` overrides the table. Returns [M, N] contiguous.
+
+    `silu_mul=True`: x is [M, 2K] (gate | up) and the operand is `silu(gate) * up`, fused into the loads.
+    """
+    x_in = x
+    if silu_mul:
+        if x.dim() != 2 or x.shape[1] != 2 * w.shape[1]:
+            raise ValueError(f"skinny_gemm: silu_mul needs x [M, 2K] for w [N, K], got {tuple(x.shape)}")
+        x = x[:, : w.shape[1]]  # the gate half: shapes and strides below are the operand's
     _check(x, w, bias)
     m, k = x.shape
     n = w.shape[0]
@@ -349,12 +373,12 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
     else:
         ws, tickets = out, out  # dummies: SPLIT=False never touches them
     _skinny_gemm_kernel[(tiles, splits)](
-        x, w, bias if bias is not None else out, out, ws, tickets,
+        x_in, w, bias if bias is not None else out, out, ws, tickets,
         m, n, k, x.stride(0), w.stride(0), per_split, splits,
         BLOCK_M=_DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0,
         HAS_BIAS=bias is not None, SPLIT=splits > 1, DOT_IEEE=x.dtype == torch.float32,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, X_SILU_MUL=silu_mul, **pdl_args(x.device),
     )
     return out
 
@@ -385,3 +409,17 @@ def skinny_gemm(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = No
     if triton_supported(x, w, bias):
         return skinny_gemm_triton(x, w, bias)
     return F.linear(x, w, bias)
+
+
+def skinny_gemm_silu_mul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`silu(gate) * up` then `W^T`, for x [M, 2K] = gate | up: the MLP's down projection.
+
+    On the Triton path the activation is computed in the GEMV's operand loads, so decode saves a
+    kernel and a round trip of the [M, K] activation; elsewhere it is `silu_and_mul` then linear.
+    """
+    k = w.shape[1]
+    if x.dim() == 2 and x.shape[1] == 2 * k and triton_supported(x[:, :k], w, bias):
+        return skinny_gemm_triton(x, w, bias, silu_mul=True)
+    from floorline.kernels.activation import silu_and_mul
+
+    return F.linear(silu_and_mul(x), w, bias)

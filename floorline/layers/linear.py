@@ -60,3 +60,10 @@ class Linear(torch.nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y
+
+    def forward_silu_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer applied to `silu(gate) * up` of x [num_tokens, 2 * in] (fused where possible)."""
+        y = self.quant_method.apply_silu_mul(self, x)
+        if self.bias is not None:
+            y = y + self.bias
+        return y

@@ -8,7 +8,6 @@ import torch
 
 from floorline.config import ModelConfig
 from floorline.errors import WeightMismatchError
-from floorline.kernels.activation import silu_and_mul
 from floorline.kernels.rotary import rotary_cos_sin_cache
 from floorline.layers.attention import Attention
 from floorline.layers.embedding import Embedding, LMHead
@@ -61,7 +60,7 @@ class LlamaMLP(torch.nn.Module):
         self.down_proj = Linear(i, [cfg.hidden_size], cfg.mlp_bias, dtype, device, prefix=f"{prefix}.down_proj")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj.forward_silu_mul(self.gate_up_proj(x))  # activation fused into the GEMV
 
 
 class LlamaDecoderLayer(torch.nn.Module):

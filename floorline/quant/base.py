@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from floorline.kernels.skinny_gemm import skinny_gemm
+from floorline.kernels.skinny_gemm import skinny_gemm, skinny_gemm_silu_mul
 
 from floorline.errors import WeightMismatchError
 
@@ -23,6 +23,12 @@ class QuantMethod:
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def apply_silu_mul(self, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """`apply` to `silu(gate) * up` for x [M, 2K] = gate | up; a method may fuse the activation."""
+        from floorline.kernels.activation import silu_and_mul
+
+        return self.apply(layer, silu_and_mul(x))
 
 
 class UnquantizedMethod(QuantMethod):
@@ -45,3 +51,6 @@ class UnquantizedMethod(QuantMethod):
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return skinny_gemm(x, layer.weight)  # Triton GEMV for 1..16 rows on CUDA, else F.linear
+
+    def apply_silu_mul(self, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return skinny_gemm_silu_mul(x, layer.weight)  # the activation computed in the GEMV's loads
