@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from floorline.kernels.pdl import gdc_wait, pdl_args
+from floorline.kernels.tickets import tickets
 
 from floorline.kernels.decode_attention import (
     num_sms_of,  # cached SM count; a small one off-GPU
@@ -285,23 +286,9 @@ def load_tuned_configs(path: str | Path) -> int:
     return len(entries)
 
 
-_TICKETS: dict[torch.device, torch.Tensor] = {}
-
-
 def _tickets(device: torch.device, num_tiles: int) -> torch.Tensor:
-    """Zeroed per-device int32 tickets for split-K, allocated outside graph capture and then reused."""
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    buf = _TICKETS.get(device)
-    if buf is None or buf.numel() < num_tiles:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(
-                "skinny_gemm: split-K tickets must be allocated before CUDA-graph capture; run the model "
-                "once eagerly (warm-up) or call floorline.kernels.skinny_gemm.prepare(device) first"
-            )
-        buf = torch.zeros(max(num_tiles, 1 << 14), dtype=torch.int32, device=device)
-        _TICKETS[device] = buf
-    return buf
+    """Zeroed per-device int32 split-K tickets (floorline.kernels.tickets)."""
+    return tickets(device, num_tiles, "skinny_gemm")
 
 
 def prepare(device: torch.device | str, num_tiles: int = 1 << 14) -> None:
