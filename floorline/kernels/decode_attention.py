@@ -3,10 +3,8 @@
 Program `(seq, kv_head, split)` reads one contiguous range of the sequence's KV positions for one
 KV head, once, and serves the whole group of query heads that share it (q is a
 `[group, head_dim]` tile). It keeps an online softmax in float32 and, when there is more than one
-split, writes a normalized partial output and its log-sum-exp (base 2); the last split of each
-(sequence, KV head) to finish, found with an atomic ticket, merges them (no second kernel, whose
-launch and latency cost more than the merge itself at batch 1). With one split the kernel writes
-the output directly.
+split, writes a normalized partial output and its log-sum-exp (base 2); a second kernel merges
+the splits. With one split the first kernel writes the output directly.
 
 CUDA graphs: the launch grid is `(num_seqs, num_kv_heads, num_splits)` and each program derives
 its range from `seq_lens` on the device, so one captured graph serves every length as long as
@@ -26,7 +24,6 @@ import triton
 import triton.language as tl
 
 from floorline.kernels.pdl import gdc_wait, pdl_args
-from floorline.kernels.tickets import tickets
 
 from floorline.kernels.paged_attention import check_paged_inputs
 
@@ -69,7 +66,7 @@ def _split_len(seq_len, num_splits, BLOCK_N: tl.constexpr):
 @triton.jit
 def _decode_split_kernel(
     q_ptr, k_ptr, v_ptr, block_tables_ptr, seq_lens_ptr,
-    out_ptr, part_o_ptr, part_lse_ptr, cnt_ptr,
+    out_ptr, part_o_ptr, part_lse_ptr,
     qk_scale, num_splits,
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh,
@@ -79,7 +76,7 @@ def _decode_split_kernel(
     NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
-    DIRECT_OUT: tl.constexpr, SPLITS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DIRECT_OUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr = False,
 ):  # fmt: skip
     if USE_PDL:
@@ -90,20 +87,17 @@ def _decode_split_kernel(
     seq_len = tl.load(seq_lens_ptr + seq)
     split_len = _split_len(seq_len, num_splits, BLOCK_N)
     start = split * split_len
+    if not DIRECT_OUT:
+        # Splits past the end are never read by the merge kernel: skip them entirely.
+        if start >= seq_len:
+            return
+    end = tl.minimum(start + split_len, seq_len)
+
     rows = tl.arange(0, GROUP_PAD)
     heads = kv_head * GROUP + rows
     row_ok = rows < GROUP
     d = tl.arange(0, D_PAD)
     d_ok = d < HEAD_DIM
-    if not DIRECT_OUT:
-        # Splits past the end hold no KV and take no part in the merge: skip them entirely.
-        if start >= seq_len:
-            if seq_len == 0 and split == 0:  # an empty (padding) sequence still gets its output: zeros
-                tl.store(out_ptr + seq * stride_ot + heads[:, None] * stride_oh + d[None, :],
-                         tl.zeros([GROUP_PAD, D_PAD], tl.float32).to(out_ptr.dtype.element_ty),
-                         mask=row_ok[:, None] & d_ok[None, :])
-            return
-    end = tl.minimum(start + split_len, seq_len)
     q = tl.load(
         q_ptr + seq * stride_qt + heads[:, None] * stride_qh + d[None, :],
         mask=row_ok[:, None] & d_ok[None, :],
@@ -149,41 +143,38 @@ def _decode_split_kernel(
         part = (seq * NUM_HEADS + heads) * num_splits + split  # [GROUP_PAD] row of the partials
         tl.store(part_o_ptr + part[:, None] * HEAD_DIM + d[None, :], o, mask=store_mask)
         tl.store(part_lse_ptr + part, m_i + tl.log2(l_i), mask=row_ok)
-        # The last split to finish merges them all (no second kernel): the barrier orders this
-        # CTA's stores before the release atomic that one thread performs for the program.
-        tl.debug_barrier()
-        num_active = tl.cdiv(seq_len, split_len)
-        counter = cnt_ptr + seq * tl.num_programs(1) + kv_head
-        ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        if ticket == num_active - 1:
-            base = (seq * NUM_HEADS + heads) * num_splits  # [GROUP_PAD]
-            _merge_splits(out_ptr + seq * stride_ot + heads[:, None] * stride_oh + d[None, :], part_o_ptr,
-                          part_lse_ptr, base, num_active, row_ok, d, d_ok, HEAD_DIM, SPLITS_PAD)
-            tl.store(counter, 0)  # ready for the next launch (or graph replay)
 
 
 @triton.jit
-def _merge_splits(out_ptrs, part_o_ptr, part_lse_ptr, base, num_active, row_ok, d, d_ok,
-                  HEAD_DIM: tl.constexpr, SPLITS_PAD: tl.constexpr):
-    """Combines the splits' normalized partials by their log-sum-exp weights, in split order
-    (so the result never depends on which split finished last). `.cg` loads read L2, where the
-    other SMs' partials are, never a stale L1 line."""
+def _decode_merge_kernel(
+    out_ptr, part_o_ptr, part_lse_ptr, seq_lens_ptr,
+    num_splits,
+    stride_ot, stride_oh,
+    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    SPLITS_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
+):  # fmt: skip
+    if USE_PDL:
+        gdc_wait()
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    # Only the splits that held KV were written.
+    num_active = tl.cdiv(seq_len, _split_len(seq_len, num_splits, BLOCK_N))
+    base = (seq * NUM_HEADS + head) * num_splits
     idx = tl.arange(0, SPLITS_PAD)
-    lse = tl.load(part_lse_ptr + base[:, None] + idx[None, :],
-                  mask=row_ok[:, None] & (idx < num_active)[None, :], other=float("-inf"), cache_modifier=".cg")
-    lse_max = tl.max(lse, 1)
-    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
-    denom = tl.sum(tl.exp2(lse - lse_max[:, None]), 1)
-    acc = tl.zeros([base.shape[0], d.shape[0]], tl.float32)
-    mask = row_ok[:, None] & d_ok[None, :]
+    lse = tl.load(part_lse_ptr + base + idx, mask=idx < num_active, other=float("-inf"))
+    lse_max = tl.max(lse, 0)
+    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)  # empty sequence: all weights 0
+    denom = tl.sum(tl.exp2(lse - lse_max), 0)
+    d = tl.arange(0, D_PAD)
+    d_ok = d < HEAD_DIM
+    acc = tl.zeros([D_PAD], tl.float32)
     for s in range(0, num_active):
-        weight = tl.exp2(tl.load(part_lse_ptr + base + s, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
-                         - lse_max)
-        part = tl.load(part_o_ptr + (base + s)[:, None] * HEAD_DIM + d[None, :], mask=mask, other=0.0,
-                       cache_modifier=".cg")
-        acc += weight[:, None] * part
-    o = tl.where(denom[:, None] > 0, acc / tl.where(denom > 0, denom, 1.0)[:, None], 0.0)
-    tl.store(out_ptrs, o.to(out_ptrs.dtype.element_ty), mask=mask)
+        weight = tl.exp2(tl.load(part_lse_ptr + base + s) - lse_max)
+        acc += weight * tl.load(part_o_ptr + (base + s) * HEAD_DIM + d, mask=d_ok, other=0.0)
+    o = tl.where(denom > 0, acc / tl.where(denom > 0, denom, 1.0), 0.0)
+    tl.store(out_ptr + seq * stride_ot + head * stride_oh + d, o.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
 def decode_attention(
@@ -223,10 +214,9 @@ def decode_attention(
     else:
         part_o = torch.empty(num_seqs, num_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device)
-    counters = tickets(q.device, num_seqs * num_kv_heads, "decode_attention") if not direct else out
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, key_cache, value_cache, block_tables, seq_lens,
-        out, part_o, part_lse, counters,
+        out, part_o, part_lse,
         scale * math.log2(math.e), num_splits,
         q.stride(0), q.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
@@ -236,7 +226,16 @@ def decode_attention(
         NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, D_PAD=d_pad,
         BLOCK_SIZE=block_size, BLOCK_N=block_n,
-        DIRECT_OUT=direct, SPLITS_PAD=triton.next_power_of_2(num_splits), DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DIRECT_OUT=direct, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=4, **pdl_args(q.device),
     )  # fmt: skip
+    if not direct:
+        _decode_merge_kernel[(num_seqs, num_heads)](
+            out, part_o, part_lse, seq_lens,
+            num_splits,
+            out.stride(0), out.stride(1),
+            NUM_HEADS=num_heads, HEAD_DIM=head_dim, D_PAD=d_pad,
+            SPLITS_PAD=triton.next_power_of_2(num_splits), BLOCK_N=block_n,
+            num_warps=1 if d_pad <= 128 else 2, **pdl_args(q.device),
+        )  # fmt: skip
     return out

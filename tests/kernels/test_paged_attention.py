@@ -310,24 +310,3 @@ def test_gpu_decode_cuda_graph_replays_for_any_length() -> None:
         )
         assert_close(out, expected, torch.bfloat16)
 
-
-def test_decode_merge_counters_return_to_zero():
-    """The last split of each (sequence, KV head) merges and resets its counter: replays need no memset."""
-    from floorline.kernels.decode_attention import decode_attention
-    from floorline.kernels.tickets import tickets
-
-    torch.manual_seed(0)
-    num_blocks, block_size, hk, d = 16, 16, 2, 64
-    kc = torch.randn(num_blocks, block_size, hk, d)
-    vc = torch.randn(num_blocks, block_size, hk, d)
-    q = torch.randn(2, 4, d)
-    seq_lens = torch.tensor([150, 37], dtype=torch.int32)
-    perm = torch.randperm(num_blocks, dtype=torch.int32)
-    tables = torch.zeros(2, 10, dtype=torch.int32)
-    tables[0], tables[1, :3] = perm[:10], perm[10:13]
-    ref = paged_attention_ref(q, kc, vc, torch.tensor([0, 1, 2], dtype=torch.int32), seq_lens, tables,
-                              d**-0.5, 1, 150)
-    for _ in range(2):
-        out = decode_attention(q, kc, vc, seq_lens, tables, d**-0.5, 150, num_splits=4)
-        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    assert int(tickets(torch.device("cpu"), 1, "decode_attention").abs().sum()) == 0
