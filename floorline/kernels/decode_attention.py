@@ -188,6 +188,8 @@ def decode_attention(
     out: torch.Tensor | None = None,
     num_splits: int | None = None,
     block_n: int | None = None,
+    num_warps: int = 4,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
     """Decode attention (token `i` is the last position of sequence `i`) -> [num_seqs, num_heads, head_dim].
 
@@ -227,7 +229,7 @@ def decode_attention(
         HEAD_DIM=head_dim, D_PAD=d_pad,
         BLOCK_SIZE=block_size, BLOCK_N=block_n,
         DIRECT_OUT=direct, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=4, **pdl_args(q.device),
+        num_warps=num_warps, **({} if num_stages is None else {"num_stages": num_stages}), **pdl_args(q.device),
     )  # fmt: skip
     if not direct:
         _decode_merge_kernel[(num_seqs, num_heads)](

@@ -1,0 +1,91 @@
+"""`python -m floorline.bench.attention`: sweep the decode-attention launch parameters on the GPU.
+
+Times `decode_attention` for Llama-3.1-8B's attention shape (32 q heads, 8 KV heads, head_dim 128,
+bf16) at batch 1 over several contexts, for split counts, tile sizes, warps and pipeline depths,
+against the KV bytes it must read. Replays of a CUDA graph of many launches (over separate caches
+larger than L2) give the per-call time. Prints a table; the best row per context is marked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+
+import torch
+
+from floorline.analysis.gpus import measure_read_bandwidth
+from floorline.kernels.decode_attention import decode_attention
+from floorline.kernels.paged_attention import paged_attention_ref
+
+
+def _time_graph(fn, repeats: int = 20) -> float:
+    """Median ms of one replay of a graph that calls fn once."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--contexts", default="2048,16384")
+    ap.add_argument("--layers", type=int, default=8, help="separate caches per timed graph (past L2)")
+    args = ap.parse_args()
+    dev = torch.device("cuda")
+    bw = measure_read_bandwidth(dev)
+    hq, hk, d, bs = 32, 8, 128, 16
+    print(f"decode attention sweep | {torch.cuda.get_device_name()} | read bandwidth {bw / 1e9:.0f} GB/s")
+    print(f"{'context':>8} {'splits':>6} {'block_n':>7} {'warps':>5} {'stages':>6} {'us/call':>8} {'GB/s':>6} {'%BW':>5}")
+    for ctx in (int(c) for c in args.contexts.split(",")):
+        nblk = -(-ctx // bs)
+        caches = [(torch.randn(nblk + 1, bs, hk, d, device=dev, dtype=torch.bfloat16),
+                   torch.randn(nblk + 1, bs, hk, d, device=dev, dtype=torch.bfloat16)) for _ in range(args.layers)]
+        q = torch.randn(1, hq, d, device=dev, dtype=torch.bfloat16)
+        seq_lens = torch.tensor([ctx], dtype=torch.int32, device=dev)
+        table = torch.randperm(nblk, device=dev, dtype=torch.int32)[None] + 1
+        ref = paged_attention_ref(q.float(), caches[0][0].float(), caches[0][1].float(),
+                                  torch.tensor([0, 1], dtype=torch.int32, device=dev), seq_lens, table,
+                                  d**-0.5, 1, ctx)
+        kv_bytes = 2 * ctx * hk * d * 2
+        rows = []
+        for splits, block_n, warps, stages in itertools.product((16, 33, 64), (32, 64, 128), (4, 8), (2, 3)):
+            def run():
+                for kc, vc in caches:
+                    decode_attention(q, kc, vc, seq_lens, table, d**-0.5, ctx, num_splits=splits,
+                                     block_n=block_n, num_warps=warps, num_stages=stages)
+            try:
+                out = decode_attention(q, caches[0][0], caches[0][1], seq_lens, table, d**-0.5, ctx,
+                                       num_splits=splits, block_n=block_n, num_warps=warps, num_stages=stages)
+                err = ((out.float() - ref).norm() / ref.norm()).item()
+                if not err < 1e-2:
+                    print(f"{ctx:>8} {splits:>6} {block_n:>7} {warps:>5} {stages:>6} wrong (rel err {err:.3g})")
+                    continue
+                us = _time_graph(run) * 1e3 / len(caches)
+            except Exception as e:  # a config the compiler rejects (shared memory): skip it
+                print(f"{ctx:>8} {splits:>6} {block_n:>7} {warps:>5} {stages:>6} failed: {type(e).__name__}")
+                continue
+            rows.append((us, splits, block_n, warps, stages))
+        best = min(rows)
+        for us, splits, block_n, warps, stages in sorted(rows)[:8]:
+            gbs = kv_bytes / (us * 1e-6) / 1e9
+            mark = " <- best" if (us, splits, block_n, warps, stages) == best else ""
+            print(f"{ctx:>8} {splits:>6} {block_n:>7} {warps:>5} {stages:>6} {us:>8.2f} {gbs:>6.0f} "
+                  f"{100 * gbs * 1e9 / bw:>5.1f}{mark}")
+        default = [r for r in rows if r[1:] == (33, 64, 4, 3)]
+        if default:
+            print(f"{ctx:>8}   current default (33 splits, 64, 4 warps, 3 stages): {default[0][0]:.2f} us")
+
+
+if __name__ == "__main__":
+    main()
