@@ -30,7 +30,7 @@ from floorline.kernels.paged_attention import check_paged_inputs
 # Programs per SM the split count aims for: enough loads in flight to saturate HBM at batch 1.
 TARGET_PROGRAMS_PER_SM = 2
 # A split shorter than this costs more in partial writes and merging than it gains in parallelism.
-MIN_TOKENS_PER_SPLIT = 64
+MIN_TOKENS_PER_SPLIT = 128
 MAX_SPLITS = 64
 # The SM count used off-GPU (Triton interpreter), small so interpreted grids stay cheap.
 CPU_NUM_SMS = 4
@@ -209,7 +209,10 @@ def decode_attention(
         num_splits = decode_num_splits(num_seqs, num_kv_heads, max_seq_len, num_sms_of(q.device))
     d_pad = triton.next_power_of_2(head_dim)
     if block_n is None:
-        block_n = 64 if d_pad <= 128 else 32  # ~16 KB K tile + 16 KB V tile in 16-bit
+        # 128-token tiles, 2 stages: fastest on the H100 sweep (bench/attention.py, Llama-8B shape,
+        # batch 1: 9.7 vs 10.9 us at 2k context, 31.8 vs 32.5 us at 16k; benchmarks/RESULTS.md).
+        block_n = 128 if d_pad <= 128 else 32
+        num_stages = 2 if num_stages is None else num_stages
     direct = num_splits == 1
     if direct:
         part_o = part_lse = out  # unused placeholders

@@ -1,0 +1,189 @@
+"""8-bit weight GEMV for decode (int8 or fp8 e4m3, one fp32 scale per output channel): `y = x (s * Q)^T`.
+
+Q is [N, K] bytes (fp8 kept as its raw bits in uint8), s is [N] fp32. The per-channel scale factors
+out of the K sum, so the loop is skinny_gemm's with the bytes converted in registers and s applied
+once in the epilogue. fp8 -> float costs three integer ops: the sign and the 7 exponent/mantissa
+bits, shifted into an fp16 bit pattern, read as fp16 give exactly value / 256 (subnormals included;
+fp16 keeps its subnormals where fp32 might flush them), and the 256 joins the row scale.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from floorline.kernels.pdl import gdc_wait, pdl_args
+from floorline.kernels.quant_common import (
+    DOT_BLOCK_M,
+    QuantGemvConfig,
+    check_config,
+    geometry,
+    get_config,
+    operand,
+)
+from floorline.kernels.skinny_gemm import _epilogue, _silu_mul
+
+K_UNIT = 16  # block_k granularity
+
+
+@triton.jit
+def _bytes_to_float(b, FP8: tl.constexpr):
+    """int8 -> exact float; fp8 bits (uint8) -> fp16 holding value / 256."""
+    if FP8:
+        i = b.to(tl.int32)
+        return (((i & 0x80) << 8) | ((i & 0x7F) << 7)).to(tl.int16).to(tl.float16, bitcast=True)
+    else:
+        return b
+
+
+@triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits"])
+def _w8_gemv_kernel(
+    x_ptr,  # [M, K] (or [M, 2K] gate | up), last-dim stride 1
+    w_ptr,  # [N, K] int8 or uint8 (fp8 bits)
+    s_ptr,  # [N] fp32
+    out_ptr,  # [M, N] contiguous
+    ws_ptr,  # [num_splits, M, N] fp32 (SPLIT only)
+    cnt_ptr,  # int32 tickets (SPLIT only)
+    M, N, K, stride_xm, stride_wn, k_blocks_per_split, num_splits,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+    USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr, DOT_IEEE: tl.constexpr,
+    FP8: tl.constexpr, X_SILU_MUL: tl.constexpr, USE_PDL: tl.constexpr = False,
+):
+    if USE_PDL:
+        gdc_wait()
+    tile = tl.program_id(0)
+    split = tl.program_id(1)
+    k_start = split * k_blocks_per_split * BLOCK_K
+    k_end = tl.minimum(K, k_start + k_blocks_per_split * BLOCK_K)
+    rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    rn_w = tl.minimum(rn, N - 1).to(tl.int64)  # past-N rows re-read row N-1: unmasked loads
+    rk = tl.arange(0, BLOCK_K)
+    scale = tl.load(s_ptr + rn_w)
+    if FP8:
+        scale = scale * 256.0
+    if USE_DOT:
+        rm = tl.arange(0, BLOCK_M)
+        m_mask = rm < M
+        x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + rk)[None, :]  # [BLOCK_M, BLOCK_K]
+        w_ptrs = w_ptr + rn_w[None, :] * stride_wn + (k_start + rk)[:, None]  # [BLOCK_K, BLOCK_N]
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+            if EVEN_K:
+                a_mask = m_mask[:, None]
+                b = tl.load(w_ptrs, eviction_policy="evict_first")
+            else:
+                k_mask = (k + rk) < K
+                a_mask = m_mask[:, None] & k_mask[None, :]
+                b = tl.load(w_ptrs, mask=k_mask[:, None], other=0, eviction_policy="evict_first")
+            a = tl.load(x_ptrs, mask=a_mask, other=0.0)
+            if X_SILU_MUL:
+                a = _silu_mul(a, tl.load(x_ptrs + K, mask=a_mask, other=0.0))
+            wt = _bytes_to_float(b, FP8).to(a.dtype)  # exact: 8-bit values fit bf16/fp16
+            if DOT_IEEE:
+                acc = tl.dot(a, wt, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, wt, acc)
+            x_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+        acc = acc * scale[None, :]
+        c_offs = rm[:, None] * N + rn[None, :]
+        mask = m_mask[:, None] & (rn[None, :] < N)
+        _epilogue(acc, c_offs, rn[None, :], mask, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split,
+                  num_splits, N, M * N, False, SPLIT)
+    else:
+        x_ptrs = x_ptr + k_start + rk
+        w_ptrs = w_ptr + rn_w[:, None] * stride_wn + (k_start + rk)[None, :]  # [BLOCK_N, BLOCK_K]
+        acc2 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+            if EVEN_K:
+                xk = tl.load(x_ptrs)
+                if X_SILU_MUL:
+                    xk = _silu_mul(xk, tl.load(x_ptrs + K))
+                b = tl.load(w_ptrs, eviction_policy="evict_first")
+            else:
+                k_mask = (k + rk) < K
+                xk = tl.load(x_ptrs, mask=k_mask, other=0.0)
+                if X_SILU_MUL:
+                    xk = _silu_mul(xk, tl.load(x_ptrs + K, mask=k_mask, other=0.0))
+                b = tl.load(w_ptrs, mask=k_mask[None, :], other=0, eviction_policy="evict_first")
+            acc2 += _bytes_to_float(b, FP8).to(tl.float32) * xk.to(tl.float32)[None, :]
+            x_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+        acc = tl.sum(acc2, axis=1) * scale
+        _epilogue(acc, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
+                  False, SPLIT)
+
+
+@triton.jit
+def _w8_dequant_kernel(w_ptr, s_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       FP8: tl.constexpr):
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    mask = (rn[:, None] < N) & (rk[None, :] < K)
+    offs = rn[:, None].to(tl.int64) * K + rk[None, :]
+    b = tl.load(w_ptr + offs, mask=mask, other=0)
+    scale = tl.load(s_ptr + rn, mask=rn < N, other=0.0)
+    if FP8:
+        scale = scale * 256.0
+    w = _bytes_to_float(b, FP8).to(tl.float32) * scale[:, None]
+    tl.store(out_ptr + offs, w.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _check(qweight: torch.Tensor, scale: torch.Tensor, fp8: bool) -> None:
+    want = torch.uint8 if fp8 else torch.int8
+    if qweight.dim() != 2 or qweight.dtype != want or qweight.stride(1) != 1:
+        raise ValueError(f"quant_w8: qweight must be a [N, K] {want} tensor with unit last stride, "
+                         f"got {tuple(qweight.shape)} {qweight.dtype}")
+    if scale.dtype != torch.float32 or tuple(scale.shape) != (qweight.shape[0],) or not scale.is_contiguous():
+        raise ValueError(f"quant_w8: scale must be contiguous fp32 [{qweight.shape[0]}], got "
+                         f"{tuple(scale.shape)} {scale.dtype}")
+
+
+def w8_dequantize_ref(qweight: torch.Tensor, scale: torch.Tensor, fp8: bool) -> torch.Tensor:
+    """[N, K] fp32 weight: s[n] * Q[n, k] (fp8: Q's bits read as float8_e4m3fn)."""
+    _check(qweight, scale, fp8)
+    q = qweight.view(torch.float8_e4m3fn) if fp8 else qweight
+    return q.float() * scale[:, None]
+
+
+def w8_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, fp8: bool) -> torch.Tensor:
+    """Plain PyTorch: dequantize, fp32 matmul, round once to x.dtype; [M, K] -> [M, N]."""
+    return F.linear(x.float(), w8_dequantize_ref(qweight, scale, fp8)).to(x.dtype)
+
+
+def w8_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, fp8: bool, *,
+                   silu_mul: bool = False, config: QuantGemvConfig | None = None) -> torch.Tensor:
+    """Triton GEMV for 1 <= M <= 16 rows; `silu_mul`: x is [M, 2K] gate | up. Returns [M, N]."""
+    _check(qweight, scale, fp8)
+    n, k = qweight.shape
+    x = operand(x, k, silu_mul, "quant_w8")
+    m = x.shape[0]
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if n == 0 or k == 0:
+        return out.zero_()
+    cfg = config or get_config("fp8" if fp8 else "int8", n, k, m, K_UNIT, x.device)
+    check_config(cfg, m, K_UNIT, "quant_w8")
+    geo = geometry(cfg, m, n, k, out)
+    _w8_gemv_kernel[(geo.tiles, geo.splits)](
+        x, qweight, scale, out, geo.ws, geo.tickets, m, n, k, x.stride(0), qweight.stride(0),
+        geo.blocks_per_split, geo.splits,
+        BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
+        DOT_IEEE=x.dtype == torch.float32, FP8=fp8, X_SILU_MUL=silu_mul,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
+    )
+    return out
+
+
+def w8_dequantize_triton(qweight: torch.Tensor, scale: torch.Tensor, fp8: bool, out: torch.Tensor) -> torch.Tensor:
+    """Writes the [N, K] weight into `out` (a contiguous [N, K] view of the dequantization buffer)."""
+    _check(qweight, scale, fp8)
+    n, k = qweight.shape
+    if tuple(out.shape) != (n, k) or not out.is_contiguous():
+        raise ValueError(f"quant_w8: out must be contiguous [{n}, {k}], got {tuple(out.shape)}")
+    bn, bk = 32, 128
+    _w8_dequant_kernel[(triton.cdiv(n, bn), triton.cdiv(k, bk))](qweight, scale, out, n, k, BLOCK_N=bn,
+                                                                 BLOCK_K=bk, FP8=fp8)
+    return out
