@@ -26,10 +26,15 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--num-kv-blocks", type=int, default=None)
     p.add_argument("--kv-cache-memory-gb", type=float, default=None)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.90,
+                   help="CUDA: share of the card's memory the engine may take (weights, activations, KV)")
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--enforce-eager", action="store_true", help="CUDA: run without CUDA graphs")
+    p.add_argument("--quantization", default=None,
+                   help="quantize weights on load: int8, int4, nf4, fp8, fp8-w8a8 (pre-quantized AWQ, GPTQ, "
+                        "bitsandbytes-nf4 and floorline checkpoints are detected from their config)")
 
 
 def engine_args_from(ns: argparse.Namespace):
@@ -38,8 +43,10 @@ def engine_args_from(ns: argparse.Namespace):
     return EngineArgs(model=ns.model, load_format=ns.load_format, dtype=ns.dtype, device=ns.device,
                       max_model_len=ns.max_model_len, block_size=ns.block_size, num_kv_blocks=ns.num_kv_blocks,
                       kv_cache_memory_gb=ns.kv_cache_memory_gb, max_num_seqs=ns.max_num_seqs,
+                      gpu_memory_utilization=ns.gpu_memory_utilization,
                       max_num_batched_tokens=ns.max_num_batched_tokens,
-                      enable_prefix_caching=not ns.no_prefix_caching, enforce_eager=ns.enforce_eager)
+                      enable_prefix_caching=not ns.no_prefix_caching, enforce_eager=ns.enforce_eager,
+                      quantization=getattr(ns, "quantization", None))
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -162,7 +169,7 @@ def _register_optional_commands() -> None:
     """Commands that live in their own modules register on import; a missing module is skipped."""
     import importlib
 
-    for mod in ("floorline.bench.cli", "floorline.analysis.cli", "floorline.server.cli"):
+    for mod in ("floorline.bench.cli", "floorline.analysis.cli", "floorline.server.cli", "floorline.quant.cli"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -25,6 +25,14 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     d.add_argument("--bandwidth", type=float, default=None,
                    help="read bandwidth in GB/s for the floor (default on CUDA: measured in this run)")
     d.add_argument("--json", default=None, help="also write the rows as JSON to this file")
+    t = sub.add_parser("throughput", help="many requests at once (or at a Poisson rate): tokens/s and latencies")
+    add_engine_args(t)
+    t.add_argument("--num-requests", type=int, default=1000)
+    t.add_argument("--input-len", default="200:1000", help="prompt length range lo:hi (uniform)")
+    t.add_argument("--output-len", default="100:500", help="output length range lo:hi (uniform)")
+    t.add_argument("--request-rate", type=float, default=None, help="requests per second (default: all at once)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--json", default=None)
 
 
 def _parse_contexts(text: str) -> list[int]:
@@ -40,6 +48,8 @@ def _parse_contexts(text: str) -> list[int]:
 def _run(ns: argparse.Namespace) -> int:
     if ns.bench == "decode":
         return _run_decode(ns)
+    if ns.bench == "throughput":
+        return _run_throughput(ns)
     raise FloorlineError(f"unknown benchmark {ns.bench!r}")
 
 
@@ -62,6 +72,55 @@ def _run_decode(ns: argparse.Namespace) -> int:
             json.dump({"command": _command(), "device": _device_name(engine.device), "rows": [r.as_dict() for r in rows],
                        "startup_s": engine.startup_times, "bandwidth_gbs": bandwidth / 1e9 if bandwidth else None}, f,
                       indent=2)
+    return 0
+
+
+def _parse_range(text: str, flag: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.split(":")) if ":" in text else (int(text), int(text))
+    except ValueError:
+        raise FloorlineError(f"{flag} takes lo:hi or a single integer, got {text!r}") from None
+    if not 1 <= lo <= hi:
+        raise FloorlineError(f"{flag} needs 1 <= lo <= hi, got {text!r}")
+    return lo, hi
+
+
+def _run_throughput(ns: argparse.Namespace) -> int:
+    from floorline.bench.throughput import make_workload, run_throughput
+    from floorline.engine.engine import LLMEngine
+
+    if ns.num_requests < 1:
+        raise FloorlineError(f"--num-requests must be >= 1, got {ns.num_requests}")
+    if ns.request_rate is not None and not ns.request_rate > 0:
+        raise FloorlineError(f"--request-rate must be > 0, got {ns.request_rate}")
+    in_range, out_range = _parse_range(ns.input_len, "--input-len"), _parse_range(ns.output_len, "--output-len")
+    from dataclasses import replace
+
+    args = engine_args_from(ns)
+    if args.max_model_len is None:
+        args = replace(args, max_model_len=in_range[1] + out_range[1] + 16)
+    engine = LLMEngine(args)
+    work = make_workload(ns.num_requests, in_range, out_range, engine.model_config.vocab_size, ns.seed)
+    r = run_throughput(engine, work, ns.request_rate, ns.seed)
+    cfg = engine.model_config
+    print(f"# floorline bench throughput — {time.strftime('%Y-%m-%d')}")
+    print(f"# command: {_command()}")
+    print(f"# device: {_device_name(engine.device)} | model: {cfg.name} | dtype: {str(engine.dtype).removeprefix('torch.')}"
+          f" | max seqs {args.max_num_seqs} | step tokens {args.max_num_batched_tokens} | KV blocks {engine.num_blocks}"
+          f" | async scheduling {'on' if engine.async_scheduling else 'off'} | cuda graphs "
+          f"{'on' if engine.runner.graphs else 'off'}")
+    rate = f"{ns.request_rate}/s (Poisson)" if ns.request_rate else "all at once"
+    print(f"# {r.num_requests} requests, {rate}; input {ns.input_len}, output {ns.output_len} tokens, seed {ns.seed}")
+    print(f"output tokens/s {r.output_tokens_per_s:10.1f} | total tokens/s {r.total_tokens_per_s:10.1f} | "
+          f"duration {r.duration_s:.1f} s | {r.output_tokens} output, {r.prompt_tokens} prompt tokens")
+    for name, p in (("TTFT ms", r.ttft_ms), ("TPOT ms", r.tpot_ms)):
+        print(f"{name:8} p50 {p['p50']:9.1f} | p90 {p['p90']:9.1f} | p99 {p['p99']:9.1f}")
+    busy = "-" if r.gpu_busy_share is None else f"{100 * (1 - r.gpu_busy_share):.1f}%"
+    print(f"peak KV usage {100 * r.peak_kv_usage:.1f}% | preemptions {r.num_preemptions} | host {r.host_ms_per_step:.2f} "
+          f"ms/step | device idle {busy}")
+    if ns.json:
+        with open(ns.json, "w") as f:
+            json.dump({"command": _command(), "device": _device_name(engine.device), **r.as_dict()}, f, indent=2)
     return 0
 
 

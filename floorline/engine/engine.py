@@ -15,7 +15,12 @@ from floorline.engine.output_processor import RequestOutput, RequestState
 from floorline.engine.request import Request
 from floorline.engine.scheduler import Scheduler
 from floorline.errors import FloorlineError, InvalidRequestError
-from floorline.runner.kv_cache_alloc import allocate_kv_cache, bind_kv_cache, choose_num_blocks
+from floorline.runner.kv_cache_alloc import (
+    allocate_kv_cache,
+    bind_kv_cache,
+    choose_num_blocks,
+    profile_activation_bytes,
+)
 from floorline.runner.model_runner import ModelRunner
 from floorline.sampling_params import SamplingParams
 from floorline.weights.loader import load_model, load_model_config, load_tokenizer, resolve_dtype
@@ -41,6 +46,7 @@ class EngineArgs:
     enable_chunked_prefill: bool = True
     enforce_eager: bool = False  # CUDA only: skip CUDA-graph capture (graphs are never used on CPU)
     async_scheduling: bool | None = None  # schedule step N+1 while N runs; None: on for CUDA
+    quantization: str | None = None  # int8 | int4 | nf4 | fp8 | fp8-w8a8: quantize weights on load
 
 
 class LLMEngine:
@@ -64,13 +70,18 @@ class LLMEngine:
         self.tokenizer = load_tokenizer(source)
         self.startup_times["tokenizer"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        self.model = load_model(source, cfg, self.dtype, self.device, args.load_format, max_positions=max_len)
+        self.model = load_model(source, cfg, self.dtype, self.device, args.load_format, max_positions=max_len,
+                                quantization=args.quantization)
         self.startup_times["weights"] = time.perf_counter() - t1
         cache_cfg = CacheConfig(block_size=args.block_size, num_blocks=args.num_kv_blocks,
                                 kv_cache_memory_gb=args.kv_cache_memory_gb,
                                 gpu_memory_utilization=args.gpu_memory_utilization,
                                 enable_prefix_caching=args.enable_prefix_caching)
-        self.num_blocks = choose_num_blocks(cfg, cache_cfg, self.dtype, self.device)
+        activation = 0
+        if self.device.type == "cuda" and args.num_kv_blocks is None and args.kv_cache_memory_gb is None:
+            activation = profile_activation_bytes(self.model, cfg, args.max_num_batched_tokens, args.max_num_seqs,
+                                                  args.block_size, self.dtype, self.device, max_len)
+        self.num_blocks = choose_num_blocks(cfg, cache_cfg, self.dtype, self.device, activation)
         bind_kv_cache(self.model, allocate_kv_cache(cfg, self.num_blocks, args.block_size, self.dtype, self.device))
         sched_cfg = SchedulerConfig(max_num_seqs=args.max_num_seqs,
                                     max_num_batched_tokens=max(args.max_num_batched_tokens, 1),
@@ -83,6 +94,7 @@ class LLMEngine:
         self.async_scheduling = (self.device.type == "cuda" if args.async_scheduling is None
                                  else args.async_scheduling)
         self._inflight = None  # (SchedulerOutput, StepHandle) of a launched, unapplied step
+        self._step_s = self._wait_s = 0.0
         self.requests: dict[str, RequestState] = {}
         self._child_to_parent: dict[str, str] = {}
         self._ids = itertools.count()
@@ -157,12 +169,32 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """One engine step; returns an output for every request that got new tokens or finished."""
+        t0 = time.perf_counter()
         if not self.async_scheduling:
             sched_out = self.scheduler.schedule()
-            runner_out = self.runner.execute(sched_out)
-            updates = self.scheduler.update(sched_out, runner_out)
-            return self._process(updates)
-        return self._step_async()
+            handle = self.runner.launch(sched_out)
+            updates = self.scheduler.update(sched_out, self._wait(handle))
+            outputs = self._process(updates)
+        else:
+            outputs = self._step_async()
+        self._step_s += time.perf_counter() - t0
+        return outputs
+
+    def _wait(self, handle):
+        """The step's RunnerOutput; the time spent blocked on the device is not host work."""
+        t0 = time.perf_counter()
+        result = handle.result()
+        self._wait_s += time.perf_counter() - t0
+        return result
+
+    def reset_step_stats(self) -> None:
+        self._step_s = self._wait_s = 0.0
+        self.runner.device_busy_s = 0.0
+
+    def step_stats(self) -> dict[str, float | None]:
+        """Host seconds spent in step() outside device waits, and device-busy seconds (CUDA only)."""
+        busy = self.runner.device_busy_s if self.device.type == "cuda" else None
+        return {"host_s": self._step_s - self._wait_s, "wait_s": self._wait_s, "device_busy_s": busy}
 
     def _step_async(self) -> list[RequestOutput]:
         """The same three calls, one step apart: step N+1 is scheduled and launched before N's tokens
@@ -174,7 +206,7 @@ class LLMEngine:
         next_handle = self.runner.launch(next_out)
         sched_out, handle = self._inflight
         self._inflight = (next_out, next_handle) if not next_out.is_empty else None
-        updates = self.scheduler.update(sched_out, handle.result())
+        updates = self.scheduler.update(sched_out, self._wait(handle))
         return self._process(updates)
 
     def _process(self, updates) -> list[RequestOutput]:

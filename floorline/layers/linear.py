@@ -6,6 +6,7 @@ import torch
 
 from floorline.errors import WeightMismatchError
 from floorline.quant.base import QuantMethod, UnquantizedMethod
+from floorline.quant.context import method_for_linear
 
 
 class Linear(torch.nn.Module):
@@ -30,7 +31,8 @@ class Linear(torch.nn.Module):
         self.output_sizes = list(output_sizes)
         self.out_features = sum(output_sizes)
         self.prefix = prefix
-        self.quant_method = quant_method or UnquantizedMethod()
+        # without an explicit method, the quantization the loader installed decides (quant/context.py)
+        self.quant_method = quant_method or method_for_linear(prefix) or UnquantizedMethod()
         self.quant_method.create_weights(self, dtype, torch.device(device))
         if bias:
             b = torch.empty(self.out_features, dtype=dtype, device=device)
@@ -42,9 +44,9 @@ class Linear(torch.nn.Module):
         return sum(self.output_sizes[:shard]), self.output_sizes[shard]
 
     def load(self, shard: int, kind: str, tensor: torch.Tensor) -> None:
-        """Loads one checkpoint tensor: `kind` is "weight" or "bias"."""
-        if kind == "weight":
-            self.quant_method.load_shard(self, shard, tensor)
+        """Loads one checkpoint tensor: `kind` is "bias", or one of `weight_names()` (e.g. "weight")."""
+        if kind != "bias":
+            self.quant_method.load_tensor(self, shard, kind, tensor)
             return
         if self.bias is None:
             raise WeightMismatchError(f"{self.prefix}: checkpoint has a bias this model does not expect")
@@ -54,6 +56,17 @@ class Linear(torch.nn.Module):
                 f"{self.prefix}: bias shard {shard} has shape {tuple(tensor.shape)}, expected {(size,)}"
             )
         self.bias.data[start : start + size].copy_(tensor)
+
+    def weight_names(self) -> tuple[str, ...]:
+        """Checkpoint tensor names (after the projection name) each shard needs: ("weight",) unquantized."""
+        return self.quant_method.checkpoint_names(self)
+
+    def optional_weight_names(self) -> tuple[str, ...]:
+        return self.quant_method.optional_checkpoint_names(self)
+
+    def finish_loading(self) -> None:
+        """Called by the loader once all weights are in."""
+        self.quant_method.finish_loading(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.quant_method.apply(self, x)  # [num_tokens, out]

@@ -120,7 +120,7 @@ class LlamaForCausalLM(torch.nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Loads HF-named tensors; raises WeightMismatchError on missing, unexpected or misshaped ones."""
-        expected = self._expected_checkpoint_names()
+        expected, optional = self._expected_checkpoint_names()
         seen: set[str] = set()
         unexpected: list[str] = []
         for name, tensor in weights:
@@ -128,7 +128,7 @@ class LlamaForCausalLM(torch.nn.Module):
                 continue
             if name == "lm_head.weight" and self.config.tie_word_embeddings:
                 continue  # some tied checkpoints still store a copy
-            if name not in expected:
+            if name not in expected and name not in optional:
                 unexpected.append(name)
                 continue
             self._load_one(name, tensor)
@@ -144,8 +144,19 @@ class LlamaForCausalLM(torch.nn.Module):
                 f"checkpoint lacks {len(missing)} tensor(s) the config needs, e.g. {', '.join(missing[:3])}"
             )
 
-    def _expected_checkpoint_names(self) -> set[str]:
+    def _linear_names(self, layer_idx: int, local: str, optional: set[str]) -> set[str]:
+        """Checkpoint names of projection `local` (e.g. "self_attn.q_proj"): its Linear's QuantMethod
+        says which tensors a shard has ("weight", or e.g. AWQ's "qweight", "qzeros", "scales")."""
+        target, _ = _MERGED.get(local, (local, 0))
+        linear = self.layers[layer_idx].get_submodule(target)
+        base = f"model.layers.{layer_idx}.{local}"
+        optional |= {f"{base}.{s}" for s in linear.optional_weight_names()}
+        return {f"{base}.{s}" for s in linear.weight_names()}
+
+    def _expected_checkpoint_names(self) -> tuple[set[str], set[str]]:
+        """(names the checkpoint must have, names it may have)."""
         cfg = self.config
+        optional: set[str] = set()
         names = {"model.embed_tokens.weight", "model.norm.weight"}
         if not cfg.tie_word_embeddings:
             names.add("lm_head.weight")
@@ -153,9 +164,9 @@ class LlamaForCausalLM(torch.nn.Module):
             p = f"model.layers.{i}"
             names |= {f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight"}
             for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                names.add(f"{p}.self_attn.{proj}.weight")
+                names |= self._linear_names(i, f"self_attn.{proj}", optional)
             for proj in ("gate_proj", "up_proj", "down_proj"):
-                names.add(f"{p}.mlp.{proj}.weight")
+                names |= self._linear_names(i, f"mlp.{proj}", optional)
                 if cfg.mlp_bias:
                     names.add(f"{p}.mlp.{proj}.bias")
             if cfg.qkv_bias:
@@ -164,18 +175,33 @@ class LlamaForCausalLM(torch.nn.Module):
                 names.add(f"{p}.self_attn.o_proj.bias")
             if cfg.qk_norm:
                 names |= {f"{p}.self_attn.q_norm.weight", f"{p}.self_attn.k_norm.weight"}
-        return names
+        return names, optional
+
+    def checkpoint_target(self, name: str) -> tuple[torch.nn.Module, int, str]:
+        """(module, shard, tensor kind) that checkpoint tensor `name` loads into.
+
+        The kind is what follows the module's name: "weight", "bias", or a quantized checkpoint's
+        parts such as "qweight" or bitsandbytes' "weight.absmax".
+        """
+        if name.startswith("model.layers."):
+            _, _, idx, local = name.split(".", 3)
+            layer = self.layers[int(idx)]
+            parts = local.split(".")
+            for cut in range(len(parts) - 1, 0, -1):  # the longest prefix that names a module
+                path = ".".join(parts[:cut])
+                target, shard = _MERGED.get(path, (path, 0))
+                try:
+                    return layer.get_submodule(target), shard, ".".join(parts[cut:])
+                except AttributeError:
+                    continue
+            raise WeightMismatchError(f"{name} names no module of the model")
+        module_path, kind = name.rsplit(".", 1)
+        module = {"model.embed_tokens": self.embed_tokens, "model.norm": self.norm,
+                  "lm_head": self.lm_head}[module_path]
+        return module, 0, kind
 
     def _load_one(self, name: str, tensor: torch.Tensor) -> None:
-        module_path, kind = name.rsplit(".", 1)
-        if module_path.startswith("model.layers."):
-            _, _, idx, local = module_path.split(".", 3)
-            target, shard = _MERGED.get(local, (local, 0))
-            module = self.layers[int(idx)].get_submodule(target)
-        else:
-            shard = 0
-            module = {"model.embed_tokens": self.embed_tokens, "model.norm": self.norm,
-                      "lm_head": self.lm_head}[module_path]
+        module, shard, kind = self.checkpoint_target(name)
         if isinstance(module, Linear):
             module.load(shard, kind, tensor)
             return

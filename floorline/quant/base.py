@@ -21,6 +21,26 @@ class QuantMethod:
         """Copies the checkpoint tensor of output shard `shard` (e.g. q, k or v) into the layer."""
         raise NotImplementedError
 
+    # A pre-quantized checkpoint stores several tensors per projection (`q_proj.qweight`,
+    # `q_proj.scales`, ...): the method names them, and decides how each shard is stored.
+
+    def checkpoint_names(self, layer: torch.nn.Module) -> tuple[str, ...]:
+        """Tensor names (after the projection's name) every shard's checkpoint must hold."""
+        return ("weight",)
+
+    def optional_checkpoint_names(self, layer: torch.nn.Module) -> tuple[str, ...]:
+        """Tensor names a checkpoint may hold besides those (e.g. GPTQ's g_idx)."""
+        return ()
+
+    def load_tensor(self, layer: torch.nn.Module, shard: int, name: str, tensor: torch.Tensor) -> None:
+        """Loads checkpoint tensor `name` of output shard `shard`."""
+        if name != "weight":
+            raise WeightMismatchError(f"{layer.prefix}: unexpected checkpoint tensor {name!r}")
+        self.load_shard(layer, shard, tensor)
+
+    def finish_loading(self, layer: torch.nn.Module) -> None:
+        """Called once every tensor is loaded (or dummy-initialized): completes or checks the layer."""
+
     def apply(self, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -53,7 +53,8 @@ class StepHandle:
     logprobs: torch.Tensor | None = None  # [num_sampled]
     top_ids: torch.Tensor | None = None  # [num_sampled, k]
     top_values: torch.Tensor | None = None
-    event: torch.cuda.Event | None = None
+    event: torch.cuda.Event | None = None  # recorded after sampling: the tokens are ready
+    start_event: torch.cuda.Event | None = None  # recorded before the step's first kernel
 
     def result(self) -> RunnerOutput:
         if self.event is not None:
@@ -76,6 +77,7 @@ class ModelRunner:
         self.graphs: DecodeGraphs | None = None
         self._last_sampled: torch.Tensor | None = None  # [num_sampled] token ids of the last launched step
         self._last_rows: dict[str, int] = {}  # request id -> row of _last_sampled
+        self.device_busy_s = 0.0  # device time of resolved steps (CUDA events), for idle-share reports
 
     def capture_cuda_graphs(self, max_batch: int, max_model_len: int) -> float:
         """Captures decode graphs for batch buckets up to `max_batch`; returns the seconds it took."""
@@ -175,6 +177,15 @@ class ModelRunner:
         self._update_states(out)
         if out.is_empty:
             return StepHandle(self)
+        start_event = None
+        if self.device.type == "cuda":
+            start_event = torch.cuda.Event(enable_timing=True)
+            start_event.record()
+        handle = self._launch(out)
+        handle.start_event = start_event
+        return handle
+
+    def _launch(self, out: SchedulerOutput) -> StepHandle:
         inputs = self._prepare_inputs(out)
         num_seqs = inputs.meta.num_seqs
         if (self.graphs is not None and inputs.meta.is_decode_only and len(inputs.sampled_request_ids) == num_seqs
@@ -219,13 +230,15 @@ class ModelRunner:
             if result.top_logprob_ids is not None:
                 handle.top_ids, handle.top_values = _to_host(result.top_logprob_ids), _to_host(result.top_logprobs)
         if logits.is_cuda:
-            handle.event = torch.cuda.Event()
+            handle.event = torch.cuda.Event(enable_timing=True)
             handle.event.record()
         return handle
 
     def _resolve(self, handle: StepHandle) -> RunnerOutput:
         """Appends a finished step's tokens to the runner's requests and lists them for the scheduler."""
         output = RunnerOutput()
+        if handle.start_event is not None and handle.event is not None:
+            self.device_busy_s += handle.start_event.elapsed_time(handle.event) / 1e3
         if not handle.request_ids:
             return output
         token_ids = handle.token_ids.tolist()

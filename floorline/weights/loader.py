@@ -12,6 +12,7 @@ from tqdm import tqdm
 from floorline.config import ModelConfig
 from floorline.errors import FloorlineError
 from floorline.models.registry import build_model
+from floorline.quant import quantization_context, resolve_quantization
 from floorline.weights.dummy import init_dummy_weights
 from floorline.weights.resolve import ModelSource, load_hf_config
 
@@ -47,15 +48,21 @@ def load_model(
     load_format: str = "auto",
     max_positions: int | None = None,
     progress: bool | None = None,
+    quantization: str | None = None,
 ) -> torch.nn.Module:
-    """Builds the model on `device` and fills its weights from the source (or randomly for "dummy")."""
+    """Builds the model on `device` and fills its weights from the source (or randomly for "dummy").
+
+    `quantization` (int8, int4, nf4, fp8, fp8-w8a8) quantizes float weights as they load; a checkpoint
+    whose config.json has a `quantization_config` loads as it is stored (floorline.quant.config).
+    """
     if load_format not in LOAD_FORMATS:
         raise FloorlineError(f"unknown load format {load_format!r}; accepted: {', '.join(LOAD_FORMATS)}")
     if load_format == "auto" and not source.has_weights:
         raise FloorlineError(
             f"{source.name} is a shipped config without weights: add --load-format dummy for random weights"
         )
-    with torch.device(device):
+    quant = resolve_quantization(quantization, _checkpoint_quantization(source), device)
+    with torch.device(device), quantization_context(quant):
         model = build_model(cfg, dtype, device, max_positions=max_positions)
     if load_format == "dummy":
         init_dummy_weights(model)
@@ -63,8 +70,12 @@ def load_model(
         tensors, total = _weight_stream(source)
         show = sys.stderr.isatty() if progress is None else progress
         bar = tqdm(total=total, desc=f"loading {source.name}", unit="tensor", disable=not show, leave=False)
-        model.load_weights(_to_device(tensors, dtype, device, bar))
+        model.load_weights(_to_device(tensors, device, bar))
         bar.close()
+    for module in model.modules():  # layers that finish their own loading (quantized Linears check theirs)
+        finish = getattr(module, "finish_loading", None)
+        if callable(finish):
+            finish()
     model.eval()
     return model
 
@@ -81,12 +92,21 @@ def _weight_stream(source: ModelSource) -> tuple[Iterable[tuple[str, torch.Tenso
     return iter_safetensors(files), count_tensors(files)
 
 
-def _to_device(tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype, device: torch.device,
+def _checkpoint_quantization(source: ModelSource) -> dict | None:
+    """The checkpoint's `quantization_config` (config.json), if any."""
+    if source.kind != "hf_dir":
+        return None
+    return load_hf_config(source).get("quantization_config") or None
+
+
+def _to_device(tensors: Iterable[tuple[str, torch.Tensor]], device: torch.device,
                bar: tqdm) -> Iterator[tuple[str, torch.Tensor]]:
-    """Casts each tensor on its way so host memory holds one tensor at a time."""
+    """Moves each tensor on its way so host memory holds one tensor at a time. Tensors keep their
+    checkpoint dtype (parameters cast as they copy): quantized checkpoints hold integer codes and fp16 /
+    fp32 scales that a QuantMethod stores as they are."""
     for name, t in tensors:
         bar.update(1)
-        yield name, t.to(device=device, dtype=dtype)
+        yield name, t.to(device=device)
 
 
 def load_tokenizer(source: ModelSource):
