@@ -32,6 +32,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--output-len", default="100:500", help="output length range lo:hi (uniform)")
     t.add_argument("--request-rate", type=float, default=None, help="requests per second (default: all at once)")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--profile-steps", type=int, default=0, help="profile this many steps (from step 100)")
     t.add_argument("--json", default=None)
 
 
@@ -101,7 +102,7 @@ def _run_throughput(ns: argparse.Namespace) -> int:
         args = replace(args, max_model_len=in_range[1] + out_range[1] + 16)
     engine = LLMEngine(args)
     work = make_workload(ns.num_requests, in_range, out_range, engine.model_config.vocab_size, ns.seed)
-    r = run_throughput(engine, work, ns.request_rate, ns.seed)
+    r = run_throughput(engine, work, ns.request_rate, ns.seed, profile_steps=ns.profile_steps)
     cfg = engine.model_config
     print(f"# floorline bench throughput — {time.strftime('%Y-%m-%d')}")
     print(f"# command: {_command()}")
@@ -118,6 +119,10 @@ def _run_throughput(ns: argparse.Namespace) -> int:
     busy = "-" if r.gpu_busy_share is None else f"{100 * (1 - r.gpu_busy_share):.1f}%"
     print(f"peak KV usage {100 * r.peak_kv_usage:.1f}% | preemptions {r.num_preemptions} | host {r.host_ms_per_step:.2f} "
           f"ms/step | device idle {busy}")
+    if r.kernel_ms_per_step:
+        print("kernels per profiled step (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in r.kernel_ms_per_step.items()))
+        for name, cls, ms in r.top_kernels:
+            print(f"  {ms:8.3f} ms  {cls:17} {name}")
     if ns.json:
         with open(ns.json, "w") as f:
             json.dump({"command": _command(), "device": _device_name(engine.device), **r.as_dict()}, f, indent=2)

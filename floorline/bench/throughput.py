@@ -28,6 +28,8 @@ class ThroughputResult:
     num_preemptions: int
     gpu_busy_share: float | None  # time the device was executing steps / wall time
     host_ms_per_step: float  # host work per step outside waiting for the device
+    kernel_ms_per_step: dict[str, float] | None = None  # by kernel class, over the profiled steps
+    top_kernels: list | None = None  # (name, class, ms per step)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,9 +58,11 @@ def make_workload(num_requests: int, input_range: tuple[int, int], output_range:
 
 
 def run_throughput(engine: LLMEngine, work: list[tuple[list[int], int]], request_rate: float | None = None,
-                   seed: int = 0) -> ThroughputResult:
+                   seed: int = 0, profile_steps: int = 0, profile_from: int = 100) -> ThroughputResult:
     """Submits the workload (at once, or with exponential gaps at `request_rate` per second) and
-    steps the engine until every request finishes."""
+    steps the engine until every request finishes. With `profile_steps`, steps `profile_from`..
+    run under the PyTorch profiler and the result carries their kernel time by class."""
+    profiler, events = None, None
     rng = random.Random(seed + 1)
     arrivals, t = [], 0.0
     for _ in work:
@@ -82,8 +86,13 @@ def run_throughput(engine: LLMEngine, work: list[tuple[list[int], int]], request
         if not engine.has_unfinished_requests():
             time.sleep(min(0.001, max(0.0, arrivals[next_req] - now)))
             continue
+        if profile_steps and steps == profile_from:
+            profiler = _start_profiler()
         outputs = engine.step()
         steps += 1
+        if profiler is not None and steps == profile_from + profile_steps:
+            events = _stop_profiler(profiler)
+            profiler = None
         stamp = time.perf_counter()
         peak_kv = max(peak_kv, engine.scheduler.kv.usage)
         for out in outputs:
@@ -96,7 +105,14 @@ def run_throughput(engine: LLMEngine, work: list[tuple[list[int], int]], request
     tpot = [(end - first_token[r]) * 1e3 / (n - 1) for r, (end, n) in finish.items() if n > 1]
     out_tokens = sum(n for _, n in finish.values())
     in_tokens = sum(len(p) for p, _ in work)
+    if profiler is not None:  # the run ended inside the profiled window
+        events = _stop_profiler(profiler)
     stats = engine.step_stats()
+    breakdown = None
+    if events is not None:
+        from floorline.analysis.measure import kernel_breakdown
+
+        breakdown = kernel_breakdown(events, profile_steps)
     return ThroughputResult(
         num_requests=len(work), duration_s=duration, prompt_tokens=in_tokens, output_tokens=out_tokens,
         output_tokens_per_s=out_tokens / duration, total_tokens_per_s=(out_tokens + in_tokens) / duration,
@@ -104,4 +120,25 @@ def run_throughput(engine: LLMEngine, work: list[tuple[list[int], int]], request
         num_preemptions=engine.scheduler.num_preemptions,
         gpu_busy_share=stats["device_busy_s"] / duration if stats["device_busy_s"] is not None else None,
         host_ms_per_step=stats["host_s"] / max(steps, 1) * 1e3,
+        kernel_ms_per_step={k: v * 1e3 for k, v in breakdown.per_class.items()} if breakdown else None,
+        top_kernels=[(n, c, t * 1e3) for n, c, t in breakdown.top] if breakdown else None,
     )
+
+
+def _start_profiler():
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+    prof.__enter__()
+    return prof
+
+
+def _stop_profiler(prof):
+    import torch
+
+    from floorline.analysis.measure import kernel_events_from_profiler
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    prof.__exit__(None, None, None)
+    return kernel_events_from_profiler(prof)

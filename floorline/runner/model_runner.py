@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from floorline.config import ModelConfig
@@ -131,9 +132,14 @@ class ModelRunner:
                 input_ids.append(0)
                 fill_rows.append(len(input_ids) - 1)
                 fill_from.append(self._last_rows[rid])
-            for pos in range(start, end):
-                positions.append(pos)
-                slots.append(state.block_ids[pos // bs] * bs + pos % bs)
+            if n <= 16:
+                for pos in range(start, end):
+                    positions.append(pos)
+                    slots.append(state.block_ids[pos // bs] * bs + pos % bs)
+            else:  # a prefill chunk: vectorized (a Python loop costs ~0.4 us a token)
+                pos = np.arange(start, end)
+                positions.extend(pos.tolist())
+                slots.extend((np.asarray(state.block_ids)[pos // bs] * bs + pos % bs).tolist())
             query_start.append(query_start[-1] + n)
             seq_lens.append(end)
             tables.append(state.block_ids)

@@ -1,0 +1,286 @@
+"""GPU benchmark: quantized decode GEMVs vs their byte floor and vs the bf16 skinny GEMM (Llama-3.1-8B shapes).
+
+    python -m floorline.bench.quant                      # default configs, M = 1, 4, 16
+    python -m floorline.bench.quant --sweep --out q.json # small config sweep; prints TUNED_CONFIGS lines
+
+Every format is first checked against its reference (dequantize, fp32 matmul): the GEMV at each M,
+the fused SiLU-and-mul operand (down projection), and the prefill path (dequantize + cuBLAS, 64 rows);
+relative error >= 1e-2 or NaN fails the row and the run. Times are medians over CUDA-graph replays
+of back-to-back launches rotating over enough weight copies to exceed L2 (as in bench.kernels), so
+every launch streams its weights from HBM. The floor of a row is (weight bytes as stored: codes plus
+scales + x + y) / the read bandwidth measured in the same run. "per token" sums 32 layers of
+qkv + o + gate_up + down, plus the bf16 LM head (never quantized) once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from floorline.bench.kernels import SHAPES, read_bandwidth, rel_error, time_per_call
+from floorline.kernels.quant_common import QuantGemvConfig, m_bucket
+from floorline.kernels.skinny_gemm import skinny_gemm_triton
+
+LAYER_SHAPES = ("qkv", "o_proj", "gate_up", "down")
+NUM_LAYERS = 32
+FORMATS = ("bf16", "int8", "fp8", "int4", "nf4", "nf4-select", "fp8-w8a8")
+MAX_REL_ERROR = 1e-2
+
+
+@dataclasses.dataclass
+class Row:
+    fmt: str
+    shape: str
+    k: int
+    n: int
+    m: int
+    nbytes: int
+    seconds: float = math.inf
+    config: str = ""
+    failure: str = ""
+
+
+def _method(fmt: str):
+    from floorline.quant.fp8 import Fp8Method
+    from floorline.quant.int4 import Int4Method
+    from floorline.quant.int8 import Int8Method
+    from floorline.quant.nf4 import Nf4Method
+
+    if fmt == "int8":
+        return Int8Method()
+    if fmt == "int4":
+        return Int4Method()
+    if fmt.startswith("nf4"):
+        m = Nf4Method()
+        m.codebook_select = fmt == "nf4-select"
+        return m
+    return Fp8Method(w8a8=fmt == "fp8-w8a8")
+
+
+def build_layers(fmt: str, k: int, n: int, device: torch.device, l2_bytes: int):
+    """Weight copies of one format (enough bytes to defeat L2) and the bf16 source of the first."""
+    from floorline.layers.linear import Linear
+
+    w = torch.randn(n, k, device=device, dtype=torch.bfloat16) / k**0.5
+    if fmt == "bf16":
+        first = Linear(k, [n], dtype=torch.bfloat16, device=device)
+        first.load(0, "weight", w)
+    else:
+        first = Linear(k, [n], dtype=torch.bfloat16, device=device, quant_method=_method(fmt))
+        first.load(0, "weight", w)
+        first.finish_loading()
+    nbytes = sum(p.numel() * p.element_size() for p in first.parameters())
+    copies = [first] + [copy.deepcopy(first) for _ in range(max(1, -(-3 * l2_bytes // nbytes) - 1))]
+    return copies, w, nbytes
+
+
+def _call(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig | None = None, silu_mul: bool = False):
+    if fmt == "bf16":
+        return skinny_gemm_triton(x, layer.weight, silu_mul=silu_mul)
+    if fmt == "fp8-w8a8":
+        from floorline.quant.fp8 import w8a8_matmul
+
+        return w8a8_matmul(x, layer.qweight, layer.scale)
+    method = layer.quant_method
+    if cfg is None:
+        return method.gemv(layer, x, silu_mul)
+    return _gemv_with_config(fmt, layer, x, cfg)
+
+
+def _gemv_with_config(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig):
+    from floorline.kernels.quant_int4 import int4_gemv_triton
+    from floorline.kernels.quant_nf4 import nf4_gemv_triton
+    from floorline.kernels.quant_w8 import w8_gemv_triton
+
+    method = layer.quant_method
+    if fmt in ("int8", "fp8"):
+        return w8_gemv_triton(x, layer.qweight, layer.scale, fmt == "fp8", config=cfg)
+    if fmt == "int4":
+        return int4_gemv_triton(x, layer.qweight, layer.scales, layer.zeros, layer.in_features, method.group, config=cfg)
+    return nf4_gemv_triton(x, layer.qweight, layer.absmax, method._nested(layer), layer.code, config=cfg,
+                           codebook_select=method.codebook_select)
+
+
+def _reference_weight(fmt: str, layer, w: torch.Tensor) -> torch.Tensor:
+    return w.float() if fmt == "bf16" else layer.quant_method.dequantize_ref(layer)
+
+
+def check_format(fmt: str, layer, w: torch.Tensor, ms: tuple[int, ...]) -> list[str]:
+    """Relative errors against the reference; returns the failures."""
+    from floorline.kernels.activation import silu_and_mul
+
+    failures = []
+    ref_w = _reference_weight(fmt, layer, w)
+    k = layer.in_features
+    cases = [(m, False) for m in ms] + [(4, True)] + ([(64, False)] if fmt != "bf16" else [])
+    for m, silu in cases:
+        x = torch.randn(m, 2 * k if silu else k, device=w.device, dtype=torch.bfloat16)
+        if fmt == "fp8-w8a8" and silu:
+            continue
+        if m > 16:
+            out = layer(x)  # prefill: the dequantized weight (or W8A8) and cuBLAS
+        else:
+            out = _call(fmt, layer, x, silu_mul=silu)
+        xr = silu_and_mul(x) if silu else x
+        if fmt == "fp8-w8a8":
+            from floorline.quant.fp8 import w8a8_ref
+
+            ref = w8a8_ref(xr, layer.qweight, layer.scale)
+        else:
+            ref = F.linear(xr.float(), ref_w)
+        err = rel_error(out, ref)
+        if not err < MAX_REL_ERROR:
+            failures.append(f"{fmt} K={k} N={layer.out_features} M={m}{' silu_mul' if silu else ''}: "
+                            f"relative error {err:.3g}")
+    return failures
+
+
+def sweep_candidates(m: int) -> list[QuantGemvConfig]:
+    if m > 1:
+        return [QuantGemvConfig(bn, bk, 1, w, s, True) for bn, bk, w, s in
+                ((32, 256, 4, 4), (16, 256, 2, 4), (64, 128, 4, 4), (32, 512, 4, 3), (64, 256, 8, 3))]
+    return [QuantGemvConfig(bn, bk, 1, w, s, False) for bn, bk, w, s in
+            ((16, 512, 4, 3), (8, 512, 4, 3), (16, 1024, 8, 2), (32, 256, 4, 3), (32, 512, 8, 3), (8, 1024, 4, 2))]
+
+
+def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, l2: int, sweep: bool,
+                deadline: float) -> tuple[list[Row], list[str]]:
+    from floorline.kernels.quant_common import get_config, heuristic_config
+    from floorline.kernels.skinny_gemm import auto_split_k, num_sms_of
+
+    k, n = SHAPES[name]
+    layers, w, nbytes = build_layers(fmt, k, n, device, l2)
+    failures = check_format(fmt, layers[0], w, ms)
+    rows = []
+    for m in ms:
+        row = Row(fmt, name, k, n, m, nbytes + 2 * m * (k + n))
+        if failures:
+            row.failure = "check failed"
+            rows.append(row)
+            continue
+        x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+        row.seconds = time_per_call([lambda l=l: _call(fmt, l, x) for l in layers])
+        kernel_fmt = fmt.removesuffix("-select")
+        if fmt in ("int8", "fp8", "int4", "nf4", "nf4-select"):
+            unit = {"int4": layers[0].quant_method.group, "nf4": 64}.get(kernel_fmt, 16)
+            row.config = _short(get_config(kernel_fmt, n, k, m, unit, device))
+            if sweep:
+                sms = num_sms_of(device)
+                for cand in sweep_candidates(m):
+                    if time.monotonic() > deadline:
+                        break
+                    cand = dataclasses.replace(cand, split_k=auto_split_k(n, k, cand.block_n, cand.block_k, sms))
+                    try:
+                        out = _call(fmt, layers[0], x, cand)
+                        if not rel_error(out, _call(fmt, layers[0], x)) < 1e-3:
+                            continue
+                        secs = time_per_call([lambda l=l, c=cand: _call(fmt, l, x, c) for l in layers])
+                    except Exception as e:  # noqa: BLE001 - a config the compiler rejects is skipped
+                        print(f"    {fmt} {name} M={m} {_short(cand)}: {type(e).__name__}", flush=True)
+                        continue
+                    if secs < row.seconds:
+                        row.seconds, row.config = secs, _short(cand) + " (swept)"
+                        print(f"    ({kernel_fmt!r}, {n}, {k}, {m_bucket(m)}): {cand!r},", flush=True)
+            del heuristic_config
+        rows.append(row)
+        print(f"  {fmt:<10} {name:<8} M={m:<2} {row.seconds * 1e6:8.1f} us", flush=True)
+    del layers
+    torch.cuda.empty_cache()
+    return rows, failures
+
+
+def _short(c: QuantGemvConfig) -> str:
+    return f"{'dot' if c.use_dot else 'fma'} n{c.block_n} k{c.block_k} s{c.split_k} w{c.num_warps} st{c.num_stages}"
+
+
+def print_tables(rows: list[Row], bw: float, lm_head: dict[int, float]) -> None:
+    bf16 = {(r.shape, r.m): r.seconds for r in rows if r.fmt == "bf16"}
+    head = (f"{'format':<10} {'shape':<8} {'K':>6} {'N':>6} {'M':>3} {'MB':>7} {'floor us':>9} {'us':>8} "
+            f"{'GB/s':>6} {'x floor':>7} {'vs bf16':>7}  config")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        floor = r.nbytes / bw
+        if r.failure:
+            print(f"{r.fmt:<10} {r.shape:<8} {r.k:>6} {r.n:>6} {r.m:>3} {r.nbytes / 1e6:>7.1f} {floor * 1e6:>9.1f} "
+                  f"{'FAILED':>8}")
+            continue
+        speed = bf16.get((r.shape, r.m), math.nan) / r.seconds
+        print(f"{r.fmt:<10} {r.shape:<8} {r.k:>6} {r.n:>6} {r.m:>3} {r.nbytes / 1e6:>7.1f} {floor * 1e6:>9.1f} "
+              f"{r.seconds * 1e6:>8.1f} {r.nbytes / r.seconds / 1e9:>6.0f} {r.seconds / floor:>7.2f} "
+              f"{speed:>6.2f}x  {r.config}")
+    print(f"\nper token: {NUM_LAYERS} layers x (qkv + o_proj + gate_up + down) + bf16 lm_head")
+    print(f"{'format':<10} {'M':>3} {'ms':>8} {'floor ms':>9} {'x floor':>7} {'vs bf16':>7}")
+    fmts = list(dict.fromkeys(r.fmt for r in rows))
+    ms = sorted({r.m for r in rows})
+    totals = {}
+    for fmt in fmts:
+        for m in ms:
+            sel = [r for r in rows if r.fmt == fmt and r.m == m and r.shape in LAYER_SHAPES]
+            if len(sel) != len(LAYER_SHAPES) or any(r.failure for r in sel):
+                continue
+            t = NUM_LAYERS * sum(r.seconds for r in sel) + lm_head.get(m, 0.0)
+            fl = (NUM_LAYERS * sum(r.nbytes for r in sel) + SHAPES["lm_head"][0] * SHAPES["lm_head"][1] * 2) / bw
+            totals[(fmt, m)] = t
+            speed = totals.get(("bf16", m), math.nan) / t
+            print(f"{fmt:<10} {m:>3} {t * 1e3:>8.3f} {fl * 1e3:>9.3f} {t / fl:>7.2f} {speed:>6.2f}x")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m floorline.bench.quant", description=__doc__.splitlines()[0])
+    p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
+    p.add_argument("--shapes", nargs="+", choices=LAYER_SHAPES, default=list(LAYER_SHAPES))
+    p.add_argument("--m", nargs="+", type=int, default=[1, 4, 16], help="row counts, 1..16")
+    p.add_argument("--sweep", action="store_true", help="also time a few configs per row; prints table lines")
+    p.add_argument("--budget-s", type=float, default=300.0, help="sweep time budget")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("floorline.bench.quant: needs a CUDA GPU (none is visible)", file=sys.stderr)
+        return 2
+    fmts = [f.strip() for f in args.formats.split(",") if f.strip()]
+    bad = [f for f in fmts if f not in FORMATS] + [str(m) for m in args.m if not 1 <= m <= 16]
+    if bad:
+        print(f"floorline.bench.quant: unknown format or M out of 1..16: {', '.join(bad)}", file=sys.stderr)
+        return 2
+    from floorline.quant.fp8 import w8a8_supported
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    if "fp8-w8a8" in fmts and not w8a8_supported(device):
+        print("skipping fp8-w8a8: needs compute capability >= 9.0", file=sys.stderr)
+        fmts.remove("fp8-w8a8")
+    import triton
+
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20)
+    bw = read_bandwidth(device)
+    header = (f"GPU {torch.cuda.get_device_name(device)} | torch {torch.__version__} | triton {triton.__version__} | "
+              f"activations bf16 | measured read bandwidth {bw / 1e9:.0f} GB/s\n"
+              "times: median per launch over CUDA-graph replays, weights rotated past L2; floor = bytes / read BW")
+    print(header, flush=True)
+    deadline = time.monotonic() + args.budget_s
+    rows, failures = [], []
+    for fmt in fmts:
+        for name in args.shapes:
+            r, f = bench_shape(fmt, name, tuple(args.m), device, l2, args.sweep, deadline)
+            rows += r
+            failures += f
+    lm_rows, _ = bench_shape("bf16", "lm_head", tuple(args.m), device, l2, False, deadline)
+    lm_head = {r.m: r.seconds for r in lm_rows}
+    if failures:
+        print(f"\n{len(failures)} check(s) failed:")
+        for f in failures:
+            print("  " + f)
+    print()
+    print(header)
+    print_tables(rows, bw, lm_head)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
