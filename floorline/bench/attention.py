@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
-
 import torch
 
 from floorline.analysis.gpus import measure_read_bandwidth
+from floorline.bench.timing import median_replay_ms
 from floorline.kernels.decode_attention import decode_attention
 from floorline.kernels.paged_attention import paged_attention_ref
 
@@ -26,15 +25,7 @@ def _time_graph(fn, repeats: int = 20) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return median_replay_ms(graph, repeats)
 
 
 def main() -> None:

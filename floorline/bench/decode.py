@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from floorline.bench.timing import median_replay_ms
 from floorline.engine.engine import EngineArgs, LLMEngine
 from floorline.sampling_params import SamplingParams
 
@@ -64,16 +65,7 @@ def _graph_gpu_ms(engine: LLMEngine, batch: int, repeats: int) -> float | None:
     if graphs is None or engine.device.type != "cuda":
         return None
     bucket = next(b for b in graphs.buckets if b >= batch)
-    graph = graphs.graphs[bucket]
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return median_replay_ms(graphs.graphs[bucket], repeats)
 
 
 def bench_context(engine: LLMEngine, context: int, batch: int, steps: int, warmup: int,
