@@ -162,3 +162,15 @@ def test_measure_needs_cuda_engine():
     engine = types.SimpleNamespace(device=torch.device("cpu"))
     with pytest.raises(FloorlineError, match="CUDA"):
         measure_decode(engine, 2048)
+
+
+@pytest.mark.gpu
+def test_measure_decode_on_the_gpu():
+    """The measured part end to end on a real engine: graphs beat eager, the gap adds up."""
+    from floorline.analysis.measure import build_engine, measure_decode
+
+    engine = build_engine("llama-3.2-1b", max_context=512)
+    m = measure_decode(engine, context=256, num_steps=8, warmup=2, profile_steps=4)
+    assert m.step_graphs_s and m.step_eager_s and m.step_graphs_s < m.step_eager_s
+    assert 1.0 < m.ratio < 5.0
+    assert abs(sum(m.gap_components().values()) - (m.step_s - m.floor_s)) < 1e-6
