@@ -110,6 +110,15 @@ def test_refused_requests_fail_alone(tiny_model_dir):
     check_engine_state(llm)
 
 
+def test_request_that_can_never_fit_the_pool_is_refused_alone(tiny_model_dir):
+    llm = LLM(tiny_model_dir, num_kv_blocks=4, max_model_len=200)  # 3 usable blocks of 16 slots
+    ok = prompts(1)[0][:10]
+    outs = llm.generate([ok, list(range(60)), ok], greedy(4))
+    assert outs[1].error and "KV" in outs[1].error and "3 blocks" in outs[1].error
+    assert len(outs[0].outputs[0].token_ids) == len(outs[2].outputs[0].token_ids) == 4
+    check_engine_state(llm)
+
+
 def test_max_tokens_and_stop_token_ids(tiny_model_dir, solo_reference):
     ps, ref = solo_reference
     llm = LLM(tiny_model_dir, num_kv_blocks=256)
