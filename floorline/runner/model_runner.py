@@ -214,10 +214,13 @@ class ModelRunner:
                 # preemption (the request restarts) or async scheduling did.
                 index = len(state.token_ids) - state.num_prompt_tokens + state.num_unresolved
                 state.generator.manual_seed((state.params.seed * 1_000_003 + index) % (1 << 63))
+        # Token histories are copied only when some request reads them (penalties, min_tokens):
+        # slicing every request's tokens each step would cost O(context) per request.
+        history = any(s.params.uses_penalties or s.params.min_tokens for s in states)
         meta = SamplingMetadata.build(
             params=[s.params for s in states],
-            prompt_token_ids=[s.token_ids[: s.num_prompt_tokens] for s in states],
-            output_token_ids=[s.output_token_ids for s in states],
+            prompt_token_ids=[s.token_ids[: s.num_prompt_tokens] if history else [] for s in states],
+            output_token_ids=[s.output_token_ids if history else [] for s in states],
             generators=[s.generator for s in states],
             vocab_size=logits.shape[-1],
             device=logits.device,
