@@ -7,8 +7,7 @@ silu is computed in float32 and rounded to x.dtype, the product in float32 and r
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+from floorline.kernels.triton_compat import tl, triton
 
 from floorline.kernels.pdl import gdc_wait, pdl_args
 

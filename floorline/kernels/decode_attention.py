@@ -20,8 +20,7 @@ import functools
 import math
 
 import torch
-import triton
-import triton.language as tl
+from floorline.kernels.triton_compat import tl, triton
 
 from floorline.kernels.pdl import gdc_wait, pdl_args
 

@@ -8,8 +8,7 @@ tokens of a CUDA graph batch carry it, and must not overwrite real cache entries
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+from floorline.kernels.triton_compat import tl, triton
 
 from floorline.kernels.pdl import gdc_wait, pdl_args
 

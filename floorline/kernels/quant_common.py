@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import triton
+from floorline.kernels.triton_compat import triton
 
 from floorline.kernels.decode_attention import num_sms_of
 from floorline.kernels.skinny_gemm import auto_split_k, m_bucket

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
+from floorline.kernels.triton_compat import tl, triton
 
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
@@ -51,9 +50,13 @@ def _load_group_params(s_ptr, z_ptr, g, rn_w, N, num_groups, EVEN_K: tl.constexp
     """Scales and zeros of groups g [NB] for rows rn_w [BN] -> two [BN, NB] tensors."""
     offs = g[None, :] * N + rn_w[:, None]
     if EVEN_K:
-        return tl.load(s_ptr + offs), tl.load(z_ptr + offs)
-    gm = (g < num_groups)[None, :]
-    return tl.load(s_ptr + offs, mask=gm, other=0.0), tl.load(z_ptr + offs, mask=gm, other=0.0)
+        s = tl.load(s_ptr + offs)
+        z = tl.load(z_ptr + offs)
+    else:
+        gm = (g < num_groups)[None, :]
+        s = tl.load(s_ptr + offs, mask=gm, other=0.0)
+        z = tl.load(z_ptr + offs, mask=gm, other=0.0)
+    return s, z
 
 
 @triton.jit

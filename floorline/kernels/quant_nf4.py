@@ -6,9 +6,10 @@ Layout (per merged layer; each checkpoint shard keeps its own double-quantizatio
 * absmax per 64-weight block, either plain fp32 [N, K / 64] or double-quantized (bitsandbytes
   `compress_statistics`): a uint8 code [N, K / 64] into a 256-entry fp32 map, times an fp32 scale
   per 256 consecutive blocks of the shard, plus the shard's offset:
-  `absmax = nested_map[code] * nested_absmax[(row_base[n] + k // 64) // 256] + row_offset[n]`.
-  `row_base` (int32 [N]) places row n's blocks in its shard's run of nested groups and `row_offset`
-  (fp32 [N]) repeats the shard's offset, so both load once per program.
+  `absmax = nested_map[row_map[n] + code] * nested_absmax[(row_base[n] + k // 64) // 256] + row_offset[n]`.
+  `row_base` (int32 [N]) places row n's blocks in its shard's run of nested groups, `row_map` (int32
+  [N]) points at its shard's 256-entry map and `row_offset` (fp32 [N]) repeats the shard's offset, so
+  all three load once per program.
 
 The NF4 code lookup is either a gather from the 16-entry table (one L1-resident line; default) or a
 select tree over the 16 codebook constants (CODEBOOK_SELECT; no memory traffic, 15 selects per
@@ -19,8 +20,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
+from floorline.kernels.triton_compat import tl, triton
 
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
@@ -53,25 +53,32 @@ def _nf4_select(i):
     b1 = (i & 2) != 0
     b2 = (i & 4) != 0
     neg = (i & 8) == 0
+    # codes 0..7 (the negative half and zero)
     lo = tl.where(b2,
-                  tl.where(b1, tl.where(b0, 0.0, -0.09105003625154495), tl.where(b0, -0.18477343022823334, -0.28444138169288635)),
-                  tl.where(b1, tl.where(b0, -0.39491748809814453, -0.5250730514526367), tl.where(b0, -0.6961928009986877, -1.0)))
+                  tl.where(b1, tl.where(b0, 0.0, -0.09105003625154495),
+                           tl.where(b0, -0.18477343022823334, -0.28444138169288635)),
+                  tl.where(b1, tl.where(b0, -0.39491748809814453, -0.5250730514526367),
+                           tl.where(b0, -0.6961928009986877, -1.0)))
+    # codes 8..15
     hi = tl.where(b2,
-                  tl.where(b1, tl.where(b0, 1.0, 0.7229568362236023), tl.where(b0, 0.5626170039176941, 0.44070982933044434)),
-                  tl.where(b1, tl.where(b0, 0.33791524171829224, 0.24611230194568634), tl.where(b0, 0.16093020141124725, 0.07958029955625534)))
+                  tl.where(b1, tl.where(b0, 1.0, 0.7229568362236023),
+                           tl.where(b0, 0.5626170039176941, 0.44070982933044434)),
+                  tl.where(b1, tl.where(b0, 0.33791524171829224, 0.24611230194568634),
+                           tl.where(b0, 0.16093020141124725, 0.07958029955625534)))
     return tl.where(neg, lo, hi)
 
 
 @triton.jit
 def _code_values(i, code_ptr, CODEBOOK_SELECT: tl.constexpr):
     if CODEBOOK_SELECT:
-        return _nf4_select(i)
+        v = _nf4_select(i)
     else:
-        return tl.load(code_ptr + i)
+        v = tl.load(code_ptr + i)
+    return v
 
 
 @triton.jit
-def _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, rn_w, kb, KB, kb_mask, NESTED: tl.constexpr,
+def _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, KB, kb_mask, NESTED: tl.constexpr,
                   MASKED: tl.constexpr):
     """absmax of blocks kb [NB] of rows rn_w [BN] -> [BN, NB] fp32."""
     offs = rn_w.to(tl.int64)[:, None] * KB + kb[None, :]
@@ -81,7 +88,7 @@ def _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, rn_w, kb, KB, kb_mask
         a = tl.load(a_ptr + offs)
     if NESTED:
         nested = tl.load(nabs_ptr + (base[:, None] + kb[None, :]) // 256, mask=kb_mask[None, :], other=0.0)
-        a = tl.load(nmap_ptr + a.to(tl.int32)) * nested + offset[:, None]
+        a = tl.load(nmap_ptr + mbase[:, None] + a.to(tl.int32)) * nested + offset[:, None]
     return a
 
 
@@ -98,7 +105,7 @@ def _nf4_gemv_kernel(
     x_ptr,  # [M, K] (or [M, 2K] gate | up), last-dim stride 1
     q_ptr,  # [N, K / 2] uint8
     a_ptr,  # [N, K / 64]: fp32 absmax, or uint8 codes (NESTED)
-    nabs_ptr, nmap_ptr, base_ptr, off_ptr,  # nested state (NESTED only)
+    nabs_ptr, nmap_ptr, base_ptr, off_ptr, map_ptr,  # nested state (NESTED only)
     code_ptr,  # [16] fp32 NF4 code
     out_ptr, ws_ptr, cnt_ptr,
     M, N, K, stride_xm, stride_qn, k_blocks_per_split, num_splits,
@@ -117,9 +124,11 @@ def _nf4_gemv_kernel(
     rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     rn_w = tl.minimum(rn, N - 1)
     base = rn_w
+    mbase = rn_w
     offset = rn_w.to(tl.float32)
     if NESTED:  # per-row nested state, loaded once
         base = tl.load(base_ptr + rn_w)
+        mbase = tl.load(map_ptr + rn_w)
         offset = tl.load(off_ptr + rn_w)
     rb = tl.arange(0, NB)
     boff = rb[:, None] * 32 + tl.arange(0, 32)[None, :]  # [NB, 32] byte offsets within a tile
@@ -133,7 +142,7 @@ def _nf4_gemv_kernel(
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
             kb = k // 64 + rb
             kb_mask = kb < KB
-            absmax = _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, rn_w, kb, KB, kb_mask, NESTED,
+            absmax = _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, KB, kb_mask, NESTED,
                                    not EVEN_K)
             if EVEN_K:
                 b = tl.load(q_ptrs, eviction_policy="evict_first")
@@ -164,7 +173,7 @@ def _nf4_gemv_kernel(
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
             kb = k // 64 + rb
             kb_mask = kb < KB
-            absmax = _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, rn_w, kb, KB, kb_mask, NESTED,
+            absmax = _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, KB, kb_mask, NESTED,
                                    not EVEN_K)
             if EVEN_K:
                 b = tl.load(q_ptrs, eviction_policy="evict_first")
@@ -184,7 +193,8 @@ def _nf4_gemv_kernel(
 
 
 @triton.jit
-def _nf4_dequant_kernel(q_ptr, a_ptr, nabs_ptr, nmap_ptr, base_ptr, off_ptr, code_ptr, out_ptr, N, K, stride_qn,
+def _nf4_dequant_kernel(q_ptr, a_ptr, nabs_ptr, nmap_ptr, base_ptr, off_ptr, map_ptr, code_ptr, out_ptr, N, K,
+                        stride_qn,
                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NESTED: tl.constexpr):
     NB: tl.constexpr = BLOCK_K // 64
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -194,11 +204,13 @@ def _nf4_dequant_kernel(q_ptr, a_ptr, nabs_ptr, nmap_ptr, base_ptr, off_ptr, cod
     kb = k0 // 64 + rb
     kb_mask = kb < K // 64
     base = rn_w
+    mbase = rn_w
     offset = rn_w.to(tl.float32)
     if NESTED:
         base = tl.load(base_ptr + rn_w)
+        mbase = tl.load(map_ptr + rn_w)
         offset = tl.load(off_ptr + rn_w)
-    absmax = _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, rn_w, kb, K // 64, kb_mask, NESTED, True)
+    absmax = _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, K // 64, kb_mask, NESTED, True)
     boff = rb[:, None] * 32 + tl.arange(0, 32)[None, :]
     b = tl.load(q_ptr + rn_w.to(tl.int64)[:, None, None] * stride_qn + (k0 // 2 + boff)[None, :, :],
                 mask=kb_mask[None, :, None], other=0)
@@ -224,27 +236,27 @@ def _check(qweight, absmax, nested) -> None:
         raise ValueError(f"quant_nf4: absmax must be contiguous {want} [{n}, {k // BLOCK}], got "
                          f"{tuple(absmax.shape)} {absmax.dtype}")
     if nested is not None:
-        nested_absmax, nested_map, row_base, row_offset = nested
-        if nested_map.numel() != 256 or nested_absmax.dtype != torch.float32 or nested_map.dtype != torch.float32:
-            raise ValueError("quant_nf4: nested state needs fp32 nested_absmax and a 256-entry fp32 nested_map")
-        if row_base.dtype != torch.int32 or row_offset.dtype != torch.float32 or row_base.numel() != n \
-                or row_offset.numel() != n:
-            raise ValueError(f"quant_nf4: row_base (int32) and row_offset (fp32) must have {n} entries")
+        nested_absmax, nested_map, row_base, row_offset, row_map = nested
+        if nested_map.numel() % 256 or nested_absmax.dtype != torch.float32 or nested_map.dtype != torch.float32:
+            raise ValueError("quant_nf4: nested state needs fp32 nested_absmax and fp32 maps of 256 entries")
+        if row_base.dtype != torch.int32 or row_map.dtype != torch.int32 or row_offset.dtype != torch.float32 \
+                or not row_base.numel() == row_map.numel() == row_offset.numel() == n:
+            raise ValueError(f"quant_nf4: row_base, row_map (int32) and row_offset (fp32) must have {n} entries")
 
 
 def nf4_absmax_ref(absmax: torch.Tensor, nested: tuple | None) -> torch.Tensor:
     """[N, K / 64] fp32 block absmax (decoding the double quantization when `nested` is given)."""
     if nested is None:
         return absmax.float()
-    nested_absmax, nested_map, row_base, row_offset = nested
+    nested_absmax, nested_map, row_base, row_offset, row_map = nested
     kb = torch.arange(absmax.shape[1], device=absmax.device)
     group = (row_base.long()[:, None] + kb[None, :]) // NESTED_BLOCK
-    return nested_map[absmax.long()] * nested_absmax[group] + row_offset[:, None]
+    return nested_map.reshape(-1)[row_map.long()[:, None] + absmax.long()] * nested_absmax[group] + row_offset[:, None]
 
 
 def nf4_dequantize_ref(qweight: torch.Tensor, absmax: torch.Tensor, nested: tuple | None = None,
                        code: torch.Tensor | None = None) -> torch.Tensor:
-    """[N, K] fp32 weight. `nested` = (nested_absmax, nested_map, row_base, row_offset) or None."""
+    """[N, K] fp32 weight. `nested` = (nested_absmax, nested_map, row_base, row_offset, row_map) or None."""
     _check(qweight, absmax, nested)
     code = nf4_code(qweight.device) if code is None else code.float()
     idx = torch.stack([qweight >> 4, qweight & 15], dim=-1).reshape(qweight.shape[0], -1).long()
@@ -260,7 +272,7 @@ def nf4_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, n
 
 def _nested_args(absmax: torch.Tensor, nested: tuple | None) -> tuple:
     if nested is None:
-        return absmax, absmax, absmax, absmax  # dummies: NESTED=False never reads them
+        return absmax, absmax, absmax, absmax, absmax  # dummies: NESTED=False never reads them
     return nested
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
+from floorline.kernels.triton_compat import tl, triton
 
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
@@ -31,11 +30,11 @@ K_UNIT = 16  # block_k granularity
 @triton.jit
 def _bytes_to_float(b, FP8: tl.constexpr):
     """int8 -> exact float; fp8 bits (uint8) -> fp16 holding value / 256."""
+    w = b
     if FP8:
         i = b.to(tl.int32)
-        return (((i & 0x80) << 8) | ((i & 0x7F) << 7)).to(tl.int16).to(tl.float16, bitcast=True)
-    else:
-        return b
+        w = (((i & 0x80) << 8) | ((i & 0x7F) << 7)).to(tl.int16).to(tl.float16, bitcast=True)
+    return w
 
 
 @triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits"])

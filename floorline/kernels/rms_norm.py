@@ -9,8 +9,7 @@ x.dtype, then `y * weight` in float32 rounded to x.dtype (HF's `weight * hidden.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+from floorline.kernels.triton_compat import tl, triton
 
 from floorline.kernels.pdl import gdc_wait, pdl_args
 

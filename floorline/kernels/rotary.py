@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
-import triton
-import triton.language as tl
+from floorline.kernels.triton_compat import tl, triton
 
 from floorline.config import RopeScaling
 

@@ -3,4 +3,4 @@
 from floorline.quant.config import ON_LOAD, QuantConfig, resolve_quantization
 from floorline.quant.context import quantization_context
 
-__all__ = ["ON_LOAD", "QuantConfig", "resolve_quantization", "quantization_context"]
+__all__ = ["ON_LOAD", "QuantConfig", "quantization_context", "resolve_quantization"]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from floorline.kernels.skinny_gemm import skinny_gemm, skinny_gemm_silu_mul
-
 from floorline.errors import WeightMismatchError
+from floorline.kernels.skinny_gemm import skinny_gemm, skinny_gemm_silu_mul
 
 
 class QuantMethod:

@@ -6,18 +6,19 @@ stay unaware of quantization (DESIGN rule 5), as `forward_context` does for atte
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from floorline.quant.base import QuantMethod
     from floorline.quant.config import QuantConfig
 
-_current: "QuantConfig | None" = None
+_current: QuantConfig | None = None
 
 
 @contextmanager
-def quantization_context(config: "QuantConfig | None") -> Iterator[None]:
+def quantization_context(config: QuantConfig | None) -> Iterator[None]:
     """Installs `config` while the model is constructed (None: plain weights)."""
     global _current
     previous, _current = _current, config
@@ -27,6 +28,6 @@ def quantization_context(config: "QuantConfig | None") -> Iterator[None]:
         _current = previous
 
 
-def method_for_linear(prefix: str) -> "QuantMethod | None":
+def method_for_linear(prefix: str) -> QuantMethod | None:
     """The QuantMethod for the Linear named `prefix`, or None for plain weights."""
     return None if _current is None else _current.method_for(prefix)

@@ -8,7 +8,7 @@ s = (max - min) / 15, z = round(-min / s) clamped to 0..15, q = clamp(round(w / 
 from __future__ import annotations
 
 import torch
-import triton
+from floorline.kernels.triton_compat import triton
 
 from floorline.errors import UnsupportedModelError
 from floorline.kernels.quant_int4 import (

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from floorline.kernels.quant_w8 import w8_dequantize_ref, w8_dequantize_triton, w8_gemv_triton
+from floorline.kernels.quant_w8 import (
+    w8_dequantize_ref,
+    w8_dequantize_triton,
+    w8_gemv_triton,
+)
 from floorline.quant.packed import PackedMethod, add_param, check_shape, copy_part
 
 

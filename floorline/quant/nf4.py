@@ -9,12 +9,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 
 import torch
 
-from floorline.errors import CorruptFileError, UnsupportedModelError, WeightMismatchError
+from floorline.errors import (
+    CorruptFileError,
+    UnsupportedModelError,
+    WeightMismatchError,
+)
 from floorline.kernels.quant_nf4 import (
     BLOCK,
     NESTED_BLOCK,
@@ -26,7 +31,7 @@ from floorline.kernels.quant_nf4 import (
 )
 from floorline.quant.packed import PackedMethod, add_param, check_shape, copy_part
 
-_NF4_MIDPOINTS = [(a + b) / 2 for a, b in zip(NF4_CODE[:-1], NF4_CODE[1:])]
+_NF4_MIDPOINTS = [(a + b) / 2 for a, b in itertools.pairwise(NF4_CODE)]
 
 
 def dynamic_map() -> torch.Tensor:
@@ -130,7 +135,7 @@ class Nf4Method(PackedMethod):
         add_param(layer, "absmax", (n, k // BLOCK), torch.uint8, device)  # [N, K / 64] codes
         groups = _shard_groups(layer.output_sizes, k)
         add_param(layer, "nested_absmax", (sum(groups),), torch.float32, device)
-        add_param(layer, "nested_map", (256,), torch.float32, device)
+        add_param(layer, "nested_map", (len(groups), 256), torch.float32, device)  # one map per shard
         add_param(layer, "row_offset", (n,), torch.float32, device)  # [N]: the row's shard offset
         base = torch.empty(n, dtype=torch.int32)
         first_group = 0
@@ -138,7 +143,10 @@ class Nf4Method(PackedMethod):
             start, _ = layer.shard_range(shard)
             base[start:start + size] = first_group * NESTED_BLOCK + torch.arange(size, dtype=torch.int32) * (k // BLOCK)
             first_group += groups[shard]
-        layer.register_buffer("row_base", base.to(device), persistent=False)  # [N] int32, structural
+        shard_of_row = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor(layer.output_sizes))
+        # structural, never loaded: where row n's nested groups and nested map start
+        layer.register_buffer("row_base", base.to(device), persistent=False)  # [N] int32
+        layer.register_buffer("row_map", (shard_of_row * 256).to(torch.int32).to(device), persistent=False)
 
     def _group_range(self, layer, shard: int) -> tuple[int, int]:
         groups = _shard_groups(layer.output_sizes, layer.in_features)
@@ -173,9 +181,7 @@ class Nf4Method(PackedMethod):
         first, count = self._group_range(layer, shard)
         copy_part(layer.nested_absmax.data, nabs.reshape(-1).float(), 0, first, count, f"{what} nested_absmax")
         check_shape(qmap.reshape(-1), (256,), f"{what} nested_quant_map")
-        if shard > 0 and not torch.equal(layer.nested_map.data, qmap.reshape(-1).float().to(layer.nested_map.device)):
-            raise UnsupportedModelError(f"{what}: the shards of one merged layer use different nested quant maps")
-        layer.nested_map.data.copy_(qmap.reshape(-1))
+        layer.nested_map.data[shard].copy_(qmap.reshape(-1))
         layer.row_offset.data[start:start + size] = offset
 
     def export_shard(self, layer, shard) -> dict[str, torch.Tensor]:
@@ -189,7 +195,7 @@ class Nf4Method(PackedMethod):
         if self.nested:
             first, count = self._group_range(layer, shard)
             out["weight.nested_absmax"] = layer.nested_absmax.data[first:first + count]
-            out["weight.nested_quant_map"] = layer.nested_map.data.clone()
+            out["weight.nested_quant_map"] = layer.nested_map.data[shard].clone()
             state.update(nested_blocksize=NESTED_BLOCK, nested_dtype="float32",
                          nested_offset=float(layer.row_offset.data[start]))
         out[QUANT_STATE] = torch.tensor(list(json.dumps(state).encode()), dtype=torch.uint8)
@@ -198,7 +204,7 @@ class Nf4Method(PackedMethod):
     def _nested(self, layer) -> tuple | None:
         if not self.nested:
             return None
-        return layer.nested_absmax, layer.nested_map, layer.row_base, layer.row_offset
+        return layer.nested_absmax, layer.nested_map, layer.row_base, layer.row_offset, layer.row_map
 
     def gemv(self, layer, x, silu_mul) -> torch.Tensor:
         return nf4_gemv_triton(x, layer.qweight, layer.absmax, self._nested(layer), layer.code,

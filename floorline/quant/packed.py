@@ -146,7 +146,3 @@ class PackedMethod(QuantMethod):
 
     def dequantize_triton(self, layer: torch.nn.Module, out: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
-
-    def weight_tensors(self, layer: torch.nn.Module) -> list[torch.Tensor]:
-        """The tensors a decode step reads (for byte counts)."""
-        return [p for p in layer.parameters(recurse=False) if p is not getattr(layer, "bias", None)]
