@@ -64,7 +64,7 @@ _WEIGHT_FORMATS: dict[str, WeightFormat] = {
                      description="NF4 block-64, double-quantized absmax (bitsandbytes)"),
     )
 }
-_WEIGHT_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "fp8_e4m3": "fp8", "e4m3": "fp8",
+_WEIGHT_ALIASES = {"fp8-w8a8": "fp8", "bfloat16": "bf16", "float16": "fp16", "half": "fp16", "fp8_e4m3": "fp8", "e4m3": "fp8",
                    "fp8-e4m3": "fp8", "w8a8": "int8", "int4-g128": "int4", "awq": "int4", "gptq": "int4",
                    "bnb-nf4": "nf4", "bnb_nf4": "nf4"}
 

@@ -41,7 +41,11 @@ def _floor_ms(engine: LLMEngine, context: int, batch: int, bandwidth: float | No
         gpu = present_gpu_spec(engine.device.index or 0, bandwidth)
     else:
         gpu = GPUSpec("cpu", bandwidth, 0.0, None, None, None)
-    result = decode_floor(engine.model_config, gpu, context, batch, weight_format=_fmt(engine.dtype),
+    from floorline.eval.perplexity import quantization_label
+
+    label = quantization_label(engine.model)  # quantized layers read their own bytes
+    weight_format = _fmt(engine.dtype) if label == "none" else label
+    result = decode_floor(engine.model_config, gpu, context, batch, weight_format=weight_format,
                           kv_format=_kv_fmt(engine.dtype), bandwidth=bandwidth, bandwidth_source="measured")
     return result.memory_time_s * 1e3, result.total_bytes
 

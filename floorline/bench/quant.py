@@ -25,8 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from floorline.bench.kernels import SHAPES, read_bandwidth, rel_error, time_per_call
-from floorline.kernels.quant_common import QuantGemvConfig, m_bucket
-from floorline.kernels.skinny_gemm import skinny_gemm_triton
+from floorline.kernels.quant_common import QuantGemvConfig, get_config
+from floorline.kernels.skinny_gemm import (
+    auto_split_k,
+    m_bucket,
+    num_sms_of,
+    skinny_gemm_triton,
+)
 
 LAYER_SHAPES = ("qkv", "o_proj", "gate_up", "down")
 NUM_LAYERS = 32
@@ -64,19 +69,20 @@ def _method(fmt: str):
     return Fp8Method(w8a8=fmt == "fp8-w8a8")
 
 
-def build_layers(fmt: str, k: int, n: int, device: torch.device, l2_bytes: int):
-    """Weight copies of one format (enough bytes to defeat L2) and the bf16 source of the first."""
+def build_layers(fmt: str, k: int, n: int, device: torch.device, l2_bytes: int, dtype: torch.dtype = torch.bfloat16):
+    """Weight copies of one format (enough bytes to defeat L2) and the float source of the first."""
     from floorline.layers.linear import Linear
 
-    w = torch.randn(n, k, device=device, dtype=torch.bfloat16) / k**0.5
+    w = (torch.randn(n, k, device=device) / k**0.5).to(dtype)
     if fmt == "bf16":
-        first = Linear(k, [n], dtype=torch.bfloat16, device=device)
+        first = Linear(k, [n], dtype=dtype, device=device)
         first.load(0, "weight", w)
     else:
-        first = Linear(k, [n], dtype=torch.bfloat16, device=device, quant_method=_method(fmt))
+        first = Linear(k, [n], dtype=dtype, device=device, quant_method=_method(fmt))
         first.load(0, "weight", w)
         first.finish_loading()
-    nbytes = sum(p.numel() * p.element_size() for p in first.parameters())
+    # what a launch reads: codes, scales and the per-row state kept as buffers (NF4's row_base, ...)
+    nbytes = sum(t.numel() * t.element_size() for t in [*first.parameters(), *first.buffers()])
     copies = [first] + [copy.deepcopy(first) for _ in range(max(1, -(-3 * l2_bytes // nbytes) - 1))]
     return copies, w, nbytes
 
@@ -103,7 +109,8 @@ def _gemv_with_config(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig):
     if fmt in ("int8", "fp8"):
         return w8_gemv_triton(x, layer.qweight, layer.scale, fmt == "fp8", config=cfg)
     if fmt == "int4":
-        return int4_gemv_triton(x, layer.qweight, layer.scales, layer.zeros, layer.in_features, method.group, config=cfg)
+        return int4_gemv_triton(x, layer.qweight, layer.scales, layer.zeros, layer.in_features, method.group,
+                                config=cfg)
     return nf4_gemv_triton(x, layer.qweight, layer.absmax, method._nested(layer), layer.code, config=cfg,
                            codebook_select=method.codebook_select)
 
@@ -121,7 +128,7 @@ def check_format(fmt: str, layer, w: torch.Tensor, ms: tuple[int, ...]) -> list[
     k = layer.in_features
     cases = [(m, False) for m in ms] + [(4, True)] + ([(64, False)] if fmt != "bf16" else [])
     for m, silu in cases:
-        x = torch.randn(m, 2 * k if silu else k, device=w.device, dtype=torch.bfloat16)
+        x = torch.randn(m, 2 * k if silu else k, device=w.device).to(w.dtype)
         if fmt == "fp8-w8a8" and silu:
             continue
         if m > 16:
@@ -151,25 +158,24 @@ def sweep_candidates(m: int) -> list[QuantGemvConfig]:
 
 
 def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, l2: int, sweep: bool,
-                deadline: float) -> tuple[list[Row], list[str]]:
-    from floorline.kernels.quant_common import get_config, heuristic_config
-    from floorline.kernels.skinny_gemm import auto_split_k, num_sms_of
-
-    k, n = SHAPES[name]
-    layers, w, nbytes = build_layers(fmt, k, n, device, l2)
+                deadline: float, kn: tuple[int, int] | None = None,
+                dtype: torch.dtype = torch.bfloat16) -> tuple[list[Row], list[str]]:
+    """Checks, then times one format at one shape (`kn` overrides the Llama shape `name`)."""
+    k, n = kn or SHAPES[name]
+    layers, w, nbytes = build_layers(fmt, k, n, device, l2, dtype)
     failures = check_format(fmt, layers[0], w, ms)
     rows = []
     for m in ms:
-        row = Row(fmt, name, k, n, m, nbytes + 2 * m * (k + n))
+        row = Row(fmt, name, k, n, m, nbytes + w.element_size() * m * (k + n))
         if failures:
             row.failure = "check failed"
             rows.append(row)
             continue
-        x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
-        row.seconds = time_per_call([lambda l=l: _call(fmt, l, x) for l in layers])
+        x = torch.randn(m, k, device=device).to(dtype)
+        row.seconds = time_per_call([lambda l=l, x=x: _call(fmt, l, x) for l in layers])
         kernel_fmt = fmt.removesuffix("-select")
         if fmt in ("int8", "fp8", "int4", "nf4", "nf4-select"):
-            unit = {"int4": layers[0].quant_method.group, "nf4": 64}.get(kernel_fmt, 16)
+            unit = {"int4": getattr(layers[0].quant_method, "group", 128), "nf4": 64}.get(kernel_fmt, 16)
             row.config = _short(get_config(kernel_fmt, n, k, m, unit, device))
             if sweep:
                 sms = num_sms_of(device)
@@ -181,18 +187,18 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
                         out = _call(fmt, layers[0], x, cand)
                         if not rel_error(out, _call(fmt, layers[0], x)) < 1e-3:
                             continue
-                        secs = time_per_call([lambda l=l, c=cand: _call(fmt, l, x, c) for l in layers])
+                        secs = time_per_call([lambda l=l, c=cand, x=x: _call(fmt, l, x, c) for l in layers])
                     except Exception as e:  # noqa: BLE001 - a config the compiler rejects is skipped
                         print(f"    {fmt} {name} M={m} {_short(cand)}: {type(e).__name__}", flush=True)
                         continue
                     if secs < row.seconds:
                         row.seconds, row.config = secs, _short(cand) + " (swept)"
                         print(f"    ({kernel_fmt!r}, {n}, {k}, {m_bucket(m)}): {cand!r},", flush=True)
-            del heuristic_config
         rows.append(row)
         print(f"  {fmt:<10} {name:<8} M={m:<2} {row.seconds * 1e6:8.1f} us", flush=True)
     del layers
-    torch.cuda.empty_cache()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     return rows, failures
 
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from floorline.kernels.triton_compat import triton
 
 from floorline.kernels.decode_attention import num_sms_of
 from floorline.kernels.skinny_gemm import auto_split_k, m_bucket
 from floorline.kernels.tickets import tickets
+from floorline.kernels.triton_compat import triton
 
 MAX_M = 16
 M_BUCKETS = (1, 2, 4, 8, 16)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from floorline.kernels.triton_compat import tl, triton
 
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
@@ -32,6 +31,7 @@ from floorline.kernels.quant_common import (
     operand,
 )
 from floorline.kernels.skinny_gemm import _epilogue, _silu_mul
+from floorline.kernels.triton_compat import tl, triton
 
 
 @triton.jit
@@ -180,7 +180,7 @@ def _int4_dequant_kernel(q_ptr, s_ptr, z_ptr, out_ptr, N, K, num_groups, stride_
 def _check(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: int, group: int) -> None:
     if group < 32 or group & (group - 1):
         raise ValueError(f"quant_int4: the group size must be a power of two >= 32, got {group}")
-    groups = triton.cdiv(k, group)
+    groups = -(-k // group)  # plain integers: the CPU reference path runs without Triton
     n = qweight.shape[0] if qweight.dim() == 2 else -1
     if qweight.dtype != torch.uint8 or tuple(qweight.shape) != (n, groups * group // 2) or qweight.stride(1) != 1:
         raise ValueError(f"quant_int4: qweight must be uint8 [N, {groups * group // 2}] with unit last stride "

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from floorline.kernels.triton_compat import tl, triton
 
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
@@ -33,6 +32,7 @@ from floorline.kernels.quant_common import (
 )
 from floorline.kernels.quant_int4 import _load_x
 from floorline.kernels.skinny_gemm import _epilogue
+from floorline.kernels.triton_compat import tl, triton
 
 BLOCK = 64  # weights per absmax block
 NESTED_BLOCK = 256  # absmax blocks per nested (second-level) scale

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from floorline.kernels.triton_compat import tl, triton
 
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
@@ -23,6 +22,7 @@ from floorline.kernels.quant_common import (
     operand,
 )
 from floorline.kernels.skinny_gemm import _epilogue, _silu_mul
+from floorline.kernels.triton_compat import tl, triton
 
 K_UNIT = 16  # block_k granularity
 

@@ -8,7 +8,6 @@ s = (max - min) / 15, z = round(-min / s) clamped to 0..15, q = clamp(round(w / 
 from __future__ import annotations
 
 import torch
-from floorline.kernels.triton_compat import triton
 
 from floorline.errors import UnsupportedModelError
 from floorline.kernels.quant_int4 import (
@@ -29,7 +28,7 @@ def quantize_int4(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tens
     Kp is K rounded up to the group; padding columns are zeros (they only widen the last group's range).
     """
     n, k = w.shape
-    kp = triton.cdiv(k, group) * group
+    kp = -(-k // group) * group
     wf = torch.zeros(n, kp, dtype=torch.float32, device=w.device)
     wf[:, :k] = w.float()
     g = wf.reshape(n, kp // group, group)
@@ -83,7 +82,7 @@ class Int4Method(PackedMethod):
         if self.source in ("awq", "gptq") and k % self.group:
             raise UnsupportedModelError(f"{layer.prefix}: {k} input features are not a multiple of the "
                                         f"{self.source} group size {self.group}")
-        kp = triton.cdiv(k, self.group) * self.group
+        kp = -(-k // self.group) * self.group
         add_param(layer, "qweight", (n, kp // 2), torch.uint8, device)  # [N, Kp / 2]
         add_param(layer, "scales", (kp // self.group, n), torch.float16, device)  # [Kp / G, N]
         add_param(layer, "zeros", (kp // self.group, n), torch.float16, device)  # [Kp / G, N]

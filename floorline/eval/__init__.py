@@ -1,0 +1,1 @@
+"""floorline.eval: model quality measurements (perplexity, agreement with an unquantized model)."""

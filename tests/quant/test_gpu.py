@@ -1,0 +1,95 @@
+"""GPU checks in bf16 (skipped without CUDA): kernels at Llama-3.1-8B shapes, the prefill path, FP8 W8A8,
+and the engine with CUDA graphs in every format."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from floorline.kernels.activation import silu_and_mul
+from floorline.layers.linear import Linear
+from floorline.quant.fp8 import Fp8Method, w8a8_ref, w8a8_supported
+from floorline.quant.int4 import Int4Method
+from floorline.quant.int8 import Int8Method
+from floorline.quant.nf4 import Nf4Method
+
+pytestmark = pytest.mark.gpu
+
+SHAPES = [(4096, 6144), (14336, 4096), (4096, 1024), (576, 1536)]  # (K, N); last: SmolLM2 (padded int4)
+METHODS = {"int8": Int8Method, "fp8": Fp8Method, "int4": Int4Method, "nf4": Nf4Method}
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert bool(torch.isfinite(out).all())
+    return float((out.float() - ref.float()).norm() / ref.float().norm())
+
+
+def _layer(fmt: str, k: int, n: int, select: bool = False) -> tuple[Linear, torch.Tensor]:
+    method = METHODS[fmt]()
+    if fmt == "nf4":
+        method.codebook_select = select
+    layer = Linear(k, [n], dtype=torch.bfloat16, device="cuda", quant_method=method)
+    layer.load(0, "weight", (torch.randn(n, k, device="cuda") / k**0.5).to(torch.bfloat16))
+    layer.finish_loading()
+    return layer, method.dequantize_ref(layer)
+
+
+@pytest.mark.parametrize("fmt", list(METHODS))
+@pytest.mark.parametrize("k,n", SHAPES)
+def test_gpu_gemv_matches_reference_in_bf16(fmt, k, n):
+    if fmt == "nf4" and k % 64:
+        pytest.skip("NF4 needs K % 64 == 0")
+    layer, w = _layer(fmt, k, n)
+    for m in (1, 2, 5, 16):
+        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        out = layer.quant_method.gemv(layer, x, False)
+        assert out.dtype == torch.bfloat16 and _rel(out, F.linear(x.float(), w)) < 1e-2
+    x2 = torch.randn(4, 2 * k, device="cuda", dtype=torch.bfloat16)  # fused SiLU-and-mul operand
+    assert _rel(layer.quant_method.gemv(layer, x2, True), F.linear(silu_and_mul(x2).float(), w)) < 1e-2
+
+
+@pytest.mark.parametrize("fmt", list(METHODS))
+def test_gpu_prefill_dequantizes_then_uses_tensor_cores(fmt):
+    layer, w = _layer(fmt, 4096, 1024)
+    x = torch.randn(100, 4096, device="cuda", dtype=torch.bfloat16)
+    ref = F.linear(x.float(), w)
+    out = layer(x)  # 100 rows: the dequantization buffer and cuBLAS (FP8 on Hopper: W8A8)
+    if fmt == "fp8" and layer.quant_method.w8a8:
+        ref = w8a8_ref(x, layer.qweight, layer.scale)
+    assert _rel(out, ref) < 1e-2
+    buf = layer.quant_method.dequantize(layer, torch.bfloat16, x.device)
+    assert _rel(buf, w) < 4e-3  # bf16 rounding of the dequantized weight
+
+
+def test_gpu_nf4_select_equals_gather():
+    layer, _ = _layer("nf4", 4096, 4096)
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    gather = layer.quant_method.gemv(layer, x, False)
+    layer.quant_method.codebook_select = True
+    assert torch.equal(layer.quant_method.gemv(layer, x, False), gather)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not w8a8_supported(torch.device("cuda")),
+                    reason="FP8 W8A8 needs compute capability >= 9.0")
+def test_gpu_fp8_w8a8_scaled_mm_matches_reference():
+    layer = Linear(4096, [6144], dtype=torch.bfloat16, device="cuda", quant_method=Fp8Method(w8a8=True))
+    layer.load(0, "weight", (torch.randn(6144, 4096, device="cuda") / 64).to(torch.bfloat16))
+    layer.finish_loading()
+    for m in (17, 64, 300):
+        x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
+        assert _rel(layer(x), w8a8_ref(x, layer.qweight, layer.scale)) < 1e-2
+
+
+@pytest.mark.parametrize("fmt", list(METHODS))
+def test_gpu_engine_graphs_equal_eager_in_every_format(quant_tiny_dir, fmt):
+    from floorline.api import LLM
+    from floorline.sampling_params import SamplingParams
+
+    prompts = [[5, 17, 3, 99, 140, 7], [61, 8, 200, 1], list(range(3, 40))]
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    eager = LLM(quant_tiny_dir, quantization=fmt, enforce_eager=True, num_kv_blocks=64, max_num_seqs=8)
+    graphs = LLM(quant_tiny_dir, quantization=fmt, num_kv_blocks=64, max_num_seqs=8)
+    want = [o.outputs[0].token_ids for o in eager.generate(prompts, params)]
+    assert [o.outputs[0].token_ids for o in graphs.generate(prompts, params)] == want
+

@@ -1,0 +1,216 @@
+"""Quantized GEMV and dequantization kernels (Triton interpreter on CPU) against their references."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import floorline.kernels.quant_common as qc
+from floorline.kernels.activation import silu_and_mul
+from floorline.kernels.quant_common import (
+    QuantGemvConfig,
+    get_config,
+    heuristic_config,
+    load_tuned_configs,
+)
+from floorline.kernels.quant_int4 import (
+    int4_dequantize_ref,
+    int4_dequantize_triton,
+    int4_gemm_ref,
+    int4_gemv_triton,
+    pack_int4_rows,
+)
+from floorline.kernels.quant_nf4 import (
+    nf4_code,
+    nf4_dequantize_ref,
+    nf4_dequantize_triton,
+    nf4_gemm_ref,
+    nf4_gemv_triton,
+)
+from floorline.kernels.quant_w8 import (
+    w8_dequantize_ref,
+    w8_dequantize_triton,
+    w8_gemm_ref,
+    w8_gemv_triton,
+)
+
+TOL = {torch.float32: {"rtol": 1e-4, "atol": 1e-4}, torch.float16: {"rtol": 3e-3, "atol": 3e-3}}
+
+
+@pytest.fixture
+def seed() -> int:
+    """A fresh seed per test (inputs differ between runs); reported when a comparison fails."""
+    return torch.seed()
+
+
+def _close(out, ref, dtype, seed):
+    # inputs are scaled so outputs are O(1); fp16 tolerances then mean a few ulps
+    torch.testing.assert_close(out, ref, **TOL[dtype], msg=lambda m: f"{m}\n(seed {seed})")
+
+
+def _x(m: int, k: int, dtype: torch.dtype, silu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(m, 2 * k if silu else k).to(dtype)
+    return x, (silu_and_mul(x) if silu else x)
+
+
+def _int4(n: int, k: int, group: int):
+    kp = -(-k // group) * group
+    codes = torch.randint(0, 16, (n, kp), dtype=torch.uint8)
+    scales = (torch.rand(kp // group, n) / (2 * k**0.5)).half()
+    zeros = torch.randint(0, 16, (kp // group, n)).half()
+    return pack_int4_rows(codes), scales, zeros
+
+
+def _nf4(n: int, k: int, nested: bool):
+    qweight = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8)
+    if not nested:
+        return qweight, torch.rand(n, k // 64) / k**0.5, None
+    codes = torch.randint(0, 256, (n, k // 64), dtype=torch.uint8)
+    groups = -(-n * (k // 64) // 256) + 3
+    maps = torch.rand(2, 256) * 2 - 1  # two shards' maps: rows below n // 2 use the first
+    row_map = torch.where(torch.arange(n) < n // 2, 0, 256).to(torch.int32)
+    nested_state = (torch.rand(groups) / k**0.5, maps, (torch.arange(n, dtype=torch.int32) * (k // 64) + 256).int(),
+                    torch.rand(n) / k**0.5, row_map)
+    return qweight, codes, nested_state
+
+
+# ---- int4 -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("m", [1, 3, 16])
+@pytest.mark.parametrize("n,k,group", [(40, 128, 128), (72, 320, 64), (33, 200, 32), (16, 64, 128)])
+@pytest.mark.parametrize("silu", [False, True])
+def test_int4_gemv_default_config(dtype, m, n, k, group, silu, seed):
+    qw, s, z = _int4(n, k, group)
+    x, xr = _x(m, k, dtype, silu)
+    _close(int4_gemv_triton(x, qw, s, z, k, group, silu_mul=silu), int4_gemm_ref(xr, qw, s, z, k, group), dtype, seed)
+
+
+@pytest.mark.parametrize("use_dot,m", [(False, 1), (True, 1), (True, 5)])
+@pytest.mark.parametrize("split_k", [1, 3])
+@pytest.mark.parametrize("k,block_k", [(256, 128), (384, 256), (320, 128)])
+def test_int4_gemv_configs_and_split_k(use_dot, m, split_k, k, block_k, seed):
+    qw, s, z = _int4(72, k, 64)
+    x, _ = _x(m, k, torch.float32, False)
+    cfg = QuantGemvConfig(block_n=16 if use_dot else 8, block_k=block_k, split_k=split_k, use_dot=use_dot)
+    _close(int4_gemv_triton(x, qw, s, z, k, 64, config=cfg), int4_gemm_ref(x, qw, s, z, k, 64), torch.float32, seed)
+
+
+@pytest.mark.parametrize("n,k,group", [(40, 192, 64), (33, 100, 32), (64, 256, 128)])
+def test_int4_dequantize_kernel(n, k, group):
+    qw, s, z = _int4(n, k, group)
+    for dtype in (torch.float32, torch.float16):
+        out = int4_dequantize_triton(qw, s, z, k, group, torch.empty(n, k, dtype=dtype))
+        assert torch.equal(out, int4_dequantize_ref(qw, s, z, k, group).to(dtype))
+
+
+# ---- NF4 ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("m", [1, 4, 16])
+@pytest.mark.parametrize("n,k", [(40, 128), (72, 320), (17, 64)])
+@pytest.mark.parametrize("nested", [True, False])
+def test_nf4_gemv_default_config(dtype, m, n, k, nested, seed):
+    qw, a, nest = _nf4(n, k, nested)
+    x, _ = _x(m, k, dtype, False)
+    _close(nf4_gemv_triton(x, qw, a, nest, nf4_code()), nf4_gemm_ref(x, qw, a, nest), dtype, seed)
+
+
+@pytest.mark.parametrize("select", [False, True])
+@pytest.mark.parametrize("use_dot,m", [(False, 1), (True, 6)])
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_nf4_gemv_silu_select_split(select, use_dot, m, split_k, seed):
+    k = 448
+    qw, a, nest = _nf4(48, k, True)
+    x, xr = _x(m, k, torch.float32, True)
+    cfg = QuantGemvConfig(block_n=16, block_k=128, split_k=split_k, use_dot=use_dot)
+    out = nf4_gemv_triton(x, qw, a, nest, nf4_code(), silu_mul=True, codebook_select=select, config=cfg)
+    _close(out, nf4_gemm_ref(xr, qw, a, nest), torch.float32, seed)
+
+
+def test_nf4_dequantize_kernel():
+    for nested in (True, False):
+        qw, a, nest = _nf4(40, 320, nested)
+        out = nf4_dequantize_triton(qw, a, nest, nf4_code(), torch.empty(40, 320))
+        torch.testing.assert_close(out, nf4_dequantize_ref(qw, a, nest), rtol=1e-6, atol=1e-7)
+
+
+# ---- int8 / fp8 -----------------------------------------------------------------------------------
+
+def _w8(n: int, k: int, fp8: bool):
+    if fp8:
+        q = (torch.randn(n, k) * 40).clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
+        q[0, :4] = torch.tensor([0x01, 0x81, 0x07, 0x00], dtype=torch.uint8)  # subnormals and zero
+        return q, torch.rand(n) / (40 * k**0.5)
+    return torch.randint(-127, 128, (n, k), dtype=torch.int8), torch.rand(n) / (60 * k**0.5)
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("m", [1, 3, 16])
+@pytest.mark.parametrize("n,k", [(40, 128), (72, 200), (5, 48)])
+@pytest.mark.parametrize("silu", [False, True])
+def test_w8_gemv_default_config(fp8, dtype, m, n, k, silu, seed):
+    q, s = _w8(n, k, fp8)
+    x, xr = _x(m, k, dtype, silu)
+    _close(w8_gemv_triton(x, q, s, fp8, silu_mul=silu), w8_gemm_ref(xr, q, s, fp8), dtype, seed)
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("use_dot,m", [(False, 1), (True, 2)])
+def test_w8_gemv_split_k(fp8, use_dot, m, seed):
+    q, s = _w8(72, 320, fp8)
+    x, _ = _x(m, 320, torch.float32, False)
+    cfg = QuantGemvConfig(block_n=16, block_k=64, split_k=3, use_dot=use_dot)
+    _close(w8_gemv_triton(x, q, s, fp8, config=cfg), w8_gemm_ref(x, q, s, fp8), torch.float32, seed)
+    assert torch.equal(w8_gemv_triton(x, q, s, fp8, config=cfg), w8_gemv_triton(x, q, s, fp8, config=cfg))
+
+
+def test_fp8_bit_trick_is_exact_for_every_code():
+    codes = torch.arange(256, dtype=torch.uint8)
+    codes = codes[(codes & 0x7F) != 0x7F].reshape(1, -1)  # all 254 finite e4m3 values
+    out = w8_dequantize_triton(codes, torch.ones(1), True, torch.empty(1, codes.shape[1]))
+    assert torch.equal(out, codes.view(torch.float8_e4m3fn).float())
+    q, s = _w8(24, 80, False)
+    assert torch.equal(w8_dequantize_triton(q, s, False, torch.empty(24, 80)), w8_dequantize_ref(q, s, False))
+
+
+# ---- launchers, configs ---------------------------------------------------------------------------
+
+def test_launchers_reject_bad_inputs():
+    qw, s, z = _int4(16, 128, 128)
+    with pytest.raises(ValueError, match="x must be"):
+        int4_gemv_triton(torch.randn(2, 64), qw, s, z, 128, 128)
+    with pytest.raises(ValueError, match="1 <= M <= 16"):
+        int4_gemv_triton(torch.randn(17, 128), qw, s, z, 128, 128)
+    with pytest.raises(ValueError, match="scales must be"):
+        int4_gemv_triton(torch.randn(1, 128), qw, s.float(), z, 128, 128)
+    with pytest.raises(ValueError, match="multiple of 128"):
+        int4_gemv_triton(torch.randn(1, 128), qw, s, z, 128, 128, config=QuantGemvConfig(16, 64))
+    with pytest.raises(ValueError, match="M == 1 only"):
+        w8_gemv_triton(torch.randn(2, 64), *_w8(8, 64, False), False, config=QuantGemvConfig(16, 64))
+    with pytest.raises(ValueError, match="qweight must be"):
+        w8_gemv_triton(torch.randn(1, 64), torch.zeros(8, 64, dtype=torch.uint8), torch.ones(8), False)
+    with pytest.raises(ValueError, match="absmax must be"):
+        nf4_gemv_triton(torch.randn(1, 128), torch.zeros(8, 64, dtype=torch.uint8), torch.zeros(8, 3), None,
+                        nf4_code())
+
+
+def test_config_table_and_heuristic(monkeypatch, tmp_path):
+    assert not heuristic_config("int4", 4096, 4096, 1, 128).use_dot
+    dot = heuristic_config("nf4", 4096, 4096, 4, 64)
+    assert dot.use_dot and dot.block_k % 64 == 0
+    small = heuristic_config("int4", 40, 64, 1, 128, num_sms=4)
+    assert small.block_k == 128 and small.block_n <= 64
+    monkeypatch.setattr(qc, "TUNED_CONFIGS", {})
+    tuned = QuantGemvConfig(block_n=64, block_k=256, split_k=2, num_warps=8, num_stages=3, use_dot=True)
+    path = tmp_path / "q.json"
+    entry = {"format": "int4", "n": 4096, "k": 4096, "m_bucket": 4, "config": tuned.as_dict()}
+    path.write_text(json.dumps({"configs": [entry]}))
+    assert load_tuned_configs(path) == 1
+    assert get_config("int4", 4096, 4096, 3, 128, "cpu") == tuned
+    assert get_config("nf4", 4096, 4096, 3, 64, "cpu") != tuned
+    with pytest.raises(ValueError, match="M == 1 only"):
+        qc.set_tuned_config("int4", 1, 1, 2, QuantGemvConfig(16, 128))
