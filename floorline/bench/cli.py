@@ -34,6 +34,22 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--profile-steps", type=int, default=0, help="profile this many steps (from step 100)")
     t.add_argument("--json", default=None)
+    _add_serve_args(sub.add_parser("serve", help="streaming clients at a Poisson request rate against a live server"))
+
+
+def _add_serve_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--url", default="http://127.0.0.1:8000", help="server root (default http://127.0.0.1:8000)")
+    s.add_argument("--endpoint", default="completions", choices=["completions", "chat"])
+    s.add_argument("--model", default=None, help="model id to send (default: the first in /v1/models)")
+    s.add_argument("--num-prompts", type=int, default=100)
+    s.add_argument("--request-rate", type=float, default=float("inf"),
+                   help="mean requests/s of the Poisson arrivals (default inf: all at once)")
+    s.add_argument("--seed", type=int, default=0, help="seeds the arrival times and the prompts")
+    s.add_argument("--input-len", type=int, default=32, help="words per prompt")
+    s.add_argument("--output-len", type=int, default=64, help="tokens per request (max_tokens, EOS ignored)")
+    s.add_argument("--max-concurrency", type=int, default=None)
+    s.add_argument("--api-key", default=None)
+    s.add_argument("--json", default=None, help="also write the summary as JSON to this file")
 
 
 def _parse_contexts(text: str) -> list[int]:
@@ -51,6 +67,8 @@ def _run(ns: argparse.Namespace) -> int:
         return _run_decode(ns)
     if ns.bench == "throughput":
         return _run_throughput(ns)
+    if ns.bench == "serve":
+        return _run_serve(ns)
     raise FloorlineError(f"unknown benchmark {ns.bench!r}")
 
 
@@ -127,6 +145,30 @@ def _run_throughput(ns: argparse.Namespace) -> int:
         with open(ns.json, "w") as f:
             json.dump({"command": _command(), "device": _device_name(engine.device), **r.as_dict()}, f, indent=2)
     return 0
+
+
+def _run_serve(ns: argparse.Namespace) -> int:
+    import asyncio
+
+    from floorline.bench.serve import BenchConfig, bench_config_dict, format_table, run_bench, summarize
+
+    for flag, value in (("--num-prompts", ns.num_prompts), ("--input-len", ns.input_len),
+                        ("--output-len", ns.output_len), ("--max-concurrency", ns.max_concurrency or 1)):
+        if value < 1:
+            raise FloorlineError(f"{flag} must be >= 1, got {value}")
+    if not ns.request_rate > 0:
+        raise FloorlineError(f"--request-rate must be > 0 (inf: all at once), got {ns.request_rate}")
+    cfg = BenchConfig(url=ns.url, num_prompts=ns.num_prompts, request_rate=ns.request_rate, seed=ns.seed,
+                      input_len=ns.input_len, output_len=ns.output_len, endpoint=ns.endpoint, model=ns.model,
+                      max_concurrency=ns.max_concurrency, api_key=ns.api_key)
+    results, duration, model = asyncio.run(run_bench(cfg))
+    summary = summarize(results, duration)
+    print(format_table(cfg, model, summary, _command()))
+    if ns.json:
+        with open(ns.json, "w") as f:
+            json.dump({"command": _command(), "config": bench_config_dict(cfg), "model": model, **summary}, f,
+                      indent=2)
+    return 0 if summary["completed"] else 1
 
 
 def _device_name(device: torch.device) -> str:
