@@ -131,3 +131,15 @@ def kv_format_names() -> list[str]:
 def sixteen_bit() -> WeightFormat:
     """The format of tensors that quantizers leave alone (norms, routers, usually the LM head)."""
     return _WEIGHT_FORMATS["bf16"]
+
+
+def engine_formats(model, dtype) -> tuple[str, str]:
+    """(weight format, KV format) of a built model: its quantization where it has one, else its dtype."""
+    import torch
+
+    from floorline.eval.perplexity import quantization_label
+
+    by_dtype = {torch.bfloat16: ("bf16", "bf16"), torch.float16: ("fp16", "fp16"), torch.float32: ("F32", "fp32")}
+    weight, kv = by_dtype[dtype]
+    label = quantization_label(model)
+    return (weight if label == "none" else label), kv

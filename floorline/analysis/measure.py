@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from floorline.analysis.formats import engine_formats
 from floorline.analysis.floor import FloorResult, decode_floor
 from floorline.errors import FloorlineError
 
@@ -208,8 +209,6 @@ def measure_decode(engine, context: int, batch: int = 1, num_steps: int = 32, wa
     Each mode decodes about warmup + num_steps + profile_steps tokens, so the context grows by
     that much (~2% at 2048); the floor is taken at `context`.
     """
-    import torch
-
     from floorline.analysis.gpus import measure_read_bandwidth, present_gpu_spec
     from floorline.sampling_params import SamplingParams
 
@@ -224,8 +223,7 @@ def measure_decode(engine, context: int, batch: int = 1, num_steps: int = 32, wa
                              f"max_model_len {engine.max_model_len}")
     bw = bandwidth if bandwidth is not None else measure_read_bandwidth(device)
     spec = gpu if gpu is not None else present_gpu_spec(device.index or 0, bw)
-    fmt = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "F32"}[engine.dtype]
-    kv = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[engine.dtype]
+    fmt, kv = engine_formats(engine.model, engine.dtype)
     floor = decode_floor(cfg, spec, context, batch, fmt, kv, bandwidth=bw, bandwidth_source="measured")
     result = DecodeMeasurement(model=cfg.name or cfg.architecture, gpu=spec.name, context=context, batch=batch,
                                bandwidth=bw, floor=floor, step_graphs_s=None, step_eager_s=None)

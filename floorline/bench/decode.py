@@ -35,27 +35,17 @@ def _floor_ms(engine: LLMEngine, context: int, batch: int, bandwidth: float | No
     if bandwidth is None:
         return None
     from floorline.analysis.floor import decode_floor
+    from floorline.analysis.formats import engine_formats
     from floorline.analysis.gpus import GPUSpec, present_gpu_spec
 
     if engine.device.type == "cuda":
         gpu = present_gpu_spec(engine.device.index or 0, bandwidth)
     else:
         gpu = GPUSpec("cpu", bandwidth, 0.0, None, None, None)
-    from floorline.eval.perplexity import quantization_label
-
-    label = quantization_label(engine.model)  # quantized layers read their own bytes
-    weight_format = _fmt(engine.dtype) if label == "none" else label
+    weight_format, kv_format = engine_formats(engine.model, engine.dtype)
     result = decode_floor(engine.model_config, gpu, context, batch, weight_format=weight_format,
-                          kv_format=_kv_fmt(engine.dtype), bandwidth=bandwidth, bandwidth_source="measured")
+                          kv_format=kv_format, bandwidth=bandwidth, bandwidth_source="measured")
     return result.memory_time_s * 1e3, result.total_bytes
-
-
-def _fmt(dtype: torch.dtype) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "F32"}[dtype]
-
-
-def _kv_fmt(dtype: torch.dtype) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
 
 
 def _sync(device: torch.device) -> None:

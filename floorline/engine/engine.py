@@ -243,9 +243,6 @@ class LLMEngine:
             outputs.append(out)
         return outputs
 
-    def stats(self) -> dict[str, float]:
-        return self.scheduler.stats()
-
 
 def _pick_device(device: str) -> torch.device:
     if device == "auto":

@@ -21,30 +21,23 @@ from pathlib import Path
 import torch
 
 from floorline.kernels.decode_attention import num_sms_of
-from floorline.kernels.skinny_gemm import auto_split_k, m_bucket
+from floorline.kernels.skinny_gemm import (  # noqa: F401  (DOT_BLOCK_M, MAX_M re-exported to the kernels)
+    DOT_BLOCK_M,
+    M_BUCKETS,
+    MAX_M,
+    SkinnyConfig,
+    auto_split_k,
+    m_bucket,
+)
 from floorline.kernels.tickets import tickets
 from floorline.kernels.triton_compat import triton
 
-MAX_M = 16
-M_BUCKETS = (1, 2, 4, 8, 16)
-DOT_BLOCK_M = 16  # tl.dot needs >= 16 rows; rows past M are masked and never fetched
 FORMATS = ("int8", "fp8", "int4", "nf4")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-
-@dataclass(frozen=True)
-class QuantGemvConfig:
-    """One launch config; block_k counts weights (not bytes) and is a multiple of the format's group."""
-
-    block_n: int
-    block_k: int
-    split_k: int = 1
-    num_warps: int = 4
-    num_stages: int = 3
-    use_dot: bool = False
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+# The quantized kernels take the bf16 skinny GEMM's launch configs: the same fields and meaning,
+# except that block_k counts weights (not bytes) and is a multiple of the format's group.
+QuantGemvConfig = SkinnyConfig
 
 
 # (format, N, K, M-bucket) -> config. Empty until swept on a GPU: `python -m floorline.bench.quant --sweep`

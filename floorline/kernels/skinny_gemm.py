@@ -45,7 +45,7 @@ from floorline.kernels.decode_attention import (
 
 MAX_M = 16
 M_BUCKETS = (1, 2, 4, 8, 16)
-_DOT_BLOCK_M = 16  # tl.dot needs >= 16 rows; rows past M are masked and never fetched
+DOT_BLOCK_M = 16  # tl.dot needs >= 16 rows; rows past M are masked and never fetched
 _FAST_DTYPES = (torch.float16, torch.bfloat16)
 _KERNEL_DTYPES = _FAST_DTYPES + (torch.float32,)
 
@@ -361,7 +361,7 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
     _skinny_gemm_kernel[(tiles, splits)](
         x_in, w, bias if bias is not None else out, out, ws, tickets,
         m, n, k, x.stride(0), w.stride(0), per_split, splits,
-        BLOCK_M=_DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0,
         HAS_BIAS=bias is not None, SPLIT=splits > 1, DOT_IEEE=x.dtype == torch.float32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, X_SILU_MUL=silu_mul, **pdl_args(x.device),

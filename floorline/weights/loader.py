@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from typing import Iterable, Iterator
 
 import torch
@@ -121,9 +120,3 @@ def load_tokenizer(source: ModelSource):
         return Tokenizer.from_hf_dir(source.path)
     return None
 
-
-def timed(fn, *args, **kwargs):
-    """(result, seconds): start-up reporting wants each phase timed."""
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0

@@ -118,6 +118,7 @@ class _FakeEngine:
     def __init__(self):
         self.device = torch.device("cuda", 0)
         self.dtype = torch.bfloat16
+        self.model = torch.nn.Module()  # no Linear layers: unquantized
         self.model_config = ModelConfig(
             architecture="LlamaForCausalLM", vocab_size=32000, hidden_size=2048, intermediate_size=8192,
             num_layers=16, num_heads=16, num_kv_heads=4, head_dim=128, name="tiny", max_position_embeddings=8192)

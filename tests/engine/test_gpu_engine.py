@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from floorline.api import LLM
 from floorline.sampling_params import SamplingParams
