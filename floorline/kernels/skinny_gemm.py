@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,8 @@ MAX_M = 16
 M_BUCKETS = (1, 2, 4, 8, 16)
 DOT_BLOCK_M = 16  # tl.dot needs >= 16 rows; rows past M are masked and never fetched
 _FAST_DTYPES = (torch.float16, torch.bfloat16)
+# FLOORLINE_FUSE=0 keeps the residual add and RMSNorm out of the GEMVs (for A/B timing and tests).
+FUSE_NEIGHBOURS = os.environ.get("FLOORLINE_FUSE", "1") != "0"
 _KERNEL_DTYPES = _FAST_DTYPES + (torch.float32,)
 
 
@@ -107,16 +110,29 @@ def _silu_mul(g, u):
 
 
 @triton.jit
-def _finish(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS: tl.constexpr):
-    """Adds the bias in fp32 and stores in the output dtype."""
+def _finish(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS: tl.constexpr,
+            res_ptr=None, ss_ptr=None, ss_offs=None, ss_mask=None, ADD_RESIDUAL: tl.constexpr = False):
+    """Adds the bias in fp32 and stores in the output dtype.
+
+    ADD_RESIDUAL: stores `s = y + residual` instead (y rounded first, then s: the unfused model's two
+    roundings) and the fp32 sum of s^2 over the tile's columns at `ss_offs`: the partials that the
+    next GEMV's RMSNorm prologue sums (`_row_rstd`).
+    """
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n_offs, mask=n_offs < N, other=0.0).to(tl.float32)
-    tl.store(out_ptr + c_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    y = acc.to(out_ptr.dtype.element_ty)
+    if ADD_RESIDUAL:
+        r = tl.load(res_ptr + c_offs, mask=mask, other=0.0)
+        y = (y.to(tl.float32) + r.to(tl.float32)).to(out_ptr.dtype.element_ty)
+        yf = tl.where(mask, y.to(tl.float32), 0.0)
+        tl.store(ss_ptr + ss_offs, tl.sum(yf * yf, axis=-1), mask=ss_mask)
+    tl.store(out_ptr + c_offs, y, mask=mask)
 
 
 @triton.jit
 def _epilogue(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, MN,
-              HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr):
+              HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+              res_ptr=None, ss_ptr=None, ss_offs=None, ss_mask=None, ADD_RESIDUAL: tl.constexpr = False):
     """Stores the tile, or with split-K its partial; the last split of a tile reduces all partials."""
     if SPLIT:
         tl.store(ws_ptr + split * MN + c_offs, acc, mask=mask)
@@ -129,13 +145,36 @@ def _epilogue(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, ws_ptr, cnt_ptr, til
             for s in range(num_splits):  # fixed order: the result never depends on arrival order
                 # .cg reads from L2, where the other SMs' partials are, never a stale L1 line.
                 total += tl.load(ws_ptr + s * MN + c_offs, mask=mask, other=0.0, cache_modifier=".cg")
-            _finish(total, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS)
+            _finish(total, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS,
+                    res_ptr, ss_ptr, ss_offs, ss_mask, ADD_RESIDUAL)
             tl.store(cnt_ptr + tile, 0)  # ready for the next launch (or graph replay)
     else:
-        _finish(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS)
+        _finish(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS,
+                res_ptr, ss_ptr, ss_offs, ss_mask, ADD_RESIDUAL)
 
 
-@triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits"])
+@triton.jit
+def _row_rstd(ss_ptr, num_ss, M, K, eps, BLOCK_M: tl.constexpr, SS_BLOCK: tl.constexpr):
+    """[BLOCK_M] rsqrt(mean(s^2) + eps) from the producer's [M, num_ss] fp32 partials, summed in a
+    fixed order (the result never depends on which of the producer's programs finished first)."""
+    rm = tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, SS_BLOCK)
+    acc = tl.zeros([BLOCK_M, SS_BLOCK], dtype=tl.float32)
+    for j in range(0, num_ss, SS_BLOCK):
+        mask = (rm[:, None] < M) & ((j + cols)[None, :] < num_ss)
+        acc += tl.load(ss_ptr + rm[:, None] * num_ss + (j + cols)[None, :], mask=mask, other=0.0)
+    return tl.rsqrt(tl.sum(acc, axis=1) / K + eps)
+
+
+@triton.jit
+def _norm_operand(s, nw, rstd):
+    """RMSNorm of stream values s by their row's rstd, rounded like `rms_norm_ref`: s * rstd to the
+    dtype, then times the norm weight nw to the dtype."""
+    normed = (s.to(tl.float32) * rstd).to(s.dtype).to(tl.float32)
+    return (normed * nw.to(tl.float32)).to(s.dtype)
+
+
+@triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits", "num_ss_in"])
 def _skinny_gemm_kernel(
     x_ptr,  # [M, K], last-dim stride 1
     w_ptr,  # [N, K], last-dim stride 1
@@ -150,6 +189,12 @@ def _skinny_gemm_kernel(
     stride_wn,
     k_blocks_per_split,
     num_splits,
+    nw_ptr,  # [K] RMSNorm weight (X_NORM only)
+    ss_in_ptr,  # [M, num_ss_in] fp32 partial sums of x^2 from x's producer (X_NORM only)
+    num_ss_in,
+    eps,
+    res_ptr,  # [M, N] contiguous residual (ADD_RESIDUAL only)
+    ss_out_ptr,  # [M, tiles] fp32 partial sums of the output's squares (ADD_RESIDUAL only)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -161,6 +206,9 @@ def _skinny_gemm_kernel(
     DOT_IEEE: tl.constexpr,
     USE_PDL: tl.constexpr = False,
     X_SILU_MUL: tl.constexpr = False,  # x is [M, 2K] gate|up: the operand is silu(gate) * up
+    X_NORM: tl.constexpr = False,  # x is the residual stream: the operand is its RMSNorm times nw
+    ADD_RESIDUAL: tl.constexpr = False,  # the output is y + residual, with its s^2 partials
+    SS_BLOCK: tl.constexpr = 128,
 ):
     if USE_PDL:
         gdc_wait()  # wait for the previous kernel's writes (launched early with PDL)
@@ -178,8 +226,11 @@ def _skinny_gemm_kernel(
         x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + rk)[None, :]  # [BLOCK_M, BLOCK_K]
         w_ptrs = w_ptr + rn_w[None, :] * stride_wn + (k_start + rk)[:, None]  # [BLOCK_K, BLOCK_N] = W^T tile
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        if X_NORM:
+            rstd = _row_rstd(ss_in_ptr, num_ss_in, M, K, eps, BLOCK_M, SS_BLOCK)[:, None]
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
             if EVEN_K:
+                k_mask = rk < BLOCK_K  # all true: only the norm weight load below uses it
                 a_mask = m_mask[:, None]
                 b = tl.load(w_ptrs, eviction_policy="evict_first")  # W is read once: keep x in L2
             else:
@@ -189,6 +240,8 @@ def _skinny_gemm_kernel(
             a = tl.load(x_ptrs, mask=a_mask, other=0.0)
             if X_SILU_MUL:
                 a = _silu_mul(a, tl.load(x_ptrs + K, mask=a_mask, other=0.0))
+            if X_NORM:
+                a = _norm_operand(a, tl.load(nw_ptr + k + rk, mask=k_mask, other=0.0)[None, :], rstd)
             if DOT_IEEE:  # fp32 inputs: exact products, not tf32
                 acc = tl.dot(a, b, acc, input_precision="ieee")
             else:
@@ -198,22 +251,29 @@ def _skinny_gemm_kernel(
         c_offs = rm[:, None] * N + rn[None, :]
         mask = m_mask[:, None] & (rn[None, :] < N)
         _epilogue(acc, c_offs, rn[None, :], mask, out_ptr, bias_ptr, ws_ptr, cnt_ptr, tile, split,
-                  num_splits, N, M * N, HAS_BIAS, SPLIT)
+                  num_splits, N, M * N, HAS_BIAS, SPLIT,
+                  res_ptr, ss_out_ptr, rm * tl.num_programs(0) + tile, m_mask, ADD_RESIDUAL)
     else:
         x_ptrs = x_ptr + k_start + rk  # the one row of x
         w_ptrs = w_ptr + rn_w[:, None] * stride_wn + (k_start + rk)[None, :]  # [BLOCK_N, BLOCK_K]
         acc2 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        if X_NORM:
+            rstd = _row_rstd(ss_in_ptr, num_ss_in, M, K, eps, 1, SS_BLOCK)  # [1]
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
             if EVEN_K:
                 xk = tl.load(x_ptrs)
                 if X_SILU_MUL:
                     xk = _silu_mul(xk, tl.load(x_ptrs + K))
+                if X_NORM:
+                    xk = _norm_operand(xk, tl.load(nw_ptr + k + rk), rstd)
                 w = tl.load(w_ptrs, eviction_policy="evict_first")
             else:
                 k_mask = (k + rk) < K
                 xk = tl.load(x_ptrs, mask=k_mask, other=0.0)
                 if X_SILU_MUL:
                     xk = _silu_mul(xk, tl.load(x_ptrs + K, mask=k_mask, other=0.0))
+                if X_NORM:
+                    xk = _norm_operand(xk, tl.load(nw_ptr + k + rk, mask=k_mask, other=0.0), rstd)
                 w = tl.load(w_ptrs, mask=k_mask[None, :], other=0.0, eviction_policy="evict_first")
             # Elementwise FMA into a 2D accumulator: the cross-thread reduction happens once, below.
             acc2 += w.to(tl.float32) * xk.to(tl.float32)[None, :]
@@ -221,7 +281,7 @@ def _skinny_gemm_kernel(
             w_ptrs += BLOCK_K
         acc = tl.sum(acc2, axis=1)  # [BLOCK_N]
         _epilogue(acc, rn, rn, rn < N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
-                  HAS_BIAS, SPLIT)
+                  HAS_BIAS, SPLIT, res_ptr, ss_out_ptr, tile, None, ADD_RESIDUAL)
 
 
 def m_bucket(m: int) -> int:
@@ -313,11 +373,37 @@ def skinny_gemm_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None 
     return F.linear(x.float(), w.float(), None if bias is None else bias.float()).to(x.dtype)
 
 
+def _check_fusions(x: torch.Tensor, n: int, norm_weight, norm_ss, residual, silu_mul: bool) -> None:
+    m, k = x.shape
+    if norm_weight is not None or norm_ss is not None:
+        if silu_mul:
+            raise ValueError("skinny_gemm: silu_mul and an RMSNorm operand are exclusive")
+        if norm_weight is None or norm_ss is None:
+            raise ValueError("skinny_gemm: an RMSNorm operand needs both norm_weight and norm_ss")
+        if tuple(norm_weight.shape) != (k,) or norm_weight.stride(0) != 1 or norm_weight.device != x.device:
+            raise ValueError(f"skinny_gemm: norm_weight must be a contiguous [{k}] tensor on x's device, "
+                             f"got {tuple(norm_weight.shape)}")
+        if (norm_ss.dim() != 2 or norm_ss.shape[0] != m or norm_ss.dtype != torch.float32
+                or not norm_ss.is_contiguous() or norm_ss.device != x.device):
+            raise ValueError(f"skinny_gemm: norm_ss must be contiguous fp32 [{m}, parts], got "
+                             f"{tuple(norm_ss.shape)} {norm_ss.dtype}")
+    if residual is not None and (tuple(residual.shape) != (m, n) or residual.dtype != x.dtype
+                                 or not residual.is_contiguous() or residual.device != x.device):
+        raise ValueError(f"skinny_gemm: residual must be contiguous {x.dtype} [{m}, {n}], got "
+                         f"{tuple(residual.shape)} {residual.dtype}")
+
+
 def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
-                       config: SkinnyConfig | None = None, silu_mul: bool = False) -> torch.Tensor:
+                       config: SkinnyConfig | None = None, silu_mul: bool = False,
+                       norm_weight: torch.Tensor | None = None, norm_ss: torch.Tensor | None = None,
+                       eps: float = 0.0, residual: torch.Tensor | None = None):
     """Triton `x W^T + b` for 1 <= M <= 16; `config` overrides the table. Returns [M, N] contiguous.
 
-    `silu_mul=True`: x is [M, 2K] (gate | up) and the operand is `silu(gate) * up`, fused into the loads.
+    Operand fusions (at most one): `silu_mul=True`: x is [M, 2K] (gate | up) and the operand is
+    `silu(gate) * up`; `norm_weight` [K] with `norm_ss` [M, parts]: x is the residual stream and the
+    operand is `rms_norm(x) * norm_weight`, with mean(x^2) summed from the fp32 partials `norm_ss`
+    that x's producer wrote. Output fusion: `residual` [M, N]: returns `(s, ss)` with `s = y + residual`
+    and `ss` [M, tiles] the fp32 partial sums of s^2, ready to be the next GEMV's `norm_ss`.
     """
     x_in = x
     if silu_mul:
@@ -327,6 +413,7 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
     _check(x, w, bias)
     m, k = x.shape
     n = w.shape[0]
+    _check_fusions(x, n, norm_weight, norm_ss, residual, silu_mul)
     if m > MAX_M:
         raise ValueError(f"skinny_gemm: the Triton kernel takes M <= {MAX_M} rows, got {m}")
     if x.dtype not in _KERNEL_DTYPES:
@@ -335,11 +422,8 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
         raise ValueError("skinny_gemm: x, w and bias must be on one device")
     if x.stride(1) != 1 or w.stride(1) != 1 or (bias is not None and bias.stride(0) != 1):
         raise ValueError("skinny_gemm: x, w and bias need a contiguous last dim (stride 1)")
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    if m == 0 or n == 0:
-        return out
-    if k == 0:
-        return out.zero_() if bias is None else out.copy_(bias.expand(m, n))
+    if m == 0 or n == 0 or k == 0:  # nothing to stream: the reference handles the empty cases
+        return _fused_ref(x_in, w, bias, silu_mul, norm_weight, eps, residual)
     cfg = config or get_config(n, k, m, x.device)
     if not cfg.use_dot and m != 1:
         raise ValueError(f"skinny_gemm: the FMA path (use_dot=False) handles M == 1 only, got M = {m}")
@@ -349,6 +433,7 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
             raise ValueError(f"skinny_gemm: {name} must be a power of two, got {v}")
     if cfg.use_dot and (cfg.block_n < 16 or cfg.block_k < 16):
         raise ValueError("skinny_gemm: the dot path needs block_n >= 16 and block_k >= 16")
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     tiles = triton.cdiv(n, cfg.block_n)
     k_blocks = triton.cdiv(k, cfg.block_k)
     per_split = triton.cdiv(k_blocks, max(1, min(cfg.split_k, k_blocks)))
@@ -358,15 +443,44 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
         tickets = _tickets(x.device, tiles)
     else:
         ws, tickets = out, out  # dummies: SPLIT=False never touches them
+    ss_out = torch.empty((m, tiles), dtype=torch.float32, device=x.device) if residual is not None else out
+    norm = norm_weight is not None
     _skinny_gemm_kernel[(tiles, splits)](
         x_in, w, bias if bias is not None else out, out, ws, tickets,
         m, n, k, x.stride(0), w.stride(0), per_split, splits,
+        norm_weight if norm else out, norm_ss if norm else out, norm_ss.shape[1] if norm else 0, float(eps),
+        residual if residual is not None else out, ss_out,
         BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0,
         HAS_BIAS=bias is not None, SPLIT=splits > 1, DOT_IEEE=x.dtype == torch.float32,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, X_SILU_MUL=silu_mul, **pdl_args(x.device),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, X_SILU_MUL=silu_mul,
+        X_NORM=norm, ADD_RESIDUAL=residual is not None, **pdl_args(x.device),
     )
-    return out
+    return out if residual is None else (out, ss_out)
+
+
+def _fused_ref(x, w, bias, silu_mul, norm_weight, eps, residual):
+    """`skinny_gemm_triton`'s contract in plain PyTorch (ss as one partial per row)."""
+    if silu_mul:
+        from floorline.kernels.activation import silu_and_mul_ref
+
+        x = silu_and_mul_ref(x)
+    if norm_weight is not None:
+        from floorline.kernels.rms_norm import rms_norm_ref
+
+        x = rms_norm_ref(x, norm_weight, eps)
+    y = skinny_gemm_ref(x, w, bias)
+    if residual is None:
+        return y
+    s = y + residual  # rounded to the dtype, as the unfused model does
+    return s, s.float().pow(2).sum(1, keepdim=True)
+
+
+def skinny_gemm_fused_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
+                          silu_mul: bool = False, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+                          residual: torch.Tensor | None = None):
+    """Reference for the fusions of `skinny_gemm_triton`; `ss` comes back as one [M, 1] partial per row."""
+    return _fused_ref(x, w, bias, silu_mul, norm_weight, eps, residual)
 
 
 def shape_supported(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
@@ -409,3 +523,28 @@ def skinny_gemm_silu_mul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | 
     from floorline.kernels.activation import silu_and_mul
 
     return F.linear(silu_and_mul(x), w, bias)
+
+
+def fusion_supported(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *, silu_mul: bool = False,
+                     norm_weight: torch.Tensor | None = None, norm_ss: torch.Tensor | None = None,
+                     residual: torch.Tensor | None = None) -> bool:
+    """Whether `skinny_gemm_triton` can run these fusions here: `triton_supported` plus their layouts."""
+    if not FUSE_NEIGHBOURS:
+        return False
+    if silu_mul:
+        if x.dim() != 2 or x.shape[1] != 2 * w.shape[1] or norm_weight is not None:
+            return False
+        x = x[:, : w.shape[1]]
+    if not triton_supported(x, w, bias):
+        return False
+    m, k = x.shape
+    if norm_weight is not None:
+        if (norm_ss is None or tuple(norm_weight.shape) != (k,) or norm_weight.stride(0) != 1
+                or norm_weight.device != x.device or norm_ss.dtype != torch.float32
+                or norm_ss.dim() != 2 or norm_ss.shape[0] != m or not norm_ss.is_contiguous()):
+            return False
+    if residual is not None:
+        if (tuple(residual.shape) != (m, w.shape[0]) or residual.dtype != x.dtype
+                or not residual.is_contiguous() or residual.device != x.device):
+            return False
+    return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from floorline.errors import WeightMismatchError
+from floorline.layers.norm import NormedInput, Stream
 from floorline.quant.base import QuantMethod, UnquantizedMethod
 from floorline.quant.context import method_for_linear
 
@@ -68,7 +69,12 @@ class Linear(torch.nn.Module):
         """Called by the loader once all weights are in."""
         self.quant_method.finish_loading(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | NormedInput) -> torch.Tensor:
+        if isinstance(x, NormedInput):  # normalize in the GEMV's operand loads where the method can
+            fused = self.quant_method.apply_fused(self, x.stream, norm=x)
+            if fused is not None:
+                return fused
+            x = x.materialize()
         y = self.quant_method.apply(self, x)  # [num_tokens, out]
         if self.bias is not None:
             y = y + self.bias
@@ -80,3 +86,14 @@ class Linear(torch.nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y
+
+    def forward_add(self, x: torch.Tensor, residual: torch.Tensor, silu_mul: bool = False) -> Stream:
+        """The residual stream after this sublayer: `residual + layer(x)` (x as in `forward_silu_mul`
+        when `silu_mul`). Summed in the GEMV's epilogue where the method can, else left pending for
+        the next norm's fused add+norm kernel."""
+        fused = self.quant_method.apply_fused(self, x, residual=residual, silu_mul=silu_mul)
+        if fused is not None:
+            value, ss = fused
+            return Stream(value=value, ss=ss)
+        y = self.forward_silu_mul(x) if silu_mul else self.forward(x)
+        return Stream(delta=y, residual=residual)

@@ -12,7 +12,7 @@ from floorline.kernels.rotary import rotary_cos_sin_cache
 from floorline.layers.attention import Attention
 from floorline.layers.embedding import Embedding, LMHead
 from floorline.layers.linear import Linear
-from floorline.layers.norm import RMSNorm
+from floorline.layers.norm import NormedInput, RMSNorm, Stream
 
 # HF checkpoint name (within a layer) -> (merged module, shard index).
 _MERGED = {
@@ -38,18 +38,19 @@ class LlamaAttention(torch.nn.Module):
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, dtype, device)
         self.attn = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cos_sin)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, hidden: torch.Tensor | NormedInput,
+                residual: torch.Tensor) -> Stream:
         cfg = self.cfg
         qkv = self.qkv_proj(hidden)  # [n, q + 2 kv]
         q, k, v = qkv.split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
-        n = hidden.shape[0]
+        n = qkv.shape[0]
         q = q.reshape(n, cfg.num_heads, cfg.head_dim)
         k = k.reshape(n, cfg.num_kv_heads, cfg.head_dim)
         v = v.reshape(n, cfg.num_kv_heads, cfg.head_dim)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         # q, k, v stay strided views of qkv (no copies): rotary runs in place on them
-        return self.o_proj(self.attn(q, k, v, positions))
+        return self.o_proj.forward_add(self.attn(q, k, v, positions), residual)
 
 
 class LlamaMLP(torch.nn.Module):
@@ -59,8 +60,9 @@ class LlamaMLP(torch.nn.Module):
         self.gate_up_proj = Linear(cfg.hidden_size, [i, i], cfg.mlp_bias, dtype, device, prefix=f"{prefix}.gate_up_proj")
         self.down_proj = Linear(i, [cfg.hidden_size], cfg.mlp_bias, dtype, device, prefix=f"{prefix}.down_proj")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj.forward_silu_mul(self.gate_up_proj(x))  # activation fused into the GEMV
+    def forward(self, x: torch.Tensor | NormedInput, residual: torch.Tensor) -> Stream:
+        # the activation is fused into the down GEMV's loads, the residual add into its epilogue
+        return self.down_proj.forward_add(self.gate_up_proj(x), residual, silu_mul=True)
 
 
 class LlamaDecoderLayer(torch.nn.Module):
@@ -71,17 +73,11 @@ class LlamaDecoderLayer(torch.nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
         self.mlp = LlamaMLP(cfg, dtype, device, f"{prefix}.mlp")
 
-    def forward(
-        self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if residual is None:
-            residual = hidden
-            hidden = self.input_layernorm(hidden)
-        else:
-            hidden, residual = self.input_layernorm(hidden, residual)
-        hidden = self.self_attn(positions, hidden)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
-        return self.mlp(hidden), residual
+    def forward(self, positions: torch.Tensor, stream: Stream) -> Stream:
+        hidden, residual = self.input_layernorm.norm_stream(stream)
+        stream = self.self_attn(positions, hidden, residual)
+        hidden, residual = self.post_attention_layernorm.norm_stream(stream)
+        return self.mlp(hidden, residual)
 
 
 class LlamaForCausalLM(torch.nn.Module):
@@ -106,12 +102,11 @@ class LlamaForCausalLM(torch.nn.Module):
         return [layer.self_attn.attn for layer in self.layers]
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden = self.embed_tokens(input_ids)  # [n, h]
-        residual = None
+        stream = Stream(delta=self.embed_tokens(input_ids))  # [n, h]
         for layer in self.layers:
-            hidden, residual = layer(positions, hidden, residual)
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
+            stream = layer(positions, stream)
+        hidden, _ = self.norm.norm_stream(stream)
+        return hidden.materialize() if isinstance(hidden, NormedInput) else hidden
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)

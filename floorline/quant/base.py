@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from floorline.errors import WeightMismatchError
-from floorline.kernels.skinny_gemm import skinny_gemm, skinny_gemm_silu_mul
+from floorline.kernels.skinny_gemm import fusion_supported, skinny_gemm, skinny_gemm_silu_mul, skinny_gemm_triton
 
 
 class QuantMethod:
@@ -49,6 +49,13 @@ class QuantMethod:
 
         return self.apply(layer, silu_and_mul(x))
 
+    def apply_fused(self, layer: torch.nn.Module, x: torch.Tensor, *, norm=None,
+                    residual: torch.Tensor | None = None, silu_mul: bool = False):
+        """The layer (bias included) with its neighbours fused into one kernel, or None where the
+        method cannot: `norm` (a `NormedInput` whose stream is x) normalizes the operand as it loads;
+        `residual` returns `(residual + y, ss)` (see `Linear.forward_add`)."""
+        return None
+
 
 class UnquantizedMethod(QuantMethod):
     """Weights kept in the model dtype; `apply` is a plain matmul."""
@@ -73,3 +80,12 @@ class UnquantizedMethod(QuantMethod):
 
     def apply_silu_mul(self, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return skinny_gemm_silu_mul(x, layer.weight)  # the activation computed in the GEMV's loads
+
+    def apply_fused(self, layer: torch.nn.Module, x: torch.Tensor, *, norm=None,
+                    residual: torch.Tensor | None = None, silu_mul: bool = False):
+        nw, ss, eps = (norm.weight, norm.ss, norm.eps) if norm is not None else (None, None, 0.0)
+        if not fusion_supported(x, layer.weight, layer.bias, silu_mul=silu_mul, norm_weight=nw, norm_ss=ss,
+                                residual=residual):
+            return None
+        return skinny_gemm_triton(x, layer.weight, layer.bias, silu_mul=silu_mul, norm_weight=nw, norm_ss=ss,
+                                  eps=eps, residual=residual)

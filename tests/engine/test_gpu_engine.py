@@ -39,6 +39,23 @@ def test_cuda_graphs_equal_eager(tiny_model_dir, dtype):
             assert max(abs(a - b) for a, b in zip(lp_e, lp_g)) < 5e-2
 
 
+def test_fused_norm_and_residual_equal_unfused(tiny_model_dir, monkeypatch):
+    """bf16 decode with the residual add and RMSNorm inside the GEMVs against the separate kernels."""
+    import floorline.kernels.skinny_gemm as sg
+
+    ps = prompts(5, seed=5)
+    fused = LLM(tiny_model_dir, device="cuda", dtype="bfloat16", num_kv_blocks=256, max_num_seqs=8)
+    out_f = fused.generate(ps, greedy())
+    monkeypatch.setattr(sg, "FUSE_NEIGHBOURS", False)
+    unfused = LLM(tiny_model_dir, device="cuda", dtype="bfloat16", num_kv_blocks=256, max_num_seqs=8)
+    out_u = unfused.generate(ps, greedy())
+    for f, u in zip(out_f, out_u):
+        assert f.outputs[0].token_ids[:4] == u.outputs[0].token_ids[:4]
+        lp_f = [lp.logprob for lp in f.outputs[0].logprobs[:4]]
+        lp_u = [lp.logprob for lp in u.outputs[0].logprobs[:4]]
+        assert max(abs(a - b) for a, b in zip(lp_f, lp_u)) < 5e-2
+
+
 def test_dummy_8b_shape_decodes_with_graphs():
     llm = LLM("llama-3.2-1b", load_format="dummy", device="cuda", max_model_len=2048, max_num_seqs=4,
               num_kv_blocks=600)

@@ -277,3 +277,94 @@ def test_fused_silu_mul_bf16_gpu(m):
     ref = torch.nn.functional.linear(silu_and_mul(x).float(), w.float())
     got = skinny_gemm_silu_mul(x, w).float()
     assert ((got - ref).norm() / ref.norm()).item() < 1e-2
+
+
+# ---- fusions: residual add + s^2 partials in the epilogue, RMSNorm in the operand loads ----
+
+FUSED_CONFIGS = [  # (M, config): FMA and dot paths, with and without split-K, a masked K tail
+    (1, SkinnyConfig(block_n=8, block_k=64, split_k=1)),
+    (1, SkinnyConfig(block_n=8, block_k=128, split_k=2)),
+    (3, SkinnyConfig(block_n=16, block_k=64, split_k=1, use_dot=True)),
+    (16, SkinnyConfig(block_n=16, block_k=64, split_k=3, use_dot=True)),
+]
+
+
+@pytest.mark.parametrize("m,cfg", FUSED_CONFIGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("bias", [False, True])
+def test_residual_epilogue_and_norm_prologue_match_unfused(m, cfg, dtype, bias, seed):
+    """A producer adds the residual and writes s^2 partials; its consumer normalizes from them."""
+    from floorline.kernels.skinny_gemm import skinny_gemm_fused_ref
+
+    x, w, b = _inputs(m, 320, 72, dtype, bias)
+    residual = torch.randn(m, 72).to(dtype)
+    s, ss = skinny_gemm_triton(x, w, b, config=cfg, residual=residual)
+    s_ref, ss_ref = skinny_gemm_fused_ref(x, w, b, residual=residual)
+    assert ss.shape == (m, triton_cdiv(72, cfg.block_n)) and ss.dtype == torch.float32
+    _assert_close(s, s_ref, TOL[dtype], seed)
+    _assert_close(ss.sum(1, keepdim=True), ss_ref, dict(rtol=1e-5, atol=1e-5), seed)
+
+    _, w2, b2 = _inputs(m, 72, 40, dtype, bias)
+    nw = (1 + 0.3 * torch.randn(72)).to(dtype)
+    y = skinny_gemm_triton(s, w2, b2, norm_weight=nw, norm_ss=ss, eps=1e-5)
+    _assert_close(y, skinny_gemm_fused_ref(s, w2, b2, norm_weight=nw, eps=1e-5), TOL[dtype], seed)
+
+
+def test_residual_epilogue_with_silu_operand(seed):
+    """The down projection: SiLU in the loads and the residual add in the epilogue, one kernel."""
+    from floorline.kernels.skinny_gemm import skinny_gemm_fused_ref
+
+    x = torch.randn(1, 2 * 128)
+    w = torch.randn(64, 128) / 128**0.5
+    residual = torch.randn(1, 64)
+    s, ss = skinny_gemm_triton(x, w, silu_mul=True, residual=residual)
+    s_ref, ss_ref = skinny_gemm_fused_ref(x, w, silu_mul=True, residual=residual)
+    _assert_close(s, s_ref, TOL[torch.float32], seed)
+    _assert_close(ss.sum(1, keepdim=True), ss_ref, TOL[torch.float32], seed)
+
+
+def test_fusion_arguments_are_checked():
+    from floorline.kernels.skinny_gemm import fusion_supported
+
+    x, w, _ = _inputs(2, 64, 72, torch.float32, bias=False)
+    ss = torch.ones(2, 4)
+    with pytest.raises(ValueError, match="norm_ss"):
+        skinny_gemm_triton(x, w, norm_weight=torch.ones(64))
+    with pytest.raises(ValueError, match=r"norm_weight must be a contiguous \[64\]"):
+        skinny_gemm_triton(x, w, norm_weight=torch.ones(32), norm_ss=ss)
+    with pytest.raises(ValueError, match="norm_ss must be contiguous fp32"):
+        skinny_gemm_triton(x, w, norm_weight=torch.ones(64), norm_ss=ss.half())
+    with pytest.raises(ValueError, match="residual must be contiguous"):
+        skinny_gemm_triton(x, w, residual=torch.ones(2, 71))
+    with pytest.raises(ValueError, match="exclusive"):
+        skinny_gemm_triton(torch.randn(2, 128), w, silu_mul=True, norm_weight=torch.ones(64), norm_ss=ss)
+    assert not fusion_supported(x, w, residual=torch.ones(2, 72))  # CPU: never the fused path
+    xh, wh = x.half(), w.half()
+    assert sg.shape_supported(xh, wh) and not fusion_supported(xh, wh, residual=torch.ones(2, 72).half())
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k,n", [(4096, 4096), (14336, 4096)])
+@pytest.mark.parametrize("m", [1, 4, 16])
+def test_gpu_bf16_fused_residual_then_norm(k, n, m, seed):
+    """Llama-3.1-8B shapes with the default configs: o_proj/down with the residual add, then the
+    next gate_up/qkv with the norm, against the unfused kernels."""
+    from floorline.kernels.rms_norm import rms_norm
+    from floorline.kernels.skinny_gemm import fusion_supported
+
+    x, w, _ = _inputs(m, k, n, torch.bfloat16, bias=False, device="cuda")
+    residual = torch.randn(m, n, device="cuda").to(torch.bfloat16)
+    assert fusion_supported(x, w, residual=residual)
+    s, ss = skinny_gemm_triton(x, w, residual=residual)
+    s_ref = skinny_gemm_triton(x, w) + residual
+    assert torch.equal(s, s_ref)  # same rounding points as the unfused ops
+    torch.testing.assert_close(ss.sum(1), s.float().pow(2).sum(1), rtol=1e-5, atol=1e-3)
+    _, w2, _ = _inputs(m, n, 6144, torch.bfloat16, bias=False, device="cuda")
+    nw = (1 + 0.3 * torch.randn(n, device="cuda")).to(torch.bfloat16)
+    y = skinny_gemm_triton(s, w2, norm_weight=nw, norm_ss=ss, eps=1e-5)
+    y_ref = skinny_gemm_triton(rms_norm(s, nw, 1e-5), w2)
+    _assert_close(y, y_ref, BF16_TOL, seed)
