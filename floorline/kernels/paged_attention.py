@@ -5,9 +5,11 @@ Layout and meaning of the inputs are those of `floorline.runner.forward_context`
 position `seq_lens[i] - q_len_i + j` and attends to KV positions `0..that position`. Query head
 `h` reads KV head `h // (num_heads // num_kv_heads)` (grouped-query attention).
 
-On CUDA the Triton kernels run (`decode_attention` when every sequence has one query token,
-`prefill_attention` otherwise); elsewhere the reference does. Triton is imported lazily so the
-CPU engine runs without it.
+On CUDA the Triton kernels run (`paged_attention_triton`): `decode_attention` when every
+sequence has one query token; in a mixed step whose first `num_decodes` sequences are decode rows
+(the runner orders them so), `decode_attention` for those rows and `prefill_attention` for the
+rest, into disjoint rows of one output; `prefill_attention` alone otherwise. Elsewhere the
+reference runs. Triton is imported lazily so the CPU engine runs without it.
 """
 
 from __future__ import annotations
@@ -121,25 +123,64 @@ def paged_attention(
     max_seq_len: int,
     out: torch.Tensor | None = None,
     num_splits: int | None = None,
+    num_decodes: int = 0,
 ) -> torch.Tensor:
     """Causal paged attention over the cache -> [num_tokens, num_heads, head_dim].
 
     `max_query_len == 1` selects the decode kernel (which then needs one query token per
     sequence). `num_splits` fixes the decode split count; pass it when capturing a CUDA graph
-    (see `decode_attention`). On CPU the reference runs and `num_splits` is ignored.
+    (see `decode_attention`). `num_decodes`: the first that many sequences have one query token
+    each (tokens `0..num_decodes-1`); see `paged_attention_triton`. On CPU the reference runs
+    and `num_splits`, `num_decodes` are ignored.
     """
     if not q.is_cuda:
         return paged_attention_ref(
             q, key_cache, value_cache, query_start_loc, seq_lens, block_tables, scale, max_query_len, max_seq_len, out
         )
-    if max_query_len == 1:
-        from floorline.kernels.decode_attention import decode_attention
+    return paged_attention_triton(
+        q, key_cache, value_cache, query_start_loc, seq_lens, block_tables, scale, max_query_len, max_seq_len,
+        out=out, num_splits=num_splits, num_decodes=num_decodes,
+    )  # fmt: skip
 
+
+def paged_attention_triton(
+    q: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    value_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    query_start_loc: torch.Tensor,  # [num_seqs + 1] int32
+    seq_lens: torch.Tensor,  # [num_seqs] int32
+    block_tables: torch.Tensor,  # [num_seqs, max_blocks] int32
+    scale: float,
+    max_query_len: int,
+    max_seq_len: int,
+    out: torch.Tensor | None = None,
+    num_splits: int | None = None,
+    num_decodes: int = 0,
+) -> torch.Tensor:
+    """The Triton kernels for any batch (also under TRITON_INTERPRET on CPU tensors).
+
+    A mixed batch (`0 < num_decodes < num_seqs`, `max_query_len > 1`) is two launches: the
+    flash-decoding kernel over rows `0..num_decodes-1` (a decode row in the prefill kernel would
+    fill 4 of its 128 tensor-core rows and read its KV at a fraction of the bandwidth), then the
+    prefill kernel over the other sequences. `num_decodes` is trusted, not checked (no host sync).
+    """
+    from floorline.kernels.decode_attention import decode_attention
+    from floorline.kernels.prefill_attention import prefill_attention
+
+    if max_query_len == 1:
         return decode_attention(
             q, key_cache, value_cache, seq_lens, block_tables, scale, max_seq_len, out=out, num_splits=num_splits
         )
-    from floorline.kernels.prefill_attention import prefill_attention
-
-    return prefill_attention(
-        q, key_cache, value_cache, query_start_loc, seq_lens, block_tables, scale, max_query_len, out=out
+    num_seqs = seq_lens.shape[0]
+    if num_decodes <= 0 or num_decodes > num_seqs:
+        return prefill_attention(
+            q, key_cache, value_cache, query_start_loc, seq_lens, block_tables, scale, max_query_len, out=out
+        )
+    if out is None:
+        out = torch.empty_like(q)
+    n = num_decodes
+    decode_attention(q[:n], key_cache, value_cache, seq_lens[:n], block_tables[:n], scale, max_seq_len, out=out[:n])
+    prefill_attention(
+        q, key_cache, value_cache, query_start_loc, seq_lens, block_tables, scale, max_query_len, out=out, first_seq=n
     )
+    return out

@@ -2,11 +2,17 @@
 
 Program `(seq, tile, kv_head)` owns `TOKENS_PER_TILE` consecutive query tokens of one sequence
 and all `group` query heads that share `kv_head`, packed as `BLOCK_M = tokens * group` rows (row
-`r` is token `r // group`, head `r % group`), so each KV tile is read once per group. It walks
-the sequence's KV through the block table with an online softmax in float32: first the tiles
-every row sees in full (the cached prefix and earlier chunk tokens, no mask), then the causal
-diagonal. Tiles past a sequence's `q_len` exit at once, so q_len 1 rows (decode tokens in a
-mixed batch) cost one small program.
+`r` is token `r // group`, head `r % group`), so each KV tile is read once per group and both
+products run on tensor cores (`tl.dot`). It walks the sequence's KV through the block table with
+an online softmax in float32: first the tiles every row sees in full (the cached prefix and
+earlier chunk tokens, no mask), then the causal diagonal; tiles past the diagonal are never read.
+Tile 0 of the grid is each sequence's *last* (most KV) tile, so the heaviest programs start
+first and the short ones fill the tail. Tiles past a sequence's `q_len` exit at once.
+
+`first_seq` skips the leading sequences: the runner puts a mixed step's decode rows (q_len 1)
+first and sends them to the flash-decoding kernel (`paged_attention`), this kernel takes the rest.
+Launch parameters (`block_m`, `block_n`, `num_warps`, `num_stages`) are settable for the sweep in
+`floorline.bench.prefill_attention`.
 """
 
 from __future__ import annotations
@@ -18,13 +24,24 @@ from floorline.kernels.triton_compat import tl, triton
 
 from floorline.kernels.paged_attention import check_paged_inputs
 
+# Defaults for head_dim <= 128, from reasoning until `python -m floorline.bench.prefill_attention`
+# has run on the target GPU: 128 packed rows (32 tokens x 4 heads for Llama GQA) per program give
+# each KV tile 128 uses, as in FlashAttention-2; 64-position KV tiles keep the fp32 score tile,
+# the accumulator and P within 8 warps' registers (128-wide tiles spill at head_dim 128); three
+# stages of K+V tiles (3 x 32 KB) hide the block-table gather's latency and fit in shared memory.
+BLOCK_M = 128
+BLOCK_N = 64
+NUM_WARPS = 8
+NUM_STAGES = 3
+
 
 @triton.jit
 def _attend_tile(
     q, acc, m_i, l_i, n0, kv_end, row_pos,
     table_row, k_head, v_head, d, d_ok,
     qk_scale, stride_kb, stride_ks, stride_vb, stride_vs,
-    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """One online-softmax step over KV positions n0..n0+BLOCK_N (masked only when CAUSAL)."""
     pos = n0 + tl.arange(0, BLOCK_N)
@@ -36,11 +53,17 @@ def _attend_tile(
     slot_off = pos % BLOCK_SIZE
     k_ptrs = k_head + block[:, None] * stride_kb + slot_off[:, None] * stride_ks + d[None, :]
     v_ptrs = v_head + block[:, None] * stride_vb + slot_off[:, None] * stride_vs + d[None, :]
+    # Full tiles of a power-of-two head_dim load without a mask (wide, unpredicated loads).
     if CAUSAL:
-        kv_mask = valid[:, None] & d_ok[None, :]
+        if EVEN_D:
+            k = tl.load(k_ptrs, mask=valid[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptrs, mask=valid[:, None] & d_ok[None, :], other=0.0)
     else:
-        kv_mask = d_ok[None, :]
-    k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+        if EVEN_D:
+            k = tl.load(k_ptrs)
+        else:
+            k = tl.load(k_ptrs, mask=d_ok[None, :], other=0.0)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
     if CAUSAL:
         s = tl.where((pos[None, :] <= row_pos[:, None]) & valid[None, :], s, float("-inf"))
@@ -48,16 +71,25 @@ def _attend_tile(
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+    if CAUSAL:
+        if EVEN_D:
+            v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
+        else:
+            v = tl.load(v_ptrs, mask=valid[:, None] & d_ok[None, :], other=0.0)
+    else:
+        if EVEN_D:
+            v = tl.load(v_ptrs)
+        else:
+            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return acc, m_new, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["first_seq"])
 def _prefill_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr,
     query_start_loc_ptr, seq_lens_ptr, block_tables_ptr,
-    qk_scale,
+    qk_scale, first_seq,
     stride_qt, stride_qh,
     stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh,
@@ -67,14 +99,15 @@ def _prefill_kernel(
     BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     TOKENS_PER_TILE: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    seq = tl.program_id(0)
-    tile = tl.program_id(1)
+    seq = tl.program_id(0) + first_seq
     kv_head = tl.program_id(2)
     q_start = tl.load(query_start_loc_ptr + seq)
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
-    tok0 = tile * TOKENS_PER_TILE
-    if tok0 >= q_len:
+    # Reversed: grid tile 0 is the sequence's last tile, the one that reads the most KV.
+    tile = tl.cdiv(q_len, TOKENS_PER_TILE) - 1 - tl.program_id(1)
+    if tile < 0:
         return
+    tok0 = tile * TOKENS_PER_TILE
     seq_len = tl.load(seq_lens_ptr + seq)
     first_pos = seq_len - q_len + tok0  # position of the tile's first query token
 
@@ -104,14 +137,14 @@ def _prefill_kernel(
         acc, m_i, l_i = _attend_tile(
             q, acc, m_i, l_i, n0, kv_end, row_pos, table_row, k_head, v_head, d, d_ok,
             qk_scale, stride_kb, stride_ks, stride_vb, stride_vs,
-            BLOCK_SIZE, BLOCK_N, False, DOT_PRECISION,
+            BLOCK_SIZE, BLOCK_N, False, HEAD_DIM == D_PAD, DOT_PRECISION,
         )  # fmt: skip
     # The diagonal. A row sees position first_pos here or in the loop above, so m_i stays finite.
     for n0 in range(full_end, kv_end, BLOCK_N):
         acc, m_i, l_i = _attend_tile(
             q, acc, m_i, l_i, n0, kv_end, row_pos, table_row, k_head, v_head, d, d_ok,
             qk_scale, stride_kb, stride_ks, stride_vb, stride_vs,
-            BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION,
+            BLOCK_SIZE, BLOCK_N, True, HEAD_DIM == D_PAD, DOT_PRECISION,
         )  # fmt: skip
 
     o = acc / l_i[:, None]
@@ -120,6 +153,19 @@ def _prefill_kernel(
         o.to(out_ptr.dtype.element_ty),
         mask=io_mask,
     )
+
+
+def default_launch(head_dim: int, group: int) -> dict[str, int]:
+    """Launch parameters used when none are given (see the module constants for why)."""
+    d_pad = triton.next_power_of_2(head_dim)
+    wide = d_pad <= 128
+    block_m = max(BLOCK_M if wide else 64, 16, triton.next_power_of_2(group))
+    return {
+        "block_m": block_m,
+        "block_n": BLOCK_N if wide else 32,
+        "num_warps": NUM_WARPS if block_m >= 128 else 4,
+        "num_stages": NUM_STAGES if wide else 2,
+    }
 
 
 def prefill_attention(
@@ -134,8 +180,15 @@ def prefill_attention(
     out: torch.Tensor | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+    first_seq: int = 0,
 ) -> torch.Tensor:
-    """Causal varlen paged attention for any mix of q_len (>= 0) -> [num_tokens, num_heads, head_dim]."""
+    """Causal varlen paged attention for any mix of q_len (>= 0) -> [num_tokens, num_heads, head_dim].
+
+    Only sequences `first_seq..` are computed (their rows of `out`); `max_query_len` may be the
+    whole batch's. Unset launch parameters come from `default_launch`.
+    """
     check_paged_inputs(q, key_cache, value_cache, query_start_loc, seq_lens, block_tables, out)
     num_tokens, num_heads, head_dim = q.shape
     block_size, num_kv_heads = key_cache.shape[1], key_cache.shape[2]
@@ -143,21 +196,22 @@ def prefill_attention(
     num_seqs = seq_lens.shape[0]
     if out is None:
         out = torch.empty_like(q)
-    if num_seqs == 0 or num_tokens == 0 or max_query_len <= 0:
+    if num_seqs <= first_seq or num_tokens == 0 or max_query_len <= 0:
         return out
     d_pad = triton.next_power_of_2(head_dim)
-    if block_m is None:
-        block_m = 128 if d_pad <= 128 else 64
+    launch = default_launch(head_dim, group)
+    block_m = launch["block_m"] if block_m is None else block_m
     # A tile must hold at least one token's whole group.
     block_m = max(block_m, 16, triton.next_power_of_2(group))
-    if block_n is None:
-        block_n = 64 if d_pad <= 128 else 32
+    block_n = launch["block_n"] if block_n is None else block_n
+    num_warps = launch["num_warps"] if num_warps is None else num_warps
+    num_stages = launch["num_stages"] if num_stages is None else num_stages
     tokens_per_tile = block_m // group
-    grid = (num_seqs, triton.cdiv(max_query_len, tokens_per_tile), num_kv_heads)
+    grid = (num_seqs - first_seq, triton.cdiv(max_query_len, tokens_per_tile), num_kv_heads)
     _prefill_kernel[grid](
         q, key_cache, value_cache, out,
         query_start_loc, seq_lens, block_tables,
-        scale * math.log2(math.e),
+        scale * math.log2(math.e), first_seq,
         q.stride(0), q.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
@@ -166,6 +220,6 @@ def prefill_attention(
         GROUP=group, HEAD_DIM=head_dim, D_PAD=d_pad,
         BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_N=block_n,
         TOKENS_PER_TILE=tokens_per_tile, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=8 if block_m >= 128 else 4,
+        num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out

@@ -31,5 +31,6 @@ class Attention(torch.nn.Module):
         out = paged_attention(
             q, key_cache, value_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,
             self.scale, meta.max_query_len, meta.max_seq_len, num_splits=meta.decode_num_splits,
+            num_decodes=meta.num_decodes,
         )
         return out.reshape(q.shape[0], self.num_heads * self.head_dim)

@@ -32,6 +32,9 @@ class AttentionMetadata:
     max_seq_len: int
     # Decode split count fixed for a captured CUDA graph (None: chosen from max_seq_len per call).
     decode_num_splits: int | None = None
+    # The first num_decodes sequences have one query token each (tokens 0..num_decodes-1): in a
+    # mixed step the GPU runs them through the decode kernel, the rest through the prefill kernel.
+    num_decodes: int = 0
 
     @property
     def num_seqs(self) -> int:

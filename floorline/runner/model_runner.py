@@ -120,7 +120,14 @@ class ModelRunner:
         sampled: list[str] = []
         fill_rows: list[int] = []  # tokens still on the device: (row of input_ids, row of the last sample)
         fill_from: list[int] = []
-        for rid, n in out.num_scheduled_tokens.items():
+        scheduled = out.num_scheduled_tokens
+        # Decode rows (one new token) first: the attention call runs rows 0..num_decodes-1 through
+        # the flash-decoding kernel and only the chunks through the prefill kernel.
+        order = [item for item in scheduled.items() if item[1] == 1]
+        num_decodes = len(order)
+        if num_decodes < len(scheduled):
+            order += [item for item in scheduled.items() if item[1] != 1]
+        for rid, n in order:
             state = self.requests[rid]
             start = state.num_computed_tokens
             end = start + n
@@ -156,8 +163,9 @@ class ModelRunner:
             query_start_loc=torch.tensor(query_start, dtype=torch.int32).to(dev, non_blocking=True),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(dev, non_blocking=True),
             block_tables=table.to(dev, non_blocking=True),
-            max_query_len=max(out.num_scheduled_tokens.values()),
+            max_query_len=max(scheduled.values()),
             max_seq_len=max(seq_lens),
+            num_decodes=num_decodes,
         )
         input_ids_t = torch.tensor(input_ids, dtype=torch.int64).to(dev, non_blocking=True)
         if fill_rows:
