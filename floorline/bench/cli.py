@@ -128,6 +128,11 @@ def _run_throughput(ns: argparse.Namespace) -> int:
           f" | max seqs {args.max_num_seqs} | step tokens {args.max_num_batched_tokens} | KV blocks {engine.num_blocks}"
           f" | async scheduling {'on' if engine.async_scheduling else 'off'} | cuda graphs "
           f"{'on' if engine.runner.graphs else 'off'}")
+    if engine.memory_reserve:
+        graphs = engine.runner.graphs
+        taken = f" (capture took {graphs.pool_bytes / 1e9:.2f} GB)" if graphs is not None else ""
+        print("# kept out of the KV pool: " + ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in engine.memory_reserve.items())
+              + taken)
     rate = f"{ns.request_rate}/s (Poisson)" if ns.request_rate else "all at once"
     print(f"# {r.num_requests} requests, {rate}; input {ns.input_len}, output {ns.output_len} tokens, seed {ns.seed}")
     print(f"output tokens/s {r.output_tokens_per_s:10.1f} | total tokens/s {r.total_tokens_per_s:10.1f} | "

@@ -19,8 +19,9 @@ from floorline.runner.kv_cache_alloc import (
     allocate_kv_cache,
     bind_kv_cache,
     choose_num_blocks,
-    profile_activation_bytes,
+    graph_reserve_bytes,
 )
+from floorline.runner.memory_profile import profile_memory
 from floorline.runner.model_runner import ModelRunner
 from floorline.sampling_params import SamplingParams
 from floorline.weights.loader import load_model, load_model_config, load_tokenizer, resolve_dtype
@@ -77,11 +78,17 @@ class LLMEngine:
                                 kv_cache_memory_gb=args.kv_cache_memory_gb,
                                 gpu_memory_utilization=args.gpu_memory_utilization,
                                 enable_prefix_caching=args.enable_prefix_caching)
-        activation = 0
+        reserve = 0
+        self.memory_reserve: dict[str, int] = {}  # bytes kept out of the KV pool, by reason (GPU sizing)
         if self.device.type == "cuda" and args.num_kv_blocks is None and args.kv_cache_memory_gb is None:
-            activation = profile_activation_bytes(self.model, cfg, args.max_num_batched_tokens, args.max_num_seqs,
-                                                  args.block_size, self.dtype, self.device, max_len)
-        self.num_blocks = choose_num_blocks(cfg, cache_cfg, self.dtype, self.device, activation)
+            prof = profile_memory(self.model, cfg, args.max_num_batched_tokens, args.max_num_seqs,
+                                  args.block_size, self.dtype, self.device, max_len)
+            self.memory_reserve["step"] = prof.step_bytes
+            if not args.enforce_eager:
+                self.memory_reserve["cuda_graphs"] = graph_reserve_bytes(
+                    args.max_num_seqs, max_len, args.block_size, cfg.vocab_size, prof.decode_forward_bytes)
+            reserve = sum(self.memory_reserve.values())
+        self.num_blocks = choose_num_blocks(cfg, cache_cfg, self.dtype, self.device, reserve)
         bind_kv_cache(self.model, allocate_kv_cache(cfg, self.num_blocks, args.block_size, self.dtype, self.device))
         sched_cfg = SchedulerConfig(max_num_seqs=args.max_num_seqs,
                                     max_num_batched_tokens=max(args.max_num_batched_tokens, 1),

@@ -3,6 +3,10 @@
 A decode step of an 8B model is ~300 kernel launches; launched from Python each costs several
 microseconds of host time and leaves the GPU idle in between. One graph replay per step removes
 those gaps. Graphs cover pure-decode batches (one new token per sequence); prefill runs eagerly.
+
+Every graph copies its logits into one static `[max_batch, vocab]` buffer. A graph's own output
+would stay allocated in the shared pool after capture, so one logits tensor per bucket would
+pile up: at 512 sequences, 67 buckets hold 16,647 rows of 128,256 fp32 logits, 8.5 GB.
 """
 
 from __future__ import annotations
@@ -41,10 +45,18 @@ class DecodeGraphs:
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros(n, self.max_blocks, dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
+        self.logits = torch.empty(n, cfg.vocab_size, dtype=torch.float32, device=device)  # rows :b by each replay
         self.num_sms = num_sms_of(device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.logits: dict[int, torch.Tensor] = {}  # [bucket, vocab] fp32, written by each replay
         self.capture_seconds = 0.0
+        self.pool_bytes = 0  # memory the capture reserved beyond the static buffers
+
+    @staticmethod
+    def static_bytes(max_batch: int, max_blocks: int, vocab_size: int) -> int:
+        """Bytes of the static buffers `__init__` allocates (for sizing the KV pool before capture)."""
+        n = max_batch
+        per_row = 3 * 8 + 4 + 4 * max_blocks + 4 * vocab_size  # ids, positions, slots; seq_lens; table; logits
+        return n * per_row + 4 * (n + 1)  # + query_start_loc
 
     def _meta(self, b: int) -> AttentionMetadata:
         return AttentionMetadata(
@@ -63,6 +75,7 @@ class DecodeGraphs:
     def capture(self) -> None:
         """Warms up (compiles every kernel) and captures the largest bucket first so the rest share its pool."""
         t0 = time.perf_counter()
+        reserved = torch.cuda.memory_reserved()
         pool = None
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -73,12 +86,16 @@ class DecodeGraphs:
                 torch.cuda.synchronize()
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=pool, stream=stream):
-                    self.logits[b] = self._forward(b)
+                    # The graph's logits are freed after capture; the pool reuses them for the next bucket.
+                    self.logits[:b].copy_(self._forward(b))
                 pool = graph.pool() if pool is None else pool
                 self.graphs[b] = graph
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
+        # The warm-ups' blocks are cached for the side stream only: give them back to the device.
+        torch.cuda.empty_cache()
         self.capture_seconds = time.perf_counter() - t0
+        self.pool_bytes = torch.cuda.memory_reserved() - reserved
 
     def can_run(self, num_seqs: int, max_seq_len: int) -> bool:
         return bool(self.graphs) and num_seqs <= self.max_batch and max_seq_len <= self.max_model_len
@@ -98,4 +115,4 @@ class DecodeGraphs:
             self.seq_lens[n:b].fill_(1)
             self.block_tables[n:b, 0].fill_(0)
         self.graphs[b].replay()
-        return self.logits[b][:n]
+        return self.logits[:n]
