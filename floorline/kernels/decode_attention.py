@@ -22,7 +22,7 @@ import math
 import torch
 from floorline.kernels.triton_compat import tl, triton
 
-from floorline.kernels.pdl import gdc_wait, pdl_args
+from floorline.kernels.pdl import early_launch_args, gdc_launch_dependents, gdc_wait
 
 from floorline.kernels.paged_attention import check_paged_inputs
 
@@ -76,8 +76,10 @@ def _decode_split_kernel(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     DIRECT_OUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_PDL: tl.constexpr = False,
+    USE_PDL: tl.constexpr = False, EARLY_LAUNCH: tl.constexpr = False,
 ):  # fmt: skip
+    if EARLY_LAUNCH:
+        gdc_launch_dependents()  # the merge (or o_proj) may launch; it waits for this grid's writes
     if USE_PDL:
         gdc_wait()  # wait for the previous kernel's writes (launched early with PDL)
     seq = tl.program_id(0)
@@ -151,8 +153,10 @@ def _decode_merge_kernel(
     stride_ot, stride_oh,
     NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     SPLITS_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
-    USE_PDL: tl.constexpr = False,
+    USE_PDL: tl.constexpr = False, EARLY_LAUNCH: tl.constexpr = False,
 ):  # fmt: skip
+    if EARLY_LAUNCH:
+        gdc_launch_dependents()  # o_proj may launch and fetch its first weight tile meanwhile
     if USE_PDL:
         gdc_wait()
     seq = tl.program_id(0)
@@ -168,10 +172,11 @@ def _decode_merge_kernel(
     denom = tl.sum(tl.exp2(lse - lse_max), 0)
     d = tl.arange(0, D_PAD)
     d_ok = d < HEAD_DIM
-    acc = tl.zeros([D_PAD], tl.float32)
-    for s in range(0, num_active):
-        weight = tl.exp2(tl.load(part_lse_ptr + base + s) - lse_max)
-        acc += weight * tl.load(part_o_ptr + (base + s) * HEAD_DIM + d, mask=d_ok, other=0.0)
+    # All splits' partial outputs in one [SPLITS_PAD, D_PAD] load: one memory latency, not one a split.
+    part = tl.load(part_o_ptr + (base + idx)[:, None] * HEAD_DIM + d[None, :],
+                   mask=(idx < num_active)[:, None] & d_ok[None, :], other=0.0)
+    weight = tl.where(idx < num_active, tl.exp2(lse - lse_max), 0.0)
+    acc = tl.sum(weight[:, None] * part, axis=0)
     o = tl.where(denom > 0, acc / tl.where(denom > 0, denom, 1.0), 0.0)
     tl.store(out_ptr + seq * stride_ot + head * stride_oh + d, o.to(out_ptr.dtype.element_ty), mask=d_ok)
 
@@ -231,7 +236,8 @@ def decode_attention(
         HEAD_DIM=head_dim, D_PAD=d_pad,
         BLOCK_SIZE=block_size, BLOCK_N=block_n,
         DIRECT_OUT=direct, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=num_warps, **({} if num_stages is None else {"num_stages": num_stages}), **pdl_args(q.device),
+        num_warps=num_warps, **({} if num_stages is None else {"num_stages": num_stages}),
+        **early_launch_args(q.device),
     )  # fmt: skip
     if not direct:
         _decode_merge_kernel[(num_seqs, num_heads)](
@@ -240,6 +246,6 @@ def decode_attention(
             out.stride(0), out.stride(1),
             NUM_HEADS=num_heads, HEAD_DIM=head_dim, D_PAD=d_pad,
             SPLITS_PAD=triton.next_power_of_2(num_splits), BLOCK_N=block_n,
-            num_warps=1 if d_pad <= 128 else 2, **pdl_args(q.device),
+            num_warps=1 if d_pad <= 128 else 2, **early_launch_args(q.device),
         )  # fmt: skip
     return out

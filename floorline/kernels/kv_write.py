@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from floorline.kernels.triton_compat import tl, triton
 
-from floorline.kernels.pdl import gdc_wait, pdl_args
+from floorline.kernels.pdl import early_launch_args, gdc_launch_dependents, gdc_wait
 
 from floorline.kernels.rotary import (
     load_cos_sin,
@@ -53,7 +53,10 @@ def _kv_write_kernel(
     BH: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
     USE_PDL: tl.constexpr = False,
+    EARLY_LAUNCH: tl.constexpr = False,
 ):
+    if EARLY_LAUNCH:
+        gdc_launch_dependents()  # the next kernel may launch; it waits for this grid's writes
     if USE_PDL:
         gdc_wait()  # wait for the previous kernel's writes (launched early with PDL)
     tok = tl.program_id(0).to(tl.int64)
@@ -178,7 +181,7 @@ def _launch(
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         key_cache.stride(0), key_cache.stride(1), key_cache.stride(2),
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
-        ROTARY=rotary, BH=bh, BLOCK_HALF=block_half, num_warps=4, **pdl_args(k.device),
+        ROTARY=rotary, BH=bh, BLOCK_HALF=block_half, num_warps=4, **early_launch_args(k.device),
     )
 
 

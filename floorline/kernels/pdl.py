@@ -17,8 +17,12 @@ try:
     from triton.language.extra.cuda import gdc_wait
 except ImportError:  # an old Triton: kernels keep USE_PDL=False and never reach the call
     gdc_wait = None
+try:  # lets the next kernel launch before this one ends (kernels that prefetch before gdc_wait use it)
+    from triton.language.extra.cuda import gdc_launch_dependents
+except ImportError:
+    gdc_launch_dependents = None
 
-__all__ = ["gdc_wait", "pdl_enabled", "pdl_args"]
+__all__ = ["gdc_launch_dependents", "gdc_wait", "pdl_enabled", "pdl_args", "early_launch_args"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -37,3 +41,12 @@ def pdl_args(device: torch.device) -> dict:
     if pdl_enabled(device):
         return {"USE_PDL": True, "launch_pdl": True}
     return {"USE_PDL": False}
+
+
+def early_launch_args(device: torch.device) -> dict:
+    """`pdl_args` plus the EARLY_LAUNCH constexpr: the kernel calls `gdc_launch_dependents` first, so
+    the next kernel launches once all of this one's programs have started (FLOORLINE_PDL_EARLY=0: off).
+    Only kernels whose every read of earlier results follows their `gdc_wait` may be followed early."""
+    args = pdl_args(device)
+    early = args["USE_PDL"] and gdc_launch_dependents is not None and os.environ.get("FLOORLINE_PDL_EARLY", "1") != "0"
+    return dict(args, EARLY_LAUNCH=early)

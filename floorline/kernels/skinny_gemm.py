@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from floorline.kernels.triton_compat import tl, triton
 
-from floorline.kernels.pdl import gdc_wait, pdl_args
+from floorline.kernels.pdl import early_launch_args, gdc_launch_dependents, gdc_wait
 from floorline.kernels.tickets import tickets
 
 from floorline.kernels.decode_attention import (
@@ -111,18 +111,17 @@ def _silu_mul(g, u):
 
 @triton.jit
 def _finish(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS: tl.constexpr,
-            res_ptr=None, ss_ptr=None, ss_offs=None, ss_mask=None, ADD_RESIDUAL: tl.constexpr = False):
+            r=None, ss_ptr=None, ss_offs=None, ss_mask=None, ADD_RESIDUAL: tl.constexpr = False):
     """Adds the bias in fp32 and stores in the output dtype.
 
-    ADD_RESIDUAL: stores `s = y + residual` instead (y rounded first, then s: the unfused model's two
-    roundings) and the fp32 sum of s^2 over the tile's columns at `ss_offs`: the partials that the
-    next GEMV's RMSNorm prologue sums (`_row_rstd`).
+    ADD_RESIDUAL: stores `s = y + r` instead (r: the residual tile, loaded early by the caller; y is
+    rounded first, then s: the unfused model's two roundings) and the fp32 sum of s^2 over the tile's
+    columns at `ss_offs`, the partials from which the next GEMV's RMSNorm takes mean(s^2).
     """
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n_offs, mask=n_offs < N, other=0.0).to(tl.float32)
     y = acc.to(out_ptr.dtype.element_ty)
     if ADD_RESIDUAL:
-        r = tl.load(res_ptr + c_offs, mask=mask, other=0.0)
         y = (y.to(tl.float32) + r.to(tl.float32)).to(out_ptr.dtype.element_ty)
         yf = tl.where(mask, y.to(tl.float32), 0.0)
         tl.store(ss_ptr + ss_offs, tl.sum(yf * yf, axis=-1), mask=ss_mask)
@@ -132,7 +131,7 @@ def _finish(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS: tl.conste
 @triton.jit
 def _epilogue(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, MN,
               HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-              res_ptr=None, ss_ptr=None, ss_offs=None, ss_mask=None, ADD_RESIDUAL: tl.constexpr = False):
+              r=None, ss_ptr=None, ss_offs=None, ss_mask=None, ADD_RESIDUAL: tl.constexpr = False):
     """Stores the tile, or with split-K its partial; the last split of a tile reduces all partials."""
     if SPLIT:
         tl.store(ws_ptr + split * MN + c_offs, acc, mask=mask)
@@ -145,33 +144,55 @@ def _epilogue(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, ws_ptr, cnt_ptr, til
             for s in range(num_splits):  # fixed order: the result never depends on arrival order
                 # .cg reads from L2, where the other SMs' partials are, never a stale L1 line.
                 total += tl.load(ws_ptr + s * MN + c_offs, mask=mask, other=0.0, cache_modifier=".cg")
-            _finish(total, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS,
-                    res_ptr, ss_ptr, ss_offs, ss_mask, ADD_RESIDUAL)
+            _finish(total, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS, r, ss_ptr, ss_offs, ss_mask,
+                    ADD_RESIDUAL)
             tl.store(cnt_ptr + tile, 0)  # ready for the next launch (or graph replay)
     else:
-        _finish(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS,
-                res_ptr, ss_ptr, ss_offs, ss_mask, ADD_RESIDUAL)
+        _finish(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS, r, ss_ptr, ss_offs, ss_mask,
+                ADD_RESIDUAL)
 
 
 @triton.jit
-def _row_rstd(ss_ptr, num_ss, M, K, eps, BLOCK_M: tl.constexpr, SS_BLOCK: tl.constexpr):
-    """[BLOCK_M] rsqrt(mean(s^2) + eps) from the producer's [M, num_ss] fp32 partials, summed in a
-    fixed order (the result never depends on which of the producer's programs finished first)."""
+def _load_ss_parts(ss_ptr, num_ss, M, BLOCK_M: tl.constexpr, SS_BLOCK: tl.constexpr):
+    """The producer's [M, num_ss <= SS_BLOCK] fp32 partial sums of s^2, in one load."""
     rm = tl.arange(0, BLOCK_M)
     cols = tl.arange(0, SS_BLOCK)
-    acc = tl.zeros([BLOCK_M, SS_BLOCK], dtype=tl.float32)
-    for j in range(0, num_ss, SS_BLOCK):
-        mask = (rm[:, None] < M) & ((j + cols)[None, :] < num_ss)
-        acc += tl.load(ss_ptr + rm[:, None] * num_ss + (j + cols)[None, :], mask=mask, other=0.0)
-    return tl.rsqrt(tl.sum(acc, axis=1) / K + eps)
+    mask = (rm[:, None] < M) & (cols[None, :] < num_ss)
+    return tl.load(ss_ptr + rm[:, None] * num_ss + cols[None, :], mask=mask, other=0.0)
 
 
 @triton.jit
-def _norm_operand(s, nw, rstd):
-    """RMSNorm of stream values s by their row's rstd, rounded like `rms_norm_ref`: s * rstd to the
-    dtype, then times the norm weight nw to the dtype."""
-    normed = (s.to(tl.float32) * rstd).to(s.dtype).to(tl.float32)
-    return (normed * nw.to(tl.float32)).to(s.dtype)
+def _rstd(parts, K, eps):
+    """[BLOCK_M] rsqrt(mean(s^2) + eps): a fixed-order sum, whichever producer program came last."""
+    return tl.rsqrt(tl.sum(parts, axis=1) / K + eps)
+
+
+@triton.jit
+def _load(ptrs, mask, MASKED: tl.constexpr, EVICT_FIRST: tl.constexpr = False):
+    """A masked load (zeros outside), or an unpredicated one when MASKED is False."""
+    if EVICT_FIRST:
+        if MASKED:
+            v = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_first")
+        else:
+            v = tl.load(ptrs, eviction_policy="evict_first")
+    else:
+        if MASKED:
+            v = tl.load(ptrs, mask=mask, other=0.0)
+        else:
+            v = tl.load(ptrs)
+    return v
+
+
+@triton.jit
+def _operand(x_ptrs, nw_ptrs, mask, K, MASKED: tl.constexpr, X_SILU_MUL: tl.constexpr, X_NORM: tl.constexpr):
+    """The GEMV's x tile: x itself, silu(gate) * up of x = gate | up, or x * nw (the RMSNorm's weight;
+    its 1/rms scales the accumulator after the K loop)."""
+    a = _load(x_ptrs, mask, MASKED)
+    if X_SILU_MUL:
+        a = _silu_mul(a, _load(x_ptrs + K, mask, MASKED))
+    if X_NORM:
+        a = a.to(tl.float32) * _load(nw_ptrs, mask, MASKED).to(tl.float32)
+    return a
 
 
 @triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits", "num_ss_in"])
@@ -208,10 +229,13 @@ def _skinny_gemm_kernel(
     X_SILU_MUL: tl.constexpr = False,  # x is [M, 2K] gate|up: the operand is silu(gate) * up
     X_NORM: tl.constexpr = False,  # x is the residual stream: the operand is its RMSNorm times nw
     ADD_RESIDUAL: tl.constexpr = False,  # the output is y + residual, with its s^2 partials
-    SS_BLOCK: tl.constexpr = 128,
+    SS_BLOCK: tl.constexpr = 16,
+    EARLY_LAUNCH: tl.constexpr = False,
 ):
-    if USE_PDL:
-        gdc_wait()  # wait for the previous kernel's writes (launched early with PDL)
+    if EARLY_LAUNCH:
+        # Let the next kernel launch once every program of this one has started: its programs then
+        # fetch their first weight tile while this kernel's last wave drains.
+        gdc_launch_dependents()
     tile = tl.program_id(0)
     split = tl.program_id(1)
     k_start = split * k_blocks_per_split * BLOCK_K
@@ -220,68 +244,75 @@ def _skinny_gemm_kernel(
     # Rows past N re-read row N-1 instead of being masked: loads stay unpredicated, stores are masked.
     rn_w = tl.minimum(rn, N - 1).to(tl.int64)  # int64: row * stride can pass 2**31 on big vocabularies
     rk = tl.arange(0, BLOCK_K)
+    rm = tl.arange(0, BLOCK_M)
+    m_mask = rm < M
+    k_mask = (k_start + rk) < k_end
+    # The first weight tile is loaded before waiting for the previous kernel: weights never depend on it.
     if USE_DOT:
-        rm = tl.arange(0, BLOCK_M)
-        m_mask = rm < M
-        x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + rk)[None, :]  # [BLOCK_M, BLOCK_K]
         w_ptrs = w_ptr + rn_w[None, :] * stride_wn + (k_start + rk)[:, None]  # [BLOCK_K, BLOCK_N] = W^T tile
+        w_first = _load(w_ptrs, k_mask[:, None], not EVEN_K, True)  # W is read once: keep x in L2
+    else:
+        w_ptrs = w_ptr + rn_w[:, None] * stride_wn + (k_start + rk)[None, :]  # [BLOCK_N, BLOCK_K]
+        w_first = _load(w_ptrs, k_mask[None, :], not EVEN_K, True)
+    if USE_PDL:
+        gdc_wait()  # from here on, the previous kernel's writes are visible
+    if ADD_RESIDUAL:  # loaded now, used after the loop: its latency hides behind the weight stream
+        if USE_DOT:
+            r = tl.load(res_ptr + rm[:, None] * N + rn[None, :], mask=m_mask[:, None] & (rn[None, :] < N), other=0.0)
+        else:
+            r = tl.load(res_ptr + rn, mask=rn < N, other=0.0)
+    else:
+        r = None
+    if X_NORM:  # likewise: 1/rms is summed from these and scales the accumulator after the loop
+        ss_parts = _load_ss_parts(ss_in_ptr, num_ss_in, M, BLOCK_M, SS_BLOCK)
+    nw_ptrs = nw_ptr + k_start + rk
+    if USE_DOT:
+        x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + rk)[None, :]  # [BLOCK_M, BLOCK_K]
+        a = _operand(x_ptrs, nw_ptrs[None, :], m_mask[:, None] & k_mask[None, :], K, True, X_SILU_MUL,
+                     X_NORM).to(w_first.dtype)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        if X_NORM:
-            rstd = _row_rstd(ss_in_ptr, num_ss_in, M, K, eps, BLOCK_M, SS_BLOCK)[:, None]
-        for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
-            if EVEN_K:
-                k_mask = rk < BLOCK_K  # all true: only the norm weight load below uses it
-                a_mask = m_mask[:, None]
-                b = tl.load(w_ptrs, eviction_policy="evict_first")  # W is read once: keep x in L2
-            else:
-                k_mask = (k + rk) < K
-                a_mask = m_mask[:, None] & k_mask[None, :]
-                b = tl.load(w_ptrs, mask=k_mask[:, None], other=0.0, eviction_policy="evict_first")
-            a = tl.load(x_ptrs, mask=a_mask, other=0.0)
-            if X_SILU_MUL:
-                a = _silu_mul(a, tl.load(x_ptrs + K, mask=a_mask, other=0.0))
-            if X_NORM:
-                a = _norm_operand(a, tl.load(nw_ptr + k + rk, mask=k_mask, other=0.0)[None, :], rstd)
-            if DOT_IEEE:  # fp32 inputs: exact products, not tf32
+        if DOT_IEEE:  # fp32 inputs: exact products, not tf32
+            acc = tl.dot(a, w_first, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, w_first, acc)
+        for k in tl.range(k_start + BLOCK_K, k_end, BLOCK_K, num_stages=NUM_STAGES):
+            x_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+            nw_ptrs += BLOCK_K
+            kk_mask = (k + rk) < K
+            b = _load(w_ptrs, kk_mask[:, None], not EVEN_K, True)
+            # x rows past M are masked (never fetched); so is the K tail
+            a = _operand(x_ptrs, nw_ptrs[None, :], m_mask[:, None] & kk_mask[None, :], K, True, X_SILU_MUL,
+                         X_NORM).to(b.dtype)
+            if DOT_IEEE:
                 acc = tl.dot(a, b, acc, input_precision="ieee")
             else:
                 acc = tl.dot(a, b, acc)
-            x_ptrs += BLOCK_K
-            w_ptrs += BLOCK_K
+        if X_NORM:
+            acc = acc * _rstd(ss_parts, K, eps)[:, None]
         c_offs = rm[:, None] * N + rn[None, :]
         mask = m_mask[:, None] & (rn[None, :] < N)
         _epilogue(acc, c_offs, rn[None, :], mask, out_ptr, bias_ptr, ws_ptr, cnt_ptr, tile, split,
                   num_splits, N, M * N, HAS_BIAS, SPLIT,
-                  res_ptr, ss_out_ptr, rm * tl.num_programs(0) + tile, m_mask, ADD_RESIDUAL)
+                  r, ss_out_ptr, rm * tl.num_programs(0) + tile, m_mask, ADD_RESIDUAL)
     else:
         x_ptrs = x_ptr + k_start + rk  # the one row of x
-        w_ptrs = w_ptr + rn_w[:, None] * stride_wn + (k_start + rk)[None, :]  # [BLOCK_N, BLOCK_K]
-        acc2 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-        if X_NORM:
-            rstd = _row_rstd(ss_in_ptr, num_ss_in, M, K, eps, 1, SS_BLOCK)  # [1]
-        for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
-            if EVEN_K:
-                xk = tl.load(x_ptrs)
-                if X_SILU_MUL:
-                    xk = _silu_mul(xk, tl.load(x_ptrs + K))
-                if X_NORM:
-                    xk = _norm_operand(xk, tl.load(nw_ptr + k + rk), rstd)
-                w = tl.load(w_ptrs, eviction_policy="evict_first")
-            else:
-                k_mask = (k + rk) < K
-                xk = tl.load(x_ptrs, mask=k_mask, other=0.0)
-                if X_SILU_MUL:
-                    xk = _silu_mul(xk, tl.load(x_ptrs + K, mask=k_mask, other=0.0))
-                if X_NORM:
-                    xk = _norm_operand(xk, tl.load(nw_ptr + k + rk, mask=k_mask, other=0.0), rstd)
-                w = tl.load(w_ptrs, mask=k_mask[None, :], other=0.0, eviction_policy="evict_first")
-            # Elementwise FMA into a 2D accumulator: the cross-thread reduction happens once, below.
-            acc2 += w.to(tl.float32) * xk.to(tl.float32)[None, :]
+        xk = _operand(x_ptrs, nw_ptrs, k_mask, K, not EVEN_K, X_SILU_MUL, X_NORM)
+        # Elementwise FMA into a 2D accumulator: the cross-thread reduction happens once, after the loop.
+        acc2 = w_first.to(tl.float32) * xk.to(tl.float32)[None, :]
+        for k in tl.range(k_start + BLOCK_K, k_end, BLOCK_K, num_stages=NUM_STAGES):
             x_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
+            nw_ptrs += BLOCK_K
+            kk_mask = (k + rk) < K
+            xk = _operand(x_ptrs, nw_ptrs, kk_mask, K, not EVEN_K, X_SILU_MUL, X_NORM)
+            w = _load(w_ptrs, kk_mask[None, :], not EVEN_K, True)
+            acc2 += w.to(tl.float32) * xk.to(tl.float32)[None, :]
         acc = tl.sum(acc2, axis=1)  # [BLOCK_N]
+        if X_NORM:
+            acc = acc * _rstd(ss_parts, K, eps)  # [1] broadcast over the tile
         _epilogue(acc, rn, rn, rn < N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
-                  HAS_BIAS, SPLIT, res_ptr, ss_out_ptr, tile, None, ADD_RESIDUAL)
+                  HAS_BIAS, SPLIT, r, ss_out_ptr, tile, None, ADD_RESIDUAL)
 
 
 def m_bucket(m: int) -> int:
@@ -445,16 +476,18 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
         ws, tickets = out, out  # dummies: SPLIT=False never touches them
     ss_out = torch.empty((m, tiles), dtype=torch.float32, device=x.device) if residual is not None else out
     norm = norm_weight is not None
+    num_ss = norm_ss.shape[1] if norm else 0
     _skinny_gemm_kernel[(tiles, splits)](
         x_in, w, bias if bias is not None else out, out, ws, tickets,
         m, n, k, x.stride(0), w.stride(0), per_split, splits,
-        norm_weight if norm else out, norm_ss if norm else out, norm_ss.shape[1] if norm else 0, float(eps),
+        norm_weight if norm else out, norm_ss if norm else out, num_ss, float(eps),
         residual if residual is not None else out, ss_out,
         BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0,
         HAS_BIAS=bias is not None, SPLIT=splits > 1, DOT_IEEE=x.dtype == torch.float32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, X_SILU_MUL=silu_mul,
-        X_NORM=norm, ADD_RESIDUAL=residual is not None, **pdl_args(x.device),
+        X_NORM=norm, ADD_RESIDUAL=residual is not None, SS_BLOCK=max(16, triton.next_power_of_2(num_ss)),
+        **early_launch_args(x.device),
     )
     return out if residual is None else (out, ss_out)
 
