@@ -1,7 +1,10 @@
 """GPU benchmark: quantized decode GEMVs vs their byte floor and vs the bf16 skinny GEMM (Llama-3.1-8B shapes).
 
     python -m floorline.bench.quant                      # default configs, M = 1, 4, 16
-    python -m floorline.bench.quant --sweep --out q.json # small config sweep; prints TUNED_CONFIGS lines
+    python -m floorline.bench.quant --sweep              # small config sweep; prints TUNED_CONFIGS lines
+
+With bitsandbytes importable, `bnb-nf4` rows time bitsandbytes' own NF4 on the same weights
+(floorline/bench/bnb.py) and a last table gives floorline's NF4 speed-up over it.
 
 Every format is first checked against its reference (dequantize, fp32 matmul): the GEMV at each M,
 the fused SiLU-and-mul operand (down projection), and the prefill path (dequantize + cuBLAS, 64 rows);
@@ -24,6 +27,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from floorline.bench import bnb
 from floorline.bench.kernels import SHAPES, read_bandwidth, rel_error, time_per_call
 from floorline.kernels.quant_common import QuantGemvConfig, get_config
 from floorline.kernels.skinny_gemm import (
@@ -35,7 +39,9 @@ from floorline.kernels.skinny_gemm import (
 
 LAYER_SHAPES = ("qkv", "o_proj", "gate_up", "down")
 NUM_LAYERS = 32
-FORMATS = ("bf16", "int8", "fp8", "int4", "nf4", "nf4-select", "fp8-w8a8")
+FORMATS = ("bf16", "int8", "fp8", "int4", "nf4", "nf4-gather", "nf4-select", "fp8-w8a8", "bnb-nf4")
+DEFAULT_FORMATS = ("bf16", "int8", "fp8", "int4", "nf4", "fp8-w8a8", "bnb-nf4")  # the slow NF4 lookups on request
+NF4_LOOKUP = {"nf4": None, "nf4-gather": "gather", "nf4-select": "select"}  # None: the kernel's default (shfl)
 MAX_REL_ERROR = 1e-2
 
 
@@ -62,9 +68,9 @@ def _method(fmt: str):
         return Int8Method()
     if fmt == "int4":
         return Int4Method()
-    if fmt.startswith("nf4"):
+    if fmt in NF4_LOOKUP:
         m = Nf4Method()
-        m.codebook_select = fmt == "nf4-select"
+        m.lookup = NF4_LOOKUP[fmt]
         return m
     return Fp8Method(w8a8=fmt == "fp8-w8a8")
 
@@ -74,6 +80,10 @@ def build_layers(fmt: str, k: int, n: int, device: torch.device, l2_bytes: int, 
     from floorline.layers.linear import Linear
 
     w = (torch.randn(n, k, device=device) / k**0.5).to(dtype)
+    if fmt == "bnb-nf4":
+        first = bnb.BnbLayer(w)
+        nbytes = first.nbytes()
+        return bnb.copies(w, max(1, -(-3 * l2_bytes // nbytes))), w, nbytes
     if fmt == "bf16":
         first = Linear(k, [n], dtype=dtype, device=device)
         first.load(0, "weight", w)
@@ -90,6 +100,8 @@ def build_layers(fmt: str, k: int, n: int, device: torch.device, l2_bytes: int, 
 def _call(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig | None = None, silu_mul: bool = False):
     if fmt == "bf16":
         return skinny_gemm_triton(x, layer.weight, silu_mul=silu_mul)
+    if fmt == "bnb-nf4":
+        return layer(x)
     if fmt == "fp8-w8a8":
         from floorline.quant.fp8 import w8a8_matmul
 
@@ -112,10 +124,12 @@ def _gemv_with_config(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig):
         return int4_gemv_triton(x, layer.qweight, layer.scales, layer.zeros, layer.in_features, method.group,
                                 config=cfg)
     return nf4_gemv_triton(x, layer.qweight, layer.absmax, method._nested(layer), layer.code, config=cfg,
-                           codebook_select=method.codebook_select)
+                           lookup=method.lookup)
 
 
 def _reference_weight(fmt: str, layer, w: torch.Tensor) -> torch.Tensor:
+    if fmt == "bnb-nf4":
+        return layer.dequantize()
     return w.float() if fmt == "bf16" else layer.quant_method.dequantize_ref(layer)
 
 
@@ -129,7 +143,12 @@ def check_format(fmt: str, layer, w: torch.Tensor, ms: tuple[int, ...]) -> list[
     cases = [(m, False) for m in ms] + [(4, True)] + ([(64, False)] if fmt != "bf16" else [])
     for m, silu in cases:
         x = torch.randn(m, 2 * k if silu else k, device=w.device).to(w.dtype)
-        if fmt == "fp8-w8a8" and silu:
+        if fmt in ("fp8-w8a8", "bnb-nf4") and silu:
+            continue
+        if fmt == "bnb-nf4":
+            err = rel_error(layer(x), F.linear(x.float(), ref_w))
+            if not err < MAX_REL_ERROR:
+                failures.append(f"{fmt} K={k} N={layer.out_features} M={m}: relative error {err:.3g}")
             continue
         if m > 16:
             out = layer(x)  # prefill: the dequantized weight (or W8A8) and cuBLAS
@@ -149,12 +168,17 @@ def check_format(fmt: str, layer, w: torch.Tensor, ms: tuple[int, ...]) -> list[
     return failures
 
 
-def sweep_candidates(m: int) -> list[QuantGemvConfig]:
+def sweep_candidates(fmt: str, m: int) -> list[QuantGemvConfig]:
+    four_bit = fmt in ("int4", "nf4")
     if m > 1:
-        return [QuantGemvConfig(bn, bk, 1, w, s, True) for bn, bk, w, s in
-                ((32, 256, 4, 4), (16, 256, 2, 4), (64, 128, 4, 4), (32, 512, 4, 3), (64, 256, 8, 3))]
-    return [QuantGemvConfig(bn, bk, 1, w, s, False) for bn, bk, w, s in
-            ((16, 512, 4, 3), (8, 512, 4, 3), (16, 1024, 8, 2), (32, 256, 4, 3), (32, 512, 8, 3), (8, 1024, 4, 2))]
+        tiles = ((32, 256, 4, 3), (64, 256, 4, 3), (64, 512, 8, 3), (128, 256, 8, 3), (32, 512, 4, 3)) if four_bit else \
+            ((32, 256, 4, 4), (16, 256, 2, 4), (64, 128, 4, 4), (32, 512, 4, 3), (64, 256, 8, 3))
+        return [QuantGemvConfig(bn, bk, 1, w, s, True) for bn, bk, w, s in tiles]
+    if four_bit:  # long K tiles: lanes along K, rows per thread (kernels/quant_int4.py)
+        tiles = ((16, 2048, 4, 2), (16, 4096, 4, 1), (16, 2048, 2, 2), (32, 2048, 4, 2), (16, 1024, 2, 3), (8, 2048, 2, 2))
+    else:
+        tiles = ((16, 512, 4, 3), (8, 512, 4, 3), (16, 1024, 8, 2), (32, 256, 4, 3), (32, 512, 8, 3), (8, 1024, 4, 2))
+    return [QuantGemvConfig(bn, bk, 1, w, s, False) for bn, bk, w, s in tiles]
 
 
 def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, l2: int, sweep: bool,
@@ -172,14 +196,19 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
             rows.append(row)
             continue
         x = torch.randn(m, k, device=device).to(dtype)
-        row.seconds = time_per_call([lambda l=l, x=x: _call(fmt, l, x) for l in layers])
-        kernel_fmt = fmt.removesuffix("-select")
-        if fmt in ("int8", "fp8", "int4", "nf4", "nf4-select"):
+        calls = [lambda l=l, x=x: _call(fmt, l, x) for l in layers]
+        if fmt == "bnb-nf4":
+            row.seconds, row.config = bnb.time_calls(calls, time_per_call)
+            row.config = f"bitsandbytes {bnb.version()} matmul_4bit, timed by {row.config}"
+        else:
+            row.seconds = time_per_call(calls)
+        kernel_fmt = "nf4" if fmt in NF4_LOOKUP else fmt
+        if kernel_fmt in ("int8", "fp8", "int4", "nf4"):
             unit = {"int4": getattr(layers[0].quant_method, "group", 128), "nf4": 64}.get(kernel_fmt, 16)
             row.config = _short(get_config(kernel_fmt, n, k, m, unit, device))
             if sweep:
                 sms = num_sms_of(device)
-                for cand in sweep_candidates(m):
+                for cand in sweep_candidates(kernel_fmt, m):
                     if time.monotonic() > deadline:
                         break
                     cand = dataclasses.replace(cand, split_k=auto_split_k(n, k, cand.block_n, cand.block_k, sms))
@@ -237,11 +266,30 @@ def print_tables(rows: list[Row], bw: float, lm_head: dict[int, float]) -> None:
             totals[(fmt, m)] = t
             speed = totals.get(("bf16", m), math.nan) / t
             print(f"{fmt:<10} {m:>3} {t * 1e3:>8.3f} {fl * 1e3:>9.3f} {t / fl:>7.2f} {speed:>6.2f}x")
+    print_bnb_ratios(rows, totals)
+
+
+def print_bnb_ratios(rows: list[Row], totals: dict[tuple[str, int], float]) -> None:
+    """floorline NF4 against bitsandbytes NF4, same shapes and M, same run."""
+    ours = {(r.shape, r.m): r.seconds for r in rows if r.fmt == "nf4" and not r.failure}
+    theirs = {(r.shape, r.m): r for r in rows if r.fmt == "bnb-nf4" and not r.failure}
+    keys = [key for key in theirs if key in ours]
+    if not keys:
+        return
+    print(f"\nfloorline nf4 vs {theirs[keys[0]].config}")
+    print(f"{'shape':<8} {'M':>3} {'nf4 us':>8} {'bnb us':>8} {'bnb / nf4':>9}")
+    for shape, m in keys:
+        b = theirs[(shape, m)].seconds
+        print(f"{shape:<8} {m:>3} {ours[(shape, m)] * 1e6:>8.1f} {b * 1e6:>8.1f} {b / ours[(shape, m)]:>8.2f}x")
+    for m in sorted({m for _, m in keys}):
+        if ("nf4", m) in totals and ("bnb-nf4", m) in totals:
+            b, f = totals[("bnb-nf4", m)], totals[("nf4", m)]
+            print(f"per token M={m}: nf4 {f * 1e3:.3f} ms, bnb {b * 1e3:.3f} ms, bnb / nf4 {b / f:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m floorline.bench.quant", description=__doc__.splitlines()[0])
-    p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
+    p.add_argument("--formats", default=",".join(DEFAULT_FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
     p.add_argument("--shapes", nargs="+", choices=LAYER_SHAPES, default=list(LAYER_SHAPES))
     p.add_argument("--m", nargs="+", type=int, default=[1, 4, 16], help="row counts, 1..16")
     p.add_argument("--sweep", action="store_true", help="also time a few configs per row; prints table lines")
@@ -261,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     if "fp8-w8a8" in fmts and not w8a8_supported(device):
         print("skipping fp8-w8a8: needs compute capability >= 9.0", file=sys.stderr)
         fmts.remove("fp8-w8a8")
+    if "bnb-nf4" in fmts and not bnb.available():
+        print("skipping bnb-nf4: bitsandbytes is not importable", file=sys.stderr)
+        fmts.remove("bnb-nf4")
     import triton
 
     l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20)

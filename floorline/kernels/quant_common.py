@@ -33,6 +33,7 @@ from floorline.kernels.tickets import tickets
 from floorline.kernels.triton_compat import triton
 
 FORMATS = ("int8", "fp8", "int4", "nf4")
+DOT_MIN_K = 128  # 4-bit dot paths: one tl.dot per slot of BLOCK_K / 8 columns, which must be >= 16
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # The quantized kernels take the bf16 skinny GEMM's launch configs: the same fields and meaning,
@@ -46,22 +47,22 @@ TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {}
 
 
 def _base_config(fmt: str, n: int, m: int) -> QuantGemvConfig:
-    """Untuned defaults: the same bytes per row per iteration as skinny_gemm's tuned bf16 configs."""
+    """Untuned defaults. 4-bit M = 1 tiles are long in K so that each thread holds 8 rows of the same
+    x elements (x is loaded and converted once per thread for all of them)."""
     if m > 1:
-        return QuantGemvConfig(block_n=32, block_k=256, num_warps=4, num_stages=4, use_dot=True)
+        return QuantGemvConfig(block_n=32, block_k=256, num_warps=4, num_stages=3, use_dot=True)
     if fmt in ("int8", "fp8"):  # 1 byte a weight: bf16's 512-wide tiles hold the same bytes at 1024
         if n >= 16384:
             return QuantGemvConfig(block_n=16, block_k=1024, num_warps=8, num_stages=2)
         return QuantGemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=3)
-    if n >= 16384:  # 4-bit: dequantization costs registers, so rows are fewer per program than bytes allow
-        return QuantGemvConfig(block_n=16, block_k=1024, num_warps=8, num_stages=2)
-    return QuantGemvConfig(block_n=16, block_k=512, num_warps=4, num_stages=3)
+    return QuantGemvConfig(block_n=16, block_k=2048, num_warps=4, num_stages=2)
 
 
 def heuristic_config(fmt: str, n: int, k: int, m: int, k_unit: int, num_sms: int = 132) -> QuantGemvConfig:
     """Default config: tiles shrunk to small problems, block_k a multiple of `k_unit`, split-K to fill SMs."""
     base = _base_config(fmt, n, m)
-    block_k = max(k_unit, min(base.block_k, triton.next_power_of_2(k)))
+    unit = max(k_unit, DOT_MIN_K) if base.use_dot and fmt in ("int4", "nf4") else k_unit
+    block_k = max(unit, min(base.block_k, triton.next_power_of_2(k)))
     block_n = max(16 if base.use_dot else 1, min(base.block_n, triton.next_power_of_2(n)))
     split = auto_split_k(n, k, block_n, block_k, num_sms)
     return dataclasses.replace(base, block_n=block_n, block_k=block_k, split_k=split)
@@ -95,7 +96,7 @@ def load_tuned_configs(path: str | Path) -> int:
     return len(entries)
 
 
-def check_config(cfg: QuantGemvConfig, m: int, k_unit: int, name: str) -> None:
+def check_config(cfg: QuantGemvConfig, m: int, k_unit: int, name: str, dot_min_k: int = 32) -> None:
     if not cfg.use_dot and m != 1:
         raise ValueError(f"{name}: the FMA path (use_dot=False) handles M == 1 only, got M = {m}")
     for field in ("block_n", "block_k", "num_warps"):
@@ -104,8 +105,8 @@ def check_config(cfg: QuantGemvConfig, m: int, k_unit: int, name: str) -> None:
             raise ValueError(f"{name}: {field} must be a power of two, got {v}")
     if cfg.block_k % k_unit:
         raise ValueError(f"{name}: block_k must be a multiple of {k_unit}, got {cfg.block_k}")
-    if cfg.use_dot and (cfg.block_n < 16 or cfg.block_k < 32):
-        raise ValueError(f"{name}: the dot path needs block_n >= 16 and block_k >= 32")
+    if cfg.use_dot and (cfg.block_n < 16 or cfg.block_k < dot_min_k):
+        raise ValueError(f"{name}: the dot path needs block_n >= 16 and block_k >= {dot_min_k}")
 
 
 @dataclass

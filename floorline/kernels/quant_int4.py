@@ -1,19 +1,19 @@
 """Group-wise int4 GEMV for decode: `y = x W^T` with W[n, k] = (Q[n, k] - Z[g, n]) * S[g, n], g = k // G.
 
-floorline's int4 layout (AWQ and GPTQ checkpoints are unpacked into it at load):
+floorline's int4 layout (AWQ, GPTQ and RTN weights are converted into it at load):
 
-* `qweight` uint8 [N, Kp / 2]: byte j of row n holds Q[n, 2j] in its high nibble and Q[n, 2j + 1] in
-  its low nibble (the bitsandbytes order, so NF4 shares the code). Kp is K rounded up to the group
-  size; the padding codes meet x columns masked to zero.
+* `qweight` int32 [N, Kp / 8]: eight codes a word, slot-major within each group and at the bit
+  positions of `quant_packing` (Kp is K rounded up to the group; padding codes meet x masked to 0).
 * `scales`, `zeros` fp16 [Kp / G, N]: one scale and one (integer-valued) zero point per group and
-  output channel; rows of N are contiguous, so a program's [BLOCK_N] scales are one coalesced load.
+  output channel.
 
-The kernel reads a [BLOCK_N, BLOCK_K / G, G / 2] byte tile, so each group's scale and zero broadcast
-over its G / 2 bytes without any per-weight index math. The high and low nibbles are the even and
-odd columns of W: they meet the even and odd elements of x (two strided loads of x, which stays in
-L1/L2) instead of being interleaved in registers. Nibble -> float uses the 2**23 trick: OR-ing the
-nibble into the mantissa of 8388608.0 and subtracting (8388608 + zero) is exact and avoids the
-slower int -> float conversion.
+A code becomes a float with one AND/OR into 1.0f or 16.0f (`_int4_slot`: 1 + q / 16 or 16 + q / 16,
+exact), so per weight the M = 1 path spends about one integer op and one FMA. That path factors
+the group's scale and zero out of the inner sum: with T = sum_k x_k f_k over a thread's words of a
+group, sum_k x_k (q_k - z) = 16 (T - C - z X / 16), where C and X are sums of x alone (shared by
+all the rows a thread holds), so the per-weight work is the FMA and the per-group work is three
+ops per thread. The dot path (M > 1) turns the same floats into exact (q - z) * s with one FMA,
+rounds them to the activation dtype and runs one `tl.dot` per slot.
 """
 
 from __future__ import annotations
@@ -30,24 +30,36 @@ from floorline.kernels.quant_common import (
     get_config,
     operand,
 )
+from floorline.kernels.quant_packing import pack_int4, unpack_int4
 from floorline.kernels.skinny_gemm import _epilogue, _silu_mul
 from floorline.kernels.triton_compat import tl, triton
 
 
 @triton.jit
-def _nibbles_to_weights(b, s, z):
-    """uint8 bytes [BN, NB, H] and per-group scale/zero [BN, NB] -> fp32 (even, odd) weights."""
-    i = b.to(tl.int32)
-    zm = (z.to(tl.float32) + 8388608.0)[:, :, None]
-    sc = s.to(tl.float32)[:, :, None]
-    hi = ((i >> 4) | 0x4B000000).to(tl.float32, bitcast=True)
-    lo = ((i & 15) | 0x4B000000).to(tl.float32, bitcast=True)
-    return (hi - zm) * sc, (lo - zm) * sc
+def _int4_slot(w, S: tl.constexpr, one, sixteen):
+    """Slot S of uint32 words -> fp32 1 + q / 16 (even S) or 16 + q / 16 (odd S), exactly.
+
+    `one` / `sixteen` are the bits of 1.0f / 16.0f, passed at run time: as registers they let the
+    mask-and-or compile to one LOP3 (an instruction has a single immediate slot).
+    """
+    if S // 2 == 0:
+        v = w
+    elif S // 2 == 1:
+        v = w << 8
+    elif S // 2 == 2:
+        v = w >> 8
+    else:
+        v = (w << 16) | (w >> 16)  # a rotate: one funnel shift
+    if S % 2 == 0:
+        bits = (v & 0x00780000) | one
+    else:
+        bits = (v & 0x00078000) | sixteen
+    return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
 def _load_group_params(s_ptr, z_ptr, g, rn_w, N, num_groups, EVEN_K: tl.constexpr):
-    """Scales and zeros of groups g [NB] for rows rn_w [BN] -> two [BN, NB] tensors."""
+    """fp32 scales and zeros of groups g [NB] for rows rn_w [BN] -> two [BN, NB] tensors."""
     offs = g[None, :] * N + rn_w[:, None]
     if EVEN_K:
         s = tl.load(s_ptr + offs)
@@ -56,7 +68,7 @@ def _load_group_params(s_ptr, z_ptr, g, rn_w, N, num_groups, EVEN_K: tl.constexp
         gm = (g < num_groups)[None, :]
         s = tl.load(s_ptr + offs, mask=gm, other=0.0)
         z = tl.load(z_ptr + offs, mask=gm, other=0.0)
-    return s, z
+    return s.to(tl.float32), z.to(tl.float32)
 
 
 @triton.jit
@@ -73,108 +85,159 @@ def _load_x(ptrs, mask, K, X_SILU_MUL: tl.constexpr, MASKED: tl.constexpr = True
     return a
 
 
+@triton.jit
+def _int4_fma_tile(acc, q_ptrs, x_ptrs, s_ptr, z_ptr, k, xoff, rg, rn_w, N, K, num_groups, one, sixteen,
+                   GROUP: tl.constexpr, EVEN_K: tl.constexpr, X_SILU_MUL: tl.constexpr):
+    """One K tile of the M = 1 path: acc [NC, NB, BN] += 16 s (T - C - z X / 16) (module docstring).
+
+    Tiles are [NC, NB, BN, 4] (chunk of a group, group, row, word): with the K axes first, Triton
+    spreads lanes over K (consecutive lanes read consecutive 16 bytes) and keeps several rows per
+    thread, which share the thread's x elements.
+    """
+    GW: tl.constexpr = GROUP // 8
+    g = k // GROUP + rg
+    s, z = _load_group_params(s_ptr, z_ptr, g, rn_w, N, num_groups, EVEN_K)
+    s = tl.trans(s)[None, :, :]  # [1, NB, BN]
+    z = tl.trans(z)[None, :, :]
+    if EVEN_K:
+        w = tl.load(q_ptrs, eviction_policy="evict_first")
+    else:
+        w = tl.load(q_ptrs, mask=(g < num_groups)[None, :, None, None], other=0, eviction_policy="evict_first")
+    w = w.to(tl.uint32, bitcast=True)  # [NC, NB, BN, 4]
+    t = tl.zeros(w.shape, dtype=tl.float32)
+    c = tl.zeros(xoff.shape, dtype=tl.float32)  # [NC, NB, 1, 4]: sum of x times f's offsets (1 or 16)
+    xsum = tl.zeros(xoff.shape, dtype=tl.float32)
+    for S in tl.static_range(8):
+        if EVEN_K:
+            xs = _load_x(x_ptrs + S * GW, None, K, X_SILU_MUL, False).to(tl.float32)
+        else:
+            xs = _load_x(x_ptrs + S * GW, k + xoff + S * GW < K, K, X_SILU_MUL).to(tl.float32)
+        t += _int4_slot(w, S, one, sixteen) * xs
+        if S % 2 == 0:
+            c += xs
+        else:
+            c += 16.0 * xs
+        xsum += xs
+    d = tl.sum(c, axis=3) + (z * 0.0625) * tl.sum(xsum, axis=3)
+    return acc + (s * 16.0) * (tl.sum(t, axis=3) - d)
+
+
+@triton.jit
+def _int4_slot_weights(w, s, z, S: tl.constexpr, one, sixteen):
+    """Slot S of words [BN, NB, GW] with the groups' scales / zeros [BN, NB] -> exact (q - z) * s, fp32.
+
+    16 s f - (16 + z) s (or - (256 + z) s for odd slots) is exact in fp32: both terms are short products.
+    """
+    f = _int4_slot(w, S, one, sixteen)
+    if S % 2 == 0:
+        b = -(16.0 + z) * s
+    else:
+        b = -(256.0 + z) * s
+    return f * (16.0 * s)[:, :, None] + b[:, :, None]
+
+
 @triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits"])
 def _int4_gemv_kernel(
     x_ptr,  # [M, K] (or [M, 2K] gate | up), last-dim stride 1
-    q_ptr,  # [N, Kp / 2] uint8
+    q_ptr,  # [N, Kp / 8] int32
     s_ptr,  # [Kp / G, N] fp16
     z_ptr,  # [Kp / G, N] fp16
     out_ptr, ws_ptr, cnt_ptr,
-    M, N, K, Kp, num_groups, stride_xm, stride_qn, k_blocks_per_split, num_splits,
+    M, N, K, Kp, num_groups, stride_xm, stride_qn, k_blocks_per_split, num_splits, one_bits, sixteen_bits,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     NUM_STAGES: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr,
     DOT_IEEE: tl.constexpr, X_SILU_MUL: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
     if USE_PDL:
         gdc_wait()
-    NB: tl.constexpr = BLOCK_K // GROUP
-    H: tl.constexpr = GROUP // 2
+    NB: tl.constexpr = BLOCK_K // GROUP  # groups per tile
+    GW: tl.constexpr = GROUP // 8  # words per group and row (= x elements per slot run)
+    one = one_bits.to(tl.uint32, bitcast=True)
+    sixteen = sixteen_bits.to(tl.uint32, bitcast=True)
     tile = tl.program_id(0)
     split = tl.program_id(1)
     k_start = split * k_blocks_per_split * BLOCK_K
     k_end = tl.minimum(Kp, k_start + k_blocks_per_split * BLOCK_K)
     rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    rn_w = tl.minimum(rn, N - 1)
+    rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
+    rn64 = rn_w.to(tl.int64)
     rg = tl.arange(0, NB)
-    boff = rg[:, None] * H + tl.arange(0, H)[None, :]  # [NB, H] byte offsets within a tile
-    q_ptrs = q_ptr + rn_w.to(tl.int64)[:, None, None] * stride_qn + (k_start // 2 + boff)[None, :, :]
     if USE_DOT:
+        rj = tl.arange(0, GW)
+        woff = rg[:, None] * GW + rj[None, :]  # [NB, GW]
+        xoff = rg[:, None] * GROUP + rj[None, :]  # x offsets of slot 0
+        q_ptrs = q_ptr + rn64[:, None, None] * stride_qn + (k_start // 8 + woff)[None, :, :]
         rm = tl.arange(0, BLOCK_M)
-        m_mask = rm < M
-        rh = tl.arange(0, BLOCK_K // 2)
-        x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + 2 * rh)[None, :]  # even columns [BM, BK/2]
+        m_mask = (rm < M)[:, None, None]
+        x_ptrs = x_ptr + rm[:, None, None] * stride_xm + k_start + xoff[None, :, :]  # [BM, NB, GW]
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
             g = k // GROUP + rg
             s, z = _load_group_params(s_ptr, z_ptr, g, rn_w, N, num_groups, EVEN_K)
             if EVEN_K:
-                b = tl.load(q_ptrs, eviction_policy="evict_first")
-                xe = _load_x(x_ptrs, m_mask[:, None], K, X_SILU_MUL)
-                xo = _load_x(x_ptrs + 1, m_mask[:, None], K, X_SILU_MUL)
+                w = tl.load(q_ptrs, eviction_policy="evict_first")
             else:
-                b = tl.load(q_ptrs, mask=(g < num_groups)[None, :, None], other=0, eviction_policy="evict_first")
-                ke = k + 2 * rh
-                xe = _load_x(x_ptrs, m_mask[:, None] & (ke < K)[None, :], K, X_SILU_MUL)
-                xo = _load_x(x_ptrs + 1, m_mask[:, None] & (ke + 1 < K)[None, :], K, X_SILU_MUL)
-            we, wo = _nibbles_to_weights(b, s, z)
-            we = tl.trans(tl.reshape(we, (BLOCK_N, BLOCK_K // 2)).to(xe.dtype))  # [BK/2, BN]
-            wo = tl.trans(tl.reshape(wo, (BLOCK_N, BLOCK_K // 2)).to(xo.dtype))
-            if DOT_IEEE:
-                acc = tl.dot(xe, we, acc, input_precision="ieee")
-                acc = tl.dot(xo, wo, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(xe, we, acc)
-                acc = tl.dot(xo, wo, acc)
-            q_ptrs += BLOCK_K // 2
+                w = tl.load(q_ptrs, mask=(g < num_groups)[None, :, None], other=0, eviction_policy="evict_first")
+            w = w.to(tl.uint32, bitcast=True)
+            for S in tl.static_range(8):
+                if EVEN_K:
+                    xs = _load_x(x_ptrs + S * GW, m_mask, K, X_SILU_MUL)
+                else:
+                    xs = _load_x(x_ptrs + S * GW, m_mask & (k + xoff + S * GW < K)[None, :, :], K, X_SILU_MUL)
+                xs = tl.reshape(xs, (BLOCK_M, NB * GW))
+                wt = tl.reshape(_int4_slot_weights(w, s, z, S, one, sixteen), (BLOCK_N, NB * GW)).to(xs.dtype)
+                if DOT_IEEE:
+                    acc = tl.dot(xs, tl.trans(wt), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(xs, tl.trans(wt), acc)
+            q_ptrs += BLOCK_K // 8
             x_ptrs += BLOCK_K
-        c_offs = rm[:, None] * N + rn[None, :]
-        mask = m_mask[:, None] & (rn[None, :] < N)
+        rm2 = tl.arange(0, BLOCK_M)
+        c_offs = rm2[:, None] * N + rn[None, :]
+        mask = (rm2 < M)[:, None] & (rn[None, :] < N)
         _epilogue(acc, c_offs, rn[None, :], mask, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split,
                   num_splits, N, M * N, False, SPLIT)
     else:
-        x_ptrs = x_ptr + k_start + 2 * boff  # even elements of x, [NB, H]
-        acc3 = tl.zeros([BLOCK_N, NB, H], dtype=tl.float32)
+        NC: tl.constexpr = GW // 4  # 16-byte chunks per group and row
+        rc = tl.arange(0, NC)[:, None, None, None]
+        rg4 = rg[None, :, None, None]
+        re = tl.arange(0, 4)[None, None, None, :]
+        woff = rc * 4 + rg4 * GW + re  # [NC, NB, 1, 4]
+        xoff = rc * 4 + rg4 * GROUP + re
+        q_ptrs = q_ptr + rn64[None, None, :, None] * stride_qn + k_start // 8 + woff  # [NC, NB, BN, 4]
+        x_ptrs = x_ptr + k_start + xoff
+        acc = tl.zeros([NC, NB, BLOCK_N], dtype=tl.float32)
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
-            g = k // GROUP + rg
-            s, z = _load_group_params(s_ptr, z_ptr, g, rn_w, N, num_groups, EVEN_K)
-            if EVEN_K:
-                b = tl.load(q_ptrs, eviction_policy="evict_first")
-                xe = _load_x(x_ptrs, None, K, X_SILU_MUL, False)
-                xo = _load_x(x_ptrs + 1, None, K, X_SILU_MUL, False)
-            else:
-                b = tl.load(q_ptrs, mask=(g < num_groups)[None, :, None], other=0, eviction_policy="evict_first")
-                ke = k + 2 * boff
-                xe = _load_x(x_ptrs, ke < K, K, X_SILU_MUL)
-                xo = _load_x(x_ptrs + 1, ke + 1 < K, K, X_SILU_MUL)
-            we, wo = _nibbles_to_weights(b, s, z)
-            # Elementwise FMAs into a 3D accumulator: the cross-thread reduction happens once, below.
-            acc3 += we * xe.to(tl.float32)[None, :, :] + wo * xo.to(tl.float32)[None, :, :]
-            q_ptrs += BLOCK_K // 2
+            acc = _int4_fma_tile(acc, q_ptrs, x_ptrs, s_ptr, z_ptr, k, xoff, rg, rn_w, N, K, num_groups, one,
+                                 sixteen, GROUP, EVEN_K, X_SILU_MUL)
+            q_ptrs += BLOCK_K // 8
             x_ptrs += BLOCK_K
-        acc = tl.sum(tl.sum(acc3, axis=2), axis=1)
-        _epilogue(acc, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
+        out = tl.sum(tl.sum(acc, axis=0), axis=0)
+        _epilogue(out, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
                   False, SPLIT)
 
 
 @triton.jit
-def _int4_dequant_kernel(q_ptr, s_ptr, z_ptr, out_ptr, N, K, num_groups, stride_qn,
-                         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
-    NB: tl.constexpr = BLOCK_K // GROUP
-    H: tl.constexpr = GROUP // 2
+def _int4_dequant_kernel(q_ptr, s_ptr, z_ptr, out_ptr, N, K, num_groups, stride_qn, one_bits, sixteen_bits,
+                         BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
+    """One group of BLOCK_N rows per program: the eight slots stored at their columns."""
+    GW: tl.constexpr = GROUP // 8
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rn_w = tl.minimum(rn, N - 1)
-    k0 = tl.program_id(1) * BLOCK_K
-    rg = tl.arange(0, NB)
-    g = k0 // GROUP + rg
-    boff = rg[:, None] * H + tl.arange(0, H)[None, :]
-    b = tl.load(q_ptr + rn_w.to(tl.int64)[:, None, None] * stride_qn + (k0 // 2 + boff)[None, :, :],
-                mask=(g < num_groups)[None, :, None], other=0)
-    s, z = _load_group_params(s_ptr, z_ptr, g, rn_w, N, num_groups, False)
-    we, wo = _nibbles_to_weights(b, s, z)
-    w = tl.reshape(tl.join(we, wo), (BLOCK_N, BLOCK_K))  # interleave back to column order
-    rk = k0 + tl.arange(0, BLOCK_K)
-    mask = (rn[:, None] < N) & (rk[None, :] < K)
-    tl.store(out_ptr + rn[:, None].to(tl.int64) * K + rk[None, :], w.to(out_ptr.dtype.element_ty), mask=mask)
+    g = tl.program_id(1) + tl.arange(0, 1)
+    rj = tl.arange(0, GW)
+    w = tl.load(q_ptr + rn_w.to(tl.int64)[:, None, None] * stride_qn + (g[:, None] * GW + rj[None, :])[None, :, :])
+    w = w.to(tl.uint32, bitcast=True)  # [BN, 1, GW]
+    s, z = _load_group_params(s_ptr, z_ptr, g, rn_w, N, num_groups, True)
+    row = rn[:, None, None].to(tl.int64) * K
+    for S in tl.static_range(8):
+        col = (g[:, None] * GROUP + S * GW + rj[None, :])[None, :, :]
+        mask = (rn[:, None, None] < N) & (col < K)
+        wt = _int4_slot_weights(w, s, z, S, one_bits.to(tl.uint32, bitcast=True), sixteen_bits.to(tl.uint32, bitcast=True))
+        tl.store(out_ptr + row + col, wt.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+MAGIC = (0x3F800000, 0x41800000)  # bits of 1.0f and 16.0f (`_int4_slot`)
 
 
 def _check(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: int, group: int) -> None:
@@ -182,8 +245,8 @@ def _check(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: 
         raise ValueError(f"quant_int4: the group size must be a power of two >= 32, got {group}")
     groups = -(-k // group)  # plain integers: the CPU reference path runs without Triton
     n = qweight.shape[0] if qweight.dim() == 2 else -1
-    if qweight.dtype != torch.uint8 or tuple(qweight.shape) != (n, groups * group // 2) or qweight.stride(1) != 1:
-        raise ValueError(f"quant_int4: qweight must be uint8 [N, {groups * group // 2}] with unit last stride "
+    if qweight.dtype != torch.int32 or tuple(qweight.shape) != (n, groups * group // 8) or qweight.stride(1) != 1:
+        raise ValueError(f"quant_int4: qweight must be int32 [N, {groups * group // 8}] with unit last stride "
                          f"for K = {k}, group {group}; got {tuple(qweight.shape)} {qweight.dtype}")
     for name, t in (("scales", scales), ("zeros", zeros)):
         if t.dtype != torch.float16 or tuple(t.shape) != (groups, n) or not t.is_contiguous():
@@ -191,22 +254,21 @@ def _check(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: 
                              f"got {tuple(t.shape)} {t.dtype}")
 
 
-def unpack_int4_rows(qweight: torch.Tensor) -> torch.Tensor:
-    """[N, Kp / 2] packed bytes -> [N, Kp] codes 0..15 (uint8)."""
-    return torch.stack([qweight >> 4, qweight & 15], dim=-1).reshape(qweight.shape[0], -1)
+def pack_int4_rows(codes: torch.Tensor, group: int) -> torch.Tensor:
+    """[N, Kp] codes 0..15 -> the int32 words the kernels read."""
+    return pack_int4(codes, group)
 
 
-def pack_int4_rows(codes: torch.Tensor) -> torch.Tensor:
-    """[N, Kp] codes 0..15 -> [N, Kp / 2] bytes (even column in the high nibble)."""
-    c = codes.to(torch.uint8).reshape(codes.shape[0], -1, 2)
-    return (c[..., 0] << 4) | c[..., 1]
+def unpack_int4_rows(qweight: torch.Tensor, group: int) -> torch.Tensor:
+    """int32 words [N, Kp / 8] -> [N, Kp] codes 0..15 (uint8)."""
+    return unpack_int4(qweight, group)
 
 
 def int4_dequantize_ref(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: int,
                         group: int) -> torch.Tensor:
     """[N, K] fp32 weight: (Q - Z) * S group by group, padding columns dropped."""
     _check(qweight, scales, zeros, k, group)
-    q = unpack_int4_rows(qweight).float()  # [N, Kp]
+    q = unpack_int4(qweight, group).float()  # [N, Kp]
     s = scales.float().t().repeat_interleave(group, dim=1)  # [N, Kp]
     z = zeros.float().t().repeat_interleave(group, dim=1)
     return ((q - z) * s)[:, :k]
@@ -225,16 +287,16 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     _check(qweight, scales, zeros, k, group)
     x = operand(x, k, silu_mul, "quant_int4")
     m, n = x.shape[0], qweight.shape[0]
-    kp = 2 * qweight.shape[1]
+    kp = 8 * qweight.shape[1]
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if n == 0 or k == 0:
         return out.zero_()
     cfg = config or get_config("int4", n, k, m, group, x.device)
-    check_config(cfg, m, group, "quant_int4")
+    check_config(cfg, m, group, "quant_int4", dot_min_k=128)
     geo = geometry(cfg, m, n, kp, out)
     _int4_gemv_kernel[(geo.tiles, geo.splits)](
         x, qweight, scales, zeros, out, geo.ws, geo.tickets,
-        m, n, k, kp, kp // group, x.stride(0), qweight.stride(0), geo.blocks_per_split, geo.splits,
+        m, n, k, kp, kp // group, x.stride(0), qweight.stride(0), geo.blocks_per_split, geo.splits, *MAGIC,
         BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
         DOT_IEEE=x.dtype == torch.float32, X_SILU_MUL=silu_mul,
@@ -250,8 +312,8 @@ def int4_dequantize_triton(qweight: torch.Tensor, scales: torch.Tensor, zeros: t
     n = qweight.shape[0]
     if tuple(out.shape) != (n, k) or not out.is_contiguous():
         raise ValueError(f"quant_int4: out must be contiguous [{n}, {k}], got {tuple(out.shape)}")
-    bn, bk = 32, max(group, 128)
-    _int4_dequant_kernel[(triton.cdiv(n, bn), triton.cdiv(k, bk))](
-        qweight, scales, zeros, out, n, k, 2 * qweight.shape[1] // group, qweight.stride(0),
-        BLOCK_N=bn, BLOCK_K=bk, GROUP=group)
+    bn = 32
+    _int4_dequant_kernel[(triton.cdiv(n, bn), 8 * qweight.shape[1] // group)](
+        qweight, scales, zeros, out, n, k, 8 * qweight.shape[1] // group, qweight.stride(0), *MAGIC,
+        BLOCK_N=bn, GROUP=group)
     return out

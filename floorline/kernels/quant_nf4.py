@@ -1,19 +1,19 @@
-"""NF4 GEMV for decode (bitsandbytes layout, block 64): W[n, k] = CODE[Q[n, k]] * absmax[n, k // 64].
+"""NF4 GEMV for decode (bitsandbytes' code, block 64): W[n, k] = CODE[Q[n, k]] * absmax[n, k // 64].
 
 Layout (per merged layer; each checkpoint shard keeps its own double-quantization state):
 
-* `qweight` uint8 [N, K / 2]: high nibble = even column, low nibble = odd column (bitsandbytes order).
+* `qweight` int32 [N, K / 8]: eight codes a word, slot-major within each 64-weight block, slot s
+  at bits 4s (`quant_packing`); bitsandbytes' bytes are converted at load and back at export.
 * absmax per 64-weight block, either plain fp32 [N, K / 64] or double-quantized (bitsandbytes
   `compress_statistics`): a uint8 code [N, K / 64] into a 256-entry fp32 map, times an fp32 scale
   per 256 consecutive blocks of the shard, plus the shard's offset:
   `absmax = nested_map[row_map[n] + code] * nested_absmax[(row_base[n] + k // 64) // 256] + row_offset[n]`.
-  `row_base` (int32 [N]) places row n's blocks in its shard's run of nested groups, `row_map` (int32
-  [N]) points at its shard's 256-entry map and `row_offset` (fp32 [N]) repeats the shard's offset, so
-  all three load once per program.
 
-The NF4 code lookup is either a gather from the 16-entry table (one L1-resident line; default) or a
-select tree over the 16 codebook constants (CODEBOOK_SELECT; no memory traffic, 15 selects per
-weight). The benchmark times both. Tiles are [BLOCK_N, BLOCK_K / 64, 32] bytes, as in quant_int4.
+The code lookup (`nf4_lookup`) is a warp shuffle on the GPU: lane l holds CODE[l % 16] (fp32, so the
+dequantization is exactly the reference's), and `shfl.idx` with the word shifted to the slot reads
+it. The interpreter takes a gather from the 16-entry table (or a select tree). The M = 1 path
+factors absmax out of each block's sum (one FMA per weight); the dot path scales the codes,
+rounds them to the activation dtype and runs one `tl.dot` per slot.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from floorline.kernels.nf4_lookup import LOOKUPS, NF4_CODE, lookup_id, nf4_code_of, nf4_lane_table  # noqa: F401 (re-exported)
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
     DOT_BLOCK_M,
@@ -31,50 +32,13 @@ from floorline.kernels.quant_common import (
     operand,
 )
 from floorline.kernels.quant_int4 import _load_x
+from floorline.kernels.quant_packing import unpack_nf4
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
 
+
 BLOCK = 64  # weights per absmax block
 NESTED_BLOCK = 256  # absmax blocks per nested (second-level) scale
-
-# The NF4 code: the 16 fp32 values bitsandbytes stores as `quant_map` (normal quantiles, scaled to [-1, 1]).
-NF4_CODE = (
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
-)
-
-
-@triton.jit
-def _nf4_select(i):
-    """CODE[i] for int32 codes 0..15 without a memory access: a select tree over the 16 constants."""
-    b0 = (i & 1) != 0
-    b1 = (i & 2) != 0
-    b2 = (i & 4) != 0
-    neg = (i & 8) == 0
-    # codes 0..7 (the negative half and zero)
-    lo = tl.where(b2,
-                  tl.where(b1, tl.where(b0, 0.0, -0.09105003625154495),
-                           tl.where(b0, -0.18477343022823334, -0.28444138169288635)),
-                  tl.where(b1, tl.where(b0, -0.39491748809814453, -0.5250730514526367),
-                           tl.where(b0, -0.6961928009986877, -1.0)))
-    # codes 8..15
-    hi = tl.where(b2,
-                  tl.where(b1, tl.where(b0, 1.0, 0.7229568362236023),
-                           tl.where(b0, 0.5626170039176941, 0.44070982933044434)),
-                  tl.where(b1, tl.where(b0, 0.33791524171829224, 0.24611230194568634),
-                           tl.where(b0, 0.16093020141124725, 0.07958029955625534)))
-    return tl.where(neg, lo, hi)
-
-
-@triton.jit
-def _code_values(i, code_ptr, CODEBOOK_SELECT: tl.constexpr):
-    if CODEBOOK_SELECT:
-        v = _nf4_select(i)
-    else:
-        v = tl.load(code_ptr + i)
-    return v
 
 
 @triton.jit
@@ -93,17 +57,22 @@ def _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, KB, 
 
 
 @triton.jit
-def _nf4_weights(b, absmax, code_ptr, CODEBOOK_SELECT: tl.constexpr):
-    """uint8 bytes [BN, NB, 32] and absmax [BN, NB] -> fp32 (even, odd) weights."""
-    i = b.to(tl.int32)
-    a = absmax[:, :, None]
-    return _code_values(i >> 4, code_ptr, CODEBOOK_SELECT) * a, _code_values(i & 15, code_ptr, CODEBOOK_SELECT) * a
+def _row_state(base_ptr, off_ptr, map_ptr, rn_w, NESTED: tl.constexpr):
+    """Per-row nested state (row_base, row_offset, row_map), loaded once per program."""
+    base = rn_w
+    mbase = rn_w
+    offset = rn_w.to(tl.float32)
+    if NESTED:
+        base = tl.load(base_ptr + rn_w)
+        mbase = tl.load(map_ptr + rn_w)
+        offset = tl.load(off_ptr + rn_w)
+    return base, offset, mbase
 
 
 @triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits"])
 def _nf4_gemv_kernel(
     x_ptr,  # [M, K] (or [M, 2K] gate | up), last-dim stride 1
-    q_ptr,  # [N, K / 2] uint8
+    q_ptr,  # [N, K / 8] int32
     a_ptr,  # [N, K / 64]: fp32 absmax, or uint8 codes (NESTED)
     nabs_ptr, nmap_ptr, base_ptr, off_ptr, map_ptr,  # nested state (NESTED only)
     code_ptr,  # [16] fp32 NF4 code
@@ -111,7 +80,7 @@ def _nf4_gemv_kernel(
     M, N, K, stride_xm, stride_qn, k_blocks_per_split, num_splits,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr, DOT_IEEE: tl.constexpr,
-    NESTED: tl.constexpr, CODEBOOK_SELECT: tl.constexpr, X_SILU_MUL: tl.constexpr, USE_PDL: tl.constexpr = False,
+    NESTED: tl.constexpr, LOOKUP: tl.constexpr, X_SILU_MUL: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
     if USE_PDL:
         gdc_wait()
@@ -123,102 +92,105 @@ def _nf4_gemv_kernel(
     k_end = tl.minimum(K, k_start + k_blocks_per_split * BLOCK_K)
     rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
     rn_w = tl.minimum(rn, N - 1)
-    base = rn_w
-    mbase = rn_w
-    offset = rn_w.to(tl.float32)
-    if NESTED:  # per-row nested state, loaded once
-        base = tl.load(base_ptr + rn_w)
-        mbase = tl.load(map_ptr + rn_w)
-        offset = tl.load(off_ptr + rn_w)
+    rn64 = rn_w.to(tl.int64)
+    base, offset, mbase = _row_state(base_ptr, off_ptr, map_ptr, rn_w, NESTED)
     rb = tl.arange(0, NB)
-    boff = rb[:, None] * 32 + tl.arange(0, 32)[None, :]  # [NB, 32] byte offsets within a tile
-    q_ptrs = q_ptr + rn_w.to(tl.int64)[:, None, None] * stride_qn + (k_start // 2 + boff)[None, :, :]
     if USE_DOT:
+        rj = tl.arange(0, 8)
+        woff = rb[:, None] * 8 + rj[None, :]  # [NB, 8] words
+        xoff = rb[:, None] * 64 + rj[None, :]  # x offsets of slot 0
+        q_ptrs = q_ptr + rn64[:, None, None] * stride_qn + (k_start // 8 + woff)[None, :, :]
         rm = tl.arange(0, BLOCK_M)
-        m_mask = rm < M
-        rh = tl.arange(0, BLOCK_K // 2)
-        x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + 2 * rh)[None, :]  # even columns [BM, BK/2]
+        m_mask = (rm < M)[:, None, None]
+        x_ptrs = x_ptr + rm[:, None, None] * stride_xm + k_start + xoff[None, :, :]  # [BM, NB, 8]
+        table = nf4_lane_table(tl.zeros([BLOCK_N, NB, 8], dtype=tl.int32), LOOKUP)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
             kb = k // 64 + rb
             kb_mask = kb < KB
             absmax = _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, KB, kb_mask, NESTED,
-                                   not EVEN_K)
+                                   not EVEN_K)[:, :, None]
             if EVEN_K:
-                b = tl.load(q_ptrs, eviction_policy="evict_first")
-                xm = m_mask[:, None]
+                w = tl.load(q_ptrs, eviction_policy="evict_first")
+                xm = m_mask
             else:
-                b = tl.load(q_ptrs, mask=kb_mask[None, :, None], other=0, eviction_policy="evict_first")
-                xm = m_mask[:, None] & (k + 2 * rh < K)[None, :]
-            xe = _load_x(x_ptrs, xm, K, X_SILU_MUL)
-            xo = _load_x(x_ptrs + 1, xm, K, X_SILU_MUL)
-            we, wo = _nf4_weights(b, absmax, code_ptr, CODEBOOK_SELECT)
-            we = tl.trans(tl.reshape(we, (BLOCK_N, BLOCK_K // 2)).to(xe.dtype))  # [BK/2, BN]
-            wo = tl.trans(tl.reshape(wo, (BLOCK_N, BLOCK_K // 2)).to(xo.dtype))
-            if DOT_IEEE:
-                acc = tl.dot(xe, we, acc, input_precision="ieee")
-                acc = tl.dot(xo, wo, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(xe, we, acc)
-                acc = tl.dot(xo, wo, acc)
-            q_ptrs += BLOCK_K // 2
+                w = tl.load(q_ptrs, mask=kb_mask[None, :, None], other=0, eviction_policy="evict_first")
+                xm = m_mask & kb_mask[None, :, None]
+            w = w.to(tl.uint32, bitcast=True)
+            for S in tl.static_range(8):
+                xs = tl.reshape(_load_x(x_ptrs + S * 8, xm, K, X_SILU_MUL), (BLOCK_M, NB * 8))
+                wt = nf4_code_of(w, S, code_ptr, table, LOOKUP) * absmax
+                wt = tl.reshape(wt, (BLOCK_N, NB * 8)).to(xs.dtype)
+                if DOT_IEEE:
+                    acc = tl.dot(xs, tl.trans(wt), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(xs, tl.trans(wt), acc)
+            q_ptrs += BLOCK_K // 8
             x_ptrs += BLOCK_K
-        c_offs = rm[:, None] * N + rn[None, :]
-        mask = m_mask[:, None] & (rn[None, :] < N)
+        rm2 = tl.arange(0, BLOCK_M)
+        c_offs = rm2[:, None] * N + rn[None, :]
+        mask = (rm2 < M)[:, None] & (rn[None, :] < N)
         _epilogue(acc, c_offs, rn[None, :], mask, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split,
                   num_splits, N, M * N, False, SPLIT)
     else:
-        x_ptrs = x_ptr + k_start + 2 * boff  # even elements of x, [NB, 32]
-        acc3 = tl.zeros([BLOCK_N, NB, 32], dtype=tl.float32)
+        # [2, NB, BN, 4] tiles (half of a block, block, row, word): K axes first, so that lanes run along
+        # K and each thread keeps several rows, which share its x elements (see quant_int4).
+        rc = tl.arange(0, 2)[:, None, None, None]
+        rb4 = rb[None, :, None, None]
+        re = tl.arange(0, 4)[None, None, None, :]
+        woff = rc * 4 + rb4 * 8 + re  # [2, NB, 1, 4] words
+        xoff = rc * 4 + rb4 * 64 + re
+        q_ptrs = q_ptr + rn64[None, None, :, None] * stride_qn + k_start // 8 + woff
+        x_ptrs = x_ptr + k_start + xoff
+        table = nf4_lane_table(tl.zeros([2, NB, BLOCK_N, 4], dtype=tl.int32), LOOKUP)
+        acc = tl.zeros([2, NB, BLOCK_N], dtype=tl.float32)
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
             kb = k // 64 + rb
             kb_mask = kb < KB
             absmax = _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, KB, kb_mask, NESTED,
                                    not EVEN_K)
             if EVEN_K:
-                b = tl.load(q_ptrs, eviction_policy="evict_first")
-                xe = _load_x(x_ptrs, None, K, X_SILU_MUL, False)
-                xo = _load_x(x_ptrs + 1, None, K, X_SILU_MUL, False)
+                w = tl.load(q_ptrs, eviction_policy="evict_first")
             else:
-                b = tl.load(q_ptrs, mask=kb_mask[None, :, None], other=0, eviction_policy="evict_first")
-                xe = _load_x(x_ptrs, kb_mask[:, None], K, X_SILU_MUL)
-                xo = _load_x(x_ptrs + 1, kb_mask[:, None], K, X_SILU_MUL)
-            we, wo = _nf4_weights(b, absmax, code_ptr, CODEBOOK_SELECT)
-            acc3 += we * xe.to(tl.float32)[None, :, :] + wo * xo.to(tl.float32)[None, :, :]
-            q_ptrs += BLOCK_K // 2
+                w = tl.load(q_ptrs, mask=kb_mask[None, :, None, None], other=0, eviction_policy="evict_first")
+            w = w.to(tl.uint32, bitcast=True)
+            t = tl.zeros(w.shape, dtype=tl.float32)
+            for S in tl.static_range(8):
+                if EVEN_K:
+                    xs = _load_x(x_ptrs + S * 8, None, K, X_SILU_MUL, False)
+                else:
+                    xs = _load_x(x_ptrs + S * 8, kb_mask[None, :, None, None], K, X_SILU_MUL)
+                t += nf4_code_of(w, S, code_ptr, table, LOOKUP) * xs.to(tl.float32)
+            acc += tl.trans(absmax)[None, :, :] * tl.sum(t, axis=3)  # the block's absmax, once per 4 words
+            q_ptrs += BLOCK_K // 8
             x_ptrs += BLOCK_K
-        acc = tl.sum(tl.sum(acc3, axis=2), axis=1)
-        _epilogue(acc, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
+        out = tl.sum(tl.sum(acc, axis=0), axis=0)
+        _epilogue(out, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
                   False, SPLIT)
 
 
 @triton.jit
 def _nf4_dequant_kernel(q_ptr, a_ptr, nabs_ptr, nmap_ptr, base_ptr, off_ptr, map_ptr, code_ptr, out_ptr, N, K,
-                        stride_qn,
-                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NESTED: tl.constexpr):
-    NB: tl.constexpr = BLOCK_K // 64
+                        stride_qn, BLOCK_N: tl.constexpr, NB: tl.constexpr, NESTED: tl.constexpr,
+                        LOOKUP: tl.constexpr):
+    """NB blocks of BLOCK_N rows per program: the eight slots stored at their columns."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rn_w = tl.minimum(rn, N - 1)
-    k0 = tl.program_id(1) * BLOCK_K
-    rb = tl.arange(0, NB)
-    kb = k0 // 64 + rb
+    kb = tl.program_id(1) * NB + tl.arange(0, NB)
     kb_mask = kb < K // 64
-    base = rn_w
-    mbase = rn_w
-    offset = rn_w.to(tl.float32)
-    if NESTED:
-        base = tl.load(base_ptr + rn_w)
-        mbase = tl.load(map_ptr + rn_w)
-        offset = tl.load(off_ptr + rn_w)
-    absmax = _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, K // 64, kb_mask, NESTED, True)
-    boff = rb[:, None] * 32 + tl.arange(0, 32)[None, :]
-    b = tl.load(q_ptr + rn_w.to(tl.int64)[:, None, None] * stride_qn + (k0 // 2 + boff)[None, :, :],
-                mask=kb_mask[None, :, None], other=0)
-    we, wo = _nf4_weights(b, absmax, code_ptr, False)
-    w = tl.reshape(tl.join(we, wo), (BLOCK_N, BLOCK_K))
-    rk = k0 + tl.arange(0, BLOCK_K)
-    mask = (rn[:, None] < N) & (rk[None, :] < K)
-    tl.store(out_ptr + rn[:, None].to(tl.int64) * K + rk[None, :], w.to(out_ptr.dtype.element_ty), mask=mask)
+    base, offset, mbase = _row_state(base_ptr, off_ptr, map_ptr, rn_w, NESTED)
+    absmax = _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, K // 64, kb_mask, NESTED,
+                           True)[:, :, None]
+    rj = tl.arange(0, 8)
+    w = tl.load(q_ptr + rn_w.to(tl.int64)[:, None, None] * stride_qn + (kb[:, None] * 8 + rj[None, :])[None, :, :],
+                mask=kb_mask[None, :, None], other=0).to(tl.uint32, bitcast=True)  # [BN, NB, 8]
+    table = nf4_lane_table(tl.zeros([BLOCK_N, NB, 8], dtype=tl.int32), LOOKUP)
+    row = rn[:, None, None].to(tl.int64) * K
+    mask = (rn[:, None, None] < N) & kb_mask[None, :, None]
+    for S in tl.static_range(8):
+        col = (kb[:, None] * 64 + S * 8 + rj[None, :])[None, :, :]
+        wt = nf4_code_of(w, S, code_ptr, table, LOOKUP) * absmax
+        tl.store(out_ptr + row + col, wt.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def nf4_code(device: torch.device | str = "cpu") -> torch.Tensor:
@@ -227,9 +199,9 @@ def nf4_code(device: torch.device | str = "cpu") -> torch.Tensor:
 
 def _check(qweight, absmax, nested) -> None:
     n = qweight.shape[0] if qweight.dim() == 2 else -1
-    k = 2 * qweight.shape[1] if qweight.dim() == 2 else -1
-    if qweight.dtype != torch.uint8 or k % BLOCK or qweight.stride(1) != 1:
-        raise ValueError(f"quant_nf4: qweight must be uint8 [N, K / 2] with K a multiple of {BLOCK} and unit "
+    k = 8 * qweight.shape[1] if qweight.dim() == 2 else -1
+    if qweight.dtype != torch.int32 or k % BLOCK or qweight.stride(1) != 1:
+        raise ValueError(f"quant_nf4: qweight must be int32 [N, K / 8] with K a multiple of {BLOCK} and unit "
                          f"last stride, got {tuple(qweight.shape)} {qweight.dtype}")
     want = torch.uint8 if nested is not None else torch.float32
     if absmax.dtype != want or tuple(absmax.shape) != (n, k // BLOCK) or not absmax.is_contiguous():
@@ -259,7 +231,7 @@ def nf4_dequantize_ref(qweight: torch.Tensor, absmax: torch.Tensor, nested: tupl
     """[N, K] fp32 weight. `nested` = (nested_absmax, nested_map, row_base, row_offset, row_map) or None."""
     _check(qweight, absmax, nested)
     code = nf4_code(qweight.device) if code is None else code.float()
-    idx = torch.stack([qweight >> 4, qweight & 15], dim=-1).reshape(qweight.shape[0], -1).long()
+    idx = unpack_nf4(qweight, BLOCK).long()
     scale = nf4_absmax_ref(absmax, nested).repeat_interleave(BLOCK, dim=1)
     return code[idx] * scale
 
@@ -277,39 +249,42 @@ def _nested_args(absmax: torch.Tensor, nested: tuple | None) -> tuple:
 
 
 def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, nested: tuple | None,
-                    code: torch.Tensor, *, silu_mul: bool = False, codebook_select: bool = False,
+                    code: torch.Tensor, *, silu_mul: bool = False, lookup: str | None = None,
                     config: QuantGemvConfig | None = None) -> torch.Tensor:
-    """Triton GEMV for 1 <= M <= 16 rows; `silu_mul`: x is [M, 2K] gate | up. Returns [M, N]."""
+    """Triton GEMV for 1 <= M <= 16 rows; `silu_mul`: x is [M, 2K] gate | up. Returns [M, N].
+
+    `lookup`: one of LOOKUPS; None takes the shuffle on CUDA, the gather elsewhere (the interpreter).
+    """
     _check(qweight, absmax, nested)
-    n, k = qweight.shape[0], 2 * qweight.shape[1]
+    n, k = qweight.shape[0], 8 * qweight.shape[1]
     x = operand(x, k, silu_mul, "quant_nf4")
     m = x.shape[0]
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if n == 0 or k == 0:
         return out.zero_()
     cfg = config or get_config("nf4", n, k, m, BLOCK, x.device)
-    check_config(cfg, m, BLOCK, "quant_nf4")
+    check_config(cfg, m, BLOCK, "quant_nf4", dot_min_k=128)
     geo = geometry(cfg, m, n, k, out)
     _nf4_gemv_kernel[(geo.tiles, geo.splits)](
         x, qweight, absmax, *_nested_args(absmax, nested), code, out, geo.ws, geo.tickets,
         m, n, k, x.stride(0), qweight.stride(0), geo.blocks_per_split, geo.splits,
         BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
-        DOT_IEEE=x.dtype == torch.float32, NESTED=nested is not None, CODEBOOK_SELECT=codebook_select,
+        DOT_IEEE=x.dtype == torch.float32, NESTED=nested is not None, LOOKUP=lookup_id(lookup, x.device),
         X_SILU_MUL=silu_mul, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
     )
     return out
 
 
 def nf4_dequantize_triton(qweight: torch.Tensor, absmax: torch.Tensor, nested: tuple | None, code: torch.Tensor,
-                          out: torch.Tensor) -> torch.Tensor:
+                          out: torch.Tensor, lookup: str | None = None) -> torch.Tensor:
     """Writes the [N, K] weight into `out` (contiguous, any float dtype)."""
     _check(qweight, absmax, nested)
-    n, k = qweight.shape[0], 2 * qweight.shape[1]
+    n, k = qweight.shape[0], 8 * qweight.shape[1]
     if tuple(out.shape) != (n, k) or not out.is_contiguous():
         raise ValueError(f"quant_nf4: out must be contiguous [{n}, {k}], got {tuple(out.shape)}")
-    bn, bk = 32, 128
-    _nf4_dequant_kernel[(triton.cdiv(n, bn), triton.cdiv(k, bk))](
+    bn, nb = 32, 2
+    _nf4_dequant_kernel[(triton.cdiv(n, bn), triton.cdiv(k // BLOCK, nb))](
         qweight, absmax, *_nested_args(absmax, nested), code, out, n, k, qweight.stride(0),
-        BLOCK_N=bn, BLOCK_K=bk, NESTED=nested is not None)
+        BLOCK_N=bn, NB=nb, NESTED=nested is not None, LOOKUP=lookup_id(lookup, out.device))
     return out

@@ -1,10 +1,16 @@
 """8-bit weight GEMV for decode (int8 or fp8 e4m3, one fp32 scale per output channel): `y = x (s * Q)^T`.
 
-Q is [N, K] bytes (fp8 kept as its raw bits in uint8), s is [N] fp32. The per-channel scale factors
-out of the K sum, so the loop is skinny_gemm's with the bytes converted in registers and s applied
-once in the epilogue. fp8 -> float costs three integer ops: the sign and the 7 exponent/mantissa
-bits, shifted into an fp16 bit pattern, read as fp16 give exactly value / 256 (subnormals included;
-fp16 keeps its subnormals where fp32 might flush them), and the 256 joins the row scale.
+Q is [N, K] uint8: int8 codes stored offset by 128 (q + 128), fp8 kept as its raw e4m3 bits. s is
+[N] fp32. The per-channel scale factors out of the K sum, so the loop is skinny_gemm's with the bytes
+converted in registers and s applied once in the epilogue. Neither conversion uses I2F (a
+quarter-rate unit: one a weight caps an int8 GEMV below the memory floor):
+
+* int8: the offset byte OR-ed into the bits of 2**23 is the float 2**23 + q + 128; one FADD takes
+  2**23 + 128 off, exactly.
+* fp8: the byte moved to the top of a word and shifted right arithmetically by 4, masked to the
+  sign and the 7 exponent/mantissa bits, is the fp32 whose value is exactly value * 2**-120
+  (e4m3 subnormals become fp32 subnormals, which FMA and the bf16 conversion keep); the 2**120
+  joins the row scale. (The dequantization kernel builds fp16 bits instead: value / 256.)
 """
 
 from __future__ import annotations
@@ -29,11 +35,26 @@ K_UNIT = 16  # block_k granularity
 
 @triton.jit
 def _bytes_to_float(b, FP8: tl.constexpr):
-    """int8 -> exact float; fp8 bits (uint8) -> fp16 holding value / 256."""
-    w = b
+    """uint8 codes -> exact fp32: int8 q (stored q + 128), or fp8 e4m3 value * 2**-120 (module docstring)."""
+    i = b.to(tl.int32)
+    if FP8:
+        bits = ((i << 24) >> 4) & -0x78100000  # 0x87F00000: the sign and bits 20..26
+    else:
+        bits = i | 0x4B000000
+    w = bits.to(tl.float32, bitcast=True)
+    if not FP8:
+        w = w - 8388736.0  # 2**23 + 128
+    return w
+
+
+@triton.jit
+def _bytes_to_dequant(b, FP8: tl.constexpr):
+    """uint8 codes -> exact float: int8 q as fp32, fp8 as fp16 holding value / 256 (normal range)."""
     if FP8:
         i = b.to(tl.int32)
         w = (((i & 0x80) << 8) | ((i & 0x7F) << 7)).to(tl.int16).to(tl.float16, bitcast=True)
+    else:
+        w = _bytes_to_float(b, FP8)
     return w
 
 
@@ -48,7 +69,7 @@ def _w8_gemv_kernel(
     M, N, K, stride_xm, stride_wn, k_blocks_per_split, num_splits,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr, DOT_IEEE: tl.constexpr,
-    FP8: tl.constexpr, X_SILU_MUL: tl.constexpr, USE_PDL: tl.constexpr = False,
+    FP8: tl.constexpr, X_SILU_MUL: tl.constexpr, FP16_X: tl.constexpr = False, USE_PDL: tl.constexpr = False,
 ):
     if USE_PDL:
         gdc_wait()
@@ -60,8 +81,11 @@ def _w8_gemv_kernel(
     rn_w = tl.minimum(rn, N - 1).to(tl.int64)  # past-N rows re-read row N-1: unmasked loads
     rk = tl.arange(0, BLOCK_K)
     scale = tl.load(s_ptr + rn_w)
-    if FP8:
+    FP8_AS_FP16: tl.constexpr = FP8 and USE_DOT and FP16_X  # fp16 cannot hold value * 2**-120
+    if FP8_AS_FP16:
         scale = scale * 256.0
+    elif FP8:
+        scale = scale * 1.329227995784916e36  # 2**120
     if USE_DOT:
         rm = tl.arange(0, BLOCK_M)
         m_mask = rm < M
@@ -79,7 +103,10 @@ def _w8_gemv_kernel(
             a = tl.load(x_ptrs, mask=a_mask, other=0.0)
             if X_SILU_MUL:
                 a = _silu_mul(a, tl.load(x_ptrs + K, mask=a_mask, other=0.0))
-            wt = _bytes_to_float(b, FP8).to(a.dtype)  # exact: 8-bit values fit bf16/fp16
+            if FP8_AS_FP16:
+                wt = _bytes_to_dequant(b, FP8)  # value / 256 in fp16, exact
+            else:
+                wt = _bytes_to_float(b, FP8).to(a.dtype)  # int8: exact; fp8 * 2**-120: exact in bf16
             if DOT_IEEE:
                 acc = tl.dot(a, wt, acc, input_precision="ieee")
             else:
@@ -126,14 +153,13 @@ def _w8_dequant_kernel(w_ptr, s_ptr, out_ptr, N, K, BLOCK_N: tl.constexpr, BLOCK
     scale = tl.load(s_ptr + rn, mask=rn < N, other=0.0)
     if FP8:
         scale = scale * 256.0
-    w = _bytes_to_float(b, FP8).to(tl.float32) * scale[:, None]
+    w = _bytes_to_dequant(b, FP8).to(tl.float32) * scale[:, None]
     tl.store(out_ptr + offs, w.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _check(qweight: torch.Tensor, scale: torch.Tensor, fp8: bool) -> None:
-    want = torch.uint8 if fp8 else torch.int8
-    if qweight.dim() != 2 or qweight.dtype != want or qweight.stride(1) != 1:
-        raise ValueError(f"quant_w8: qweight must be a [N, K] {want} tensor with unit last stride, "
+    if qweight.dim() != 2 or qweight.dtype != torch.uint8 or qweight.stride(1) != 1:
+        raise ValueError(f"quant_w8: qweight must be a [N, K] uint8 tensor with unit last stride, "
                          f"got {tuple(qweight.shape)} {qweight.dtype}")
     if scale.dtype != torch.float32 or tuple(scale.shape) != (qweight.shape[0],) or not scale.is_contiguous():
         raise ValueError(f"quant_w8: scale must be contiguous fp32 [{qweight.shape[0]}], got "
@@ -141,10 +167,19 @@ def _check(qweight: torch.Tensor, scale: torch.Tensor, fp8: bool) -> None:
 
 
 def w8_dequantize_ref(qweight: torch.Tensor, scale: torch.Tensor, fp8: bool) -> torch.Tensor:
-    """[N, K] fp32 weight: s[n] * Q[n, k] (fp8: Q's bits read as float8_e4m3fn)."""
+    """[N, K] fp32 weight: s[n] * Q[n, k] (int8: the stored byte - 128; fp8: its bits read as e4m3)."""
     _check(qweight, scale, fp8)
-    q = qweight.view(torch.float8_e4m3fn) if fp8 else qweight
-    return q.float() * scale[:, None]
+    q = qweight.view(torch.float8_e4m3fn).float() if fp8 else qweight.float() - 128.0
+    return q * scale[:, None]
+
+
+def int8_to_stored(q: torch.Tensor) -> torch.Tensor:
+    """int8 codes -> the uint8 bytes the kernels read (q + 128)."""
+    return (q.to(torch.int16) + 128).to(torch.uint8)
+
+
+def stored_to_int8(qweight: torch.Tensor) -> torch.Tensor:
+    return (qweight.to(torch.int16) - 128).to(torch.int8)
 
 
 def w8_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, fp8: bool) -> torch.Tensor:
@@ -170,7 +205,7 @@ def w8_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, 
         geo.blocks_per_split, geo.splits,
         BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
-        DOT_IEEE=x.dtype == torch.float32, FP8=fp8, X_SILU_MUL=silu_mul,
+        DOT_IEEE=x.dtype == torch.float32, FP8=fp8, X_SILU_MUL=silu_mul, FP16_X=x.dtype == torch.float16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
     )
     return out

@@ -1,7 +1,9 @@
 """Group-wise int4 weights (group 128 by default): round-to-nearest on load, or AWQ / GPTQ checkpoints.
 
-Every source ends in floorline's layout (kernels/quant_int4.py): packed uint8 codes [N, Kp / 2] and
-fp16 scales and zero points [Kp / G, N]. RTN is asymmetric per group, as AWQ stores it:
+Every source ends in floorline's layout (kernels/quant_int4.py): int32 words of eight codes [N, Kp / 8]
+in the kernels' slot order, and fp16 scales and zero points [Kp / G, N]. floorline's own checkpoints
+store the codes as plain bytes [N, Kp / 2] (even column in the high nibble), so they do not depend on
+the kernels' order. RTN is asymmetric per group, as AWQ stores it:
 s = (max - min) / 15, z = round(-min / s) clamped to 0..15, q = clamp(round(w / s) + z, 0, 15).
 """
 
@@ -15,7 +17,9 @@ from floorline.kernels.quant_int4 import (
     int4_dequantize_triton,
     int4_gemv_triton,
     pack_int4_rows,
+    unpack_int4_rows,
 )
+from floorline.kernels.quant_packing import bytes_to_codes, codes_to_bytes
 from floorline.quant.awq_gptq import awq_unpack, check_trivial_g_idx, gptq_unpack
 from floorline.quant.packed import PackedMethod, add_param, check_shape, copy_part
 
@@ -83,7 +87,7 @@ class Int4Method(PackedMethod):
             raise UnsupportedModelError(f"{layer.prefix}: {k} input features are not a multiple of the "
                                         f"{self.source} group size {self.group}")
         kp = -(-k // self.group) * self.group
-        add_param(layer, "qweight", (n, kp // 2), torch.uint8, device)  # [N, Kp / 2]
+        add_param(layer, "qweight", (n, kp // 8), torch.int32, device)  # [N, Kp / 8] words
         add_param(layer, "scales", (kp // self.group, n), torch.float16, device)  # [Kp / G, N]
         add_param(layer, "zeros", (kp // self.group, n), torch.float16, device)  # [Kp / G, N]
 
@@ -91,7 +95,10 @@ class Int4Method(PackedMethod):
         what = f"{layer.prefix} shard {shard}"
         k = layer.in_features
         if self.source == "floorline":
-            copy_part(layer.qweight.data, parts["qweight"], 0, start, size, f"{what} qweight")
+            kp = 8 * layer.qweight.shape[1]
+            check_shape(parts["qweight"], (size, kp // 2), f"{what} qweight")
+            codes = bytes_to_codes(parts["qweight"].to(torch.uint8))
+            copy_part(layer.qweight.data, pack_int4_rows(codes, self.group), 0, start, size, f"{what} qweight")
             copy_part(layer.scales.data, parts["scales"], 1, start, size, f"{what} scales")
             copy_part(layer.zeros.data, parts["zeros"], 1, start, size, f"{what} zeros")
             return
@@ -108,7 +115,7 @@ class Int4Method(PackedMethod):
             groups = layer.scales.shape[0]
             if zeros.shape[0] != groups:  # per-channel checkpoint: one group, repeated
                 zeros, scales = zeros.expand(groups, -1), scales.expand(groups, -1)
-        copy_part(layer.qweight.data, pack_int4_rows(codes), 0, start, size, f"{what} qweight")
+        copy_part(layer.qweight.data, pack_int4_rows(codes, self.group), 0, start, size, f"{what} qweight")
         copy_part(layer.scales.data, scales.half(), 1, start, size, f"{what} scales")
         copy_part(layer.zeros.data, zeros.half(), 1, start, size, f"{what} zeros")
 
@@ -119,7 +126,8 @@ class Int4Method(PackedMethod):
 
     def export_shard(self, layer, shard) -> dict[str, torch.Tensor]:
         start, size = layer.shard_range(shard)
-        return {"qweight": layer.qweight.data[start:start + size],
+        codes = unpack_int4_rows(layer.qweight.data[start:start + size], self.group)
+        return {"qweight": codes_to_bytes(codes),
                 "scales": layer.scales.data[:, start:start + size].contiguous(),
                 "zeros": layer.zeros.data[:, start:start + size].contiguous()}
 

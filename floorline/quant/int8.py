@@ -1,7 +1,8 @@
 """int8 weight-only quantization, symmetric, one fp32 scale per output channel.
 
 Quantize-on-load: s = max|w_row| / 127, q = round(w / s) in [-127, 127] (error <= s / 2 per weight).
-floorline's pre-quantized checkpoints store `qweight` (int8 [N, K]) and `scale` (fp32 [N]) per shard.
+floorline's pre-quantized checkpoints store `qweight` (int8 [N, K]) and `scale` (fp32 [N]) per shard;
+on the device the codes are uint8 q + 128 (kernels/quant_w8.py says why).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import torch
 
 from floorline.kernels.quant_w8 import (
+    int8_to_stored,
+    stored_to_int8,
     w8_dequantize_ref,
     w8_dequantize_triton,
     w8_gemv_triton,
@@ -40,7 +43,7 @@ class Int8Method(PackedMethod):
 
     def create_weights(self, layer: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> None:
         n, k = layer.out_features, layer.in_features
-        add_param(layer, "qweight", (n, k), torch.uint8 if self.fp8 else torch.int8, device)  # [N, K]
+        add_param(layer, "qweight", (n, k), torch.uint8, device)  # [N, K]: fp8 bits, or int8 + 128
         add_param(layer, "scale", (n,), torch.float32, device)  # [N]
 
     def quantize(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,16 +55,22 @@ class Int8Method(PackedMethod):
             q, s = parts["qweight"], parts["scale"].reshape(-1)
             if self.fp8 and q.dtype == torch.float8_e4m3fn:
                 q = q.view(torch.uint8)
+            elif not self.fp8:
+                check_shape(q, (size, layer.in_features), f"{what} qweight")
+                q = int8_to_stored(q)
         else:
             w = parts["weight"]
             check_shape(w, (size, layer.in_features), what)
             q, s = self.quantize(w)
+            if not self.fp8:
+                q = int8_to_stored(q)
         copy_part(layer.qweight.data, q, 0, start, size, f"{what} qweight")
         copy_part(layer.scale.data, s.float(), 0, start, size, f"{what} scale")
 
     def export_shard(self, layer, shard) -> dict[str, torch.Tensor]:
         start, size = layer.shard_range(shard)
-        return {"qweight": layer.qweight.data[start:start + size], "scale": layer.scale.data[start:start + size]}
+        q = layer.qweight.data[start:start + size]
+        return {"qweight": q if self.fp8 else stored_to_int8(q), "scale": layer.scale.data[start:start + size]}
 
     def gemv(self, layer, x, silu_mul) -> torch.Tensor:
         return w8_gemv_triton(x, layer.qweight, layer.scale, self.fp8, silu_mul=silu_mul)

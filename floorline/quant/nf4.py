@@ -29,6 +29,7 @@ from floorline.kernels.quant_nf4 import (
     nf4_dequantize_triton,
     nf4_gemv_triton,
 )
+from floorline.kernels.quant_packing import bytes_to_codes, codes_to_bytes, pack_nf4, unpack_nf4
 from floorline.quant.packed import PackedMethod, add_param, check_shape, copy_part
 
 _NF4_MIDPOINTS = [(a + b) / 2 for a, b in itertools.pairwise(NF4_CODE)]
@@ -82,13 +83,6 @@ def double_quantize(absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, f
     return codes.to(torch.uint8), nested, offset, qmap
 
 
-def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
-    """[N, K] codes 0..15 -> [N, K / 2] bytes, even column in the high nibble."""
-    c = codes.to(torch.uint8).reshape(codes.shape[0], -1, 2)
-    return (c[..., 0] << 4) | c[..., 1]
-
-
-
 # ---- the method ---------------------------------------------------------------------------------
 
 QUANT_STATE = "weight.quant_state.bitsandbytes__nf4"  # bitsandbytes' JSON of the non-tensor state
@@ -105,11 +99,12 @@ class Nf4Method(PackedMethod):
     """NF4 weights in the bitsandbytes layout; quantized on load or read from a `bnb-4bit` checkpoint.
 
     floorline writes NF4 checkpoints in the bitsandbytes format too, so `parts` are bitsandbytes'
-    tensor names in both pre-quantized cases.
+    tensor names in both pre-quantized cases. On the device the codes are int32 words in the kernels'
+    slot order (kernels/quant_packing.py), converted from and back to bitsandbytes' bytes.
     """
 
     name = "nf4"
-    codebook_select = os.environ.get("FLOORLINE_NF4_SELECT", "0") == "1"  # see kernels/quant_nf4.py
+    lookup = os.environ.get("FLOORLINE_NF4_LOOKUP") or None  # None: the kernels' default (nf4_lookup.py)
 
     def __init__(self, prequantized: bool = False, nested: bool = True):
         super().__init__()
@@ -127,7 +122,7 @@ class Nf4Method(PackedMethod):
         if k % BLOCK:
             raise UnsupportedModelError(f"{layer.prefix}: NF4 needs input features divisible by {BLOCK}, got {k}")
         self.dtype_name = str(dtype).removeprefix("torch.")
-        add_param(layer, "qweight", (n, k // 2), torch.uint8, device)  # [N, K / 2]
+        add_param(layer, "qweight", (n, k // 8), torch.int32, device)  # [N, K / 8] words
         layer.register_buffer("code", nf4_code(device), persistent=False)  # [16] fp32
         if not self.nested:
             add_param(layer, "absmax", (n, k // BLOCK), torch.float32, device)  # [N, K / 64]
@@ -158,19 +153,18 @@ class Nf4Method(PackedMethod):
         if not self.prequantized:
             check_shape(parts["weight"], (size, k), what)
             codes, absmax = quantize_nf4(parts["weight"])
-            packed = pack_nibbles(codes)
             if self.nested:
                 acodes, nabs, offset, qmap = double_quantize(absmax)
         else:
             state = _quant_state(parts[QUANT_STATE], what)
             _check_state(state, (size, k), self.nested, what)
             _check_code(parts["weight.quant_map"], what)
-            packed = _as_bytes(parts["weight"], size * k // 2, what).reshape(size, k // 2)
+            codes = bytes_to_codes(_as_bytes(parts["weight"], size * k // 2, what).reshape(size, k // 2))
             absmax = parts["weight.absmax"]
             if self.nested:
                 acodes, nabs, qmap = absmax, parts["weight.nested_absmax"], parts["weight.nested_quant_map"]
                 offset = float(state["nested_offset"])
-        copy_part(layer.qweight.data, packed, 0, start, size, f"{what} weight")
+        copy_part(layer.qweight.data, pack_nf4(codes, BLOCK), 0, start, size, f"{what} weight")
         blocks = (size, k // BLOCK)
         if not self.nested:
             check_shape(absmax.reshape(-1), (blocks[0] * blocks[1],), f"{what} absmax")
@@ -189,7 +183,8 @@ class Nf4Method(PackedMethod):
         start, size = layer.shard_range(shard)
         k = layer.in_features
         state = {"quant_type": "nf4", "blocksize": BLOCK, "dtype": self.dtype_name, "shape": [size, k]}
-        out = {"weight": layer.qweight.data[start:start + size].reshape(-1, 1),
+        codes = unpack_nf4(layer.qweight.data[start:start + size], BLOCK)
+        out = {"weight": codes_to_bytes(codes).reshape(-1, 1),
                "weight.absmax": layer.absmax.data[start:start + size].reshape(-1),
                "weight.quant_map": layer.code.clone()}
         if self.nested:
@@ -208,13 +203,14 @@ class Nf4Method(PackedMethod):
 
     def gemv(self, layer, x, silu_mul) -> torch.Tensor:
         return nf4_gemv_triton(x, layer.qweight, layer.absmax, self._nested(layer), layer.code,
-                               silu_mul=silu_mul, codebook_select=self.codebook_select)
+                               silu_mul=silu_mul, lookup=self.lookup)
 
     def dequantize_ref(self, layer) -> torch.Tensor:
         return nf4_dequantize_ref(layer.qweight, layer.absmax, self._nested(layer))
 
     def dequantize_triton(self, layer, out) -> torch.Tensor:
-        return nf4_dequantize_triton(layer.qweight, layer.absmax, self._nested(layer), layer.code, out)
+        return nf4_dequantize_triton(layer.qweight, layer.absmax, self._nested(layer), layer.code, out,
+                                     lookup=self.lookup)
 
 
 def _quant_state(t: torch.Tensor, what: str) -> dict:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from floorline.kernels.quant_int4 import pack_int4_rows, unpack_int4_rows
+from floorline.kernels.quant_packing import bytes_to_codes, codes_to_bytes, pack_nf4, unpack_nf4
 from floorline.layers.linear import Linear
 from floorline.quant.fp8 import Fp8Method, quantize_fp8
 from floorline.quant.int4 import Int4Method, quantize_int4
@@ -36,7 +37,8 @@ def test_int8_error_is_at_most_half_a_step(k):
     step = w.abs().amax(dim=1, keepdim=True) / 127
     err = (layer.quant_method.dequantize_ref(layer) - w).abs()
     assert bool((err <= step / 2 + 1e-6).all())
-    assert layer.qweight.dtype == torch.int8 and int(layer.qweight.abs().max()) == 127
+    q = layer.quant_method.export_shard(layer, 0)["qweight"]
+    assert q.dtype == torch.int8 and int(q.abs().max()) == 127
 
 
 def test_fp8_error_is_within_e4m3_rounding():
@@ -67,7 +69,7 @@ def test_int4_rtn_error_and_codes(k, group):
     step = ((g.amax(2) - g.amin(2)) / 15).repeat_interleave(group, 1)[:, :k]
     assert bool(((deq - w).abs() <= step * 1.01 + 1e-6).all())  # clipping at the range ends: <= one step
     assert float(((deq - w).abs() / step).mean()) < 0.3  # rounding: ~1/4 step on average
-    assert layer.qweight.shape == (64, kp // 2) and layer.scales.shape == (kp // group, 64)
+    assert layer.qweight.shape == (64, kp // 8) and layer.scales.shape == (kp // group, 64)
 
 
 def test_nf4_codes_are_the_nearest_code_and_error_is_bounded():
@@ -125,10 +127,19 @@ def test_nf4_without_double_quantization():
 
 def test_packing_round_trips():
     codes = torch.randint(0, 16, (5, 256), dtype=torch.uint8)
-    packed = pack_int4_rows(codes)
-    assert packed.shape == (5, 128)
-    assert torch.equal(unpack_int4_rows(packed), codes)
-    assert int(packed[0, 0]) == int(codes[0, 0]) * 16 + int(codes[0, 1])  # even column in the high nibble
+    for group in (32, 64, 128):
+        packed = pack_int4_rows(codes, group)
+        assert packed.shape == (5, 32) and packed.dtype == torch.int32
+        assert torch.equal(unpack_int4_rows(packed, group), codes)
+    # slot-major: word j of a group holds columns j, j + G/8, ..., j + 7 G/8; slot 0 at bits 19..22
+    one = torch.zeros(1, 128, dtype=torch.uint8)
+    one[0, 16 * 0 + 3] = 5
+    assert int(pack_int4_rows(one, 128)[0, 3]) == 5 << 19
+    one[0, 3], one[0, 16 * 7 + 3] = 0, 0b1011  # slot 7 wraps: bit 0 at bit 31, bits 1..3 at bits 0..2
+    assert int(pack_int4_rows(one, 128)[0, 3]) & 0xFFFFFFFF == (1 << 31) | 0b101
+    assert torch.equal(unpack_nf4(pack_nf4(codes)), codes)
+    assert torch.equal(bytes_to_codes(codes_to_bytes(codes)), codes)
+    assert int(codes_to_bytes(codes)[0, 0]) == int(codes[0, 0]) * 16 + int(codes[0, 1])  # even column high
     w = torch.randn(4, 200)
     c, z, s = quantize_int4(w, 128)
     assert c.shape == (4, 256) and z.shape == (2, 4) and s.dtype == torch.float16

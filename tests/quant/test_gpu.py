@@ -25,10 +25,8 @@ def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.float() - ref.float()).norm() / ref.float().norm())
 
 
-def _layer(fmt: str, k: int, n: int, select: bool = False) -> tuple[Linear, torch.Tensor]:
+def _layer(fmt: str, k: int, n: int) -> tuple[Linear, torch.Tensor]:
     method = METHODS[fmt]()
-    if fmt == "nf4":
-        method.codebook_select = select
     layer = Linear(k, [n], dtype=torch.bfloat16, device="cuda", quant_method=method)
     layer.load(0, "weight", (torch.randn(n, k, device="cuda") / k**0.5).to(torch.bfloat16))
     layer.finish_loading()
@@ -62,13 +60,20 @@ def test_gpu_prefill_dequantizes_then_uses_tensor_cores(fmt):
     assert _rel(buf, w) < 4e-3  # bf16 rounding of the dequantized weight
 
 
-def test_gpu_nf4_select_equals_gather():
-    layer, _ = _layer("nf4", 4096, 4096)
-    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
-    gather = layer.quant_method.gemv(layer, x, False)
-    layer.quant_method.codebook_select = True
-    # Same codes; the select path's different instruction order may round the last bf16 bit differently.
-    assert _rel(layer.quant_method.gemv(layer, x, False), gather) < 1e-2
+def test_gpu_nf4_lookups_agree():
+    layer, w = _layer("nf4", 4096, 4096)
+    for m in (1, 4):
+        x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
+        outs = []
+        for lookup in ("shfl", "gather", "select"):
+            layer.quant_method.lookup = lookup
+            outs.append(layer.quant_method.gemv(layer, x, False))
+        # the same exact codes: only the summation order differs from the fp32 reference
+        for out in outs:
+            assert _rel(out, F.linear(x.float(), w)) < 1e-2 and _rel(out, outs[0]) < 1e-2
+    layer.quant_method.lookup = None
+    buf = layer.quant_method.dequantize(layer, torch.float32, x.device)
+    assert torch.equal(buf, w)  # the shuffle dequantizes exactly (fp32)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or not w8a8_supported(torch.device("cuda")),

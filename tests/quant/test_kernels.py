@@ -22,6 +22,7 @@ from floorline.kernels.quant_int4 import (
     int4_gemv_triton,
     pack_int4_rows,
 )
+from floorline.kernels.quant_packing import pack_nf4
 from floorline.kernels.quant_nf4 import (
     nf4_code,
     nf4_dequantize_ref,
@@ -30,6 +31,7 @@ from floorline.kernels.quant_nf4 import (
     nf4_gemv_triton,
 )
 from floorline.kernels.quant_w8 import (
+    int8_to_stored,
     w8_dequantize_ref,
     w8_dequantize_triton,
     w8_gemm_ref,
@@ -60,11 +62,11 @@ def _int4(n: int, k: int, group: int):
     codes = torch.randint(0, 16, (n, kp), dtype=torch.uint8)
     scales = (torch.rand(kp // group, n) / (2 * k**0.5)).half()
     zeros = torch.randint(0, 16, (kp // group, n)).half()
-    return pack_int4_rows(codes), scales, zeros
+    return pack_int4_rows(codes, group), scales, zeros
 
 
 def _nf4(n: int, k: int, nested: bool):
-    qweight = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8)
+    qweight = pack_nf4(torch.randint(0, 16, (n, k), dtype=torch.uint8))
     if not nested:
         return qweight, torch.rand(n, k // 64) / k**0.5, None
     codes = torch.randint(0, 256, (n, k // 64), dtype=torch.uint8)
@@ -118,15 +120,15 @@ def test_nf4_gemv_default_config(dtype, m, n, k, nested, seed):
     _close(nf4_gemv_triton(x, qw, a, nest, nf4_code()), nf4_gemm_ref(x, qw, a, nest), dtype, seed)
 
 
-@pytest.mark.parametrize("select", [False, True])
+@pytest.mark.parametrize("lookup", ["gather", "select"])
 @pytest.mark.parametrize("use_dot,m", [(False, 1), (True, 6)])
 @pytest.mark.parametrize("split_k", [1, 2])
-def test_nf4_gemv_silu_select_split(select, use_dot, m, split_k, seed):
+def test_nf4_gemv_silu_lookup_split(lookup, use_dot, m, split_k, seed):
     k = 448
     qw, a, nest = _nf4(48, k, True)
     x, xr = _x(m, k, torch.float32, True)
     cfg = QuantGemvConfig(block_n=16, block_k=128, split_k=split_k, use_dot=use_dot)
-    out = nf4_gemv_triton(x, qw, a, nest, nf4_code(), silu_mul=True, codebook_select=select, config=cfg)
+    out = nf4_gemv_triton(x, qw, a, nest, nf4_code(), silu_mul=True, lookup=lookup, config=cfg)
     _close(out, nf4_gemm_ref(xr, qw, a, nest), torch.float32, seed)
 
 
@@ -144,7 +146,8 @@ def _w8(n: int, k: int, fp8: bool):
         q = (torch.randn(n, k) * 40).clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
         q[0, :4] = torch.tensor([0x01, 0x81, 0x07, 0x00], dtype=torch.uint8)  # subnormals and zero
         return q, torch.rand(n) / (40 * k**0.5)
-    return torch.randint(-127, 128, (n, k), dtype=torch.int8), torch.rand(n) / (60 * k**0.5)
+    q = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+    return int8_to_stored(q), torch.rand(n) / (60 * k**0.5)
 
 
 @pytest.mark.parametrize("fp8", [False, True])
@@ -192,9 +195,9 @@ def test_launchers_reject_bad_inputs():
     with pytest.raises(ValueError, match="M == 1 only"):
         w8_gemv_triton(torch.randn(2, 64), *_w8(8, 64, False), False, config=QuantGemvConfig(16, 64))
     with pytest.raises(ValueError, match="qweight must be"):
-        w8_gemv_triton(torch.randn(1, 64), torch.zeros(8, 64, dtype=torch.uint8), torch.ones(8), False)
+        w8_gemv_triton(torch.randn(1, 64), torch.zeros(8, 64, dtype=torch.int8), torch.ones(8), False)
     with pytest.raises(ValueError, match="absmax must be"):
-        nf4_gemv_triton(torch.randn(1, 128), torch.zeros(8, 64, dtype=torch.uint8), torch.zeros(8, 3), None,
+        nf4_gemv_triton(torch.randn(1, 128), torch.zeros(8, 16, dtype=torch.int32), torch.zeros(8, 3), None,
                         nf4_code())
 
 
