@@ -11,6 +11,7 @@ from floorline.config import ModelConfig
 from floorline.engine.outputs import Logprob, RunnerOutput, SchedulerOutput
 from floorline.runner.cuda_graphs import DecodeGraphs
 from floorline.runner.forward_context import AttentionMetadata, forward_context
+from floorline.runner.host_inputs import BlockTables, to_device_packed
 from floorline.runner.sampler import Sampler, SamplingMetadata
 from floorline.sampling_params import SamplingParams
 
@@ -75,6 +76,7 @@ class ModelRunner:
         self.eos_token_ids = eos_token_ids
         self.sampler = Sampler()
         self.requests: dict[str, _RequestState] = {}
+        self.block_tables = BlockTables()  # the same block ids as the states', as rows of one array
         self.graphs: DecodeGraphs | None = None
         self._last_sampled: torch.Tensor | None = None  # [num_sampled] token ids of the last launched step
         self._last_rows: dict[str, int] = {}  # request id -> row of _last_sampled
@@ -91,6 +93,7 @@ class ModelRunner:
     def _update_states(self, out: SchedulerOutput) -> None:
         for rid in out.finished_request_ids | out.preempted_request_ids:
             self.requests.pop(rid, None)
+            self.block_tables.remove(rid)
         for new in out.new_requests:
             params = new.sampling_params
             gen = None
@@ -101,36 +104,41 @@ class ModelRunner:
                 block_ids=list(new.block_ids), num_computed_tokens=new.num_computed_tokens,
                 eos_token_ids=self.eos_token_ids, generator=gen,
             )
+            self.block_tables.add(new.request_id, new.block_ids)
         for cached in out.cached_requests:
             state = self.requests[cached.request_id]
             state.block_ids.extend(cached.new_block_ids)
+            self.block_tables.extend(cached.request_id, cached.new_block_ids)
             state.num_computed_tokens = cached.num_computed_tokens
 
     # ---- inputs --------------------------------------------------------------------------------
 
     def _prepare_inputs(self, out: SchedulerOutput) -> StepInputs:
+        """The step's tensors: one Python pass over the requests for token ids and sampling rows,
+        positions and slots in numpy, one packed host-to-device copy (see `host_inputs`)."""
         bs = self.block_size
+        scheduled = out.num_scheduled_tokens
+        # Decode rows (one new token) first: the attention call runs rows 0..num_decodes-1 through
+        # the flash-decoding kernel and only the chunks through the prefill kernel.
+        order = [rid for rid, n in scheduled.items() if n == 1]
+        num_decodes = len(order)
+        if num_decodes < len(scheduled):
+            order += [rid for rid, n in scheduled.items() if n != 1]
+        num_seqs = len(order)
+        q_lens = np.fromiter((scheduled[rid] for rid in order), dtype=np.int64, count=num_seqs)
+        starts = np.fromiter((self.requests[rid].num_computed_tokens for rid in order), dtype=np.int64,
+                             count=num_seqs)
+        query_start = np.zeros(num_seqs + 1, dtype=np.int64)
+        np.cumsum(q_lens, out=query_start[1:])
         input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        query_start = [0]
-        seq_lens: list[int] = []
-        tables: list[list[int]] = []
         logits_indices: list[int] = []
         sampled: list[str] = []
         fill_rows: list[int] = []  # tokens still on the device: (row of input_ids, row of the last sample)
         fill_from: list[int] = []
-        scheduled = out.num_scheduled_tokens
-        # Decode rows (one new token) first: the attention call runs rows 0..num_decodes-1 through
-        # the flash-decoding kernel and only the chunks through the prefill kernel.
-        order = [item for item in scheduled.items() if item[1] == 1]
-        num_decodes = len(order)
-        if num_decodes < len(scheduled):
-            order += [item for item in scheduled.items() if item[1] != 1]
-        for rid, n in order:
+        for rid in order:
             state = self.requests[rid]
             start = state.num_computed_tokens
-            end = start + n
+            end = start + scheduled[rid]
             known = len(state.token_ids)
             input_ids.extend(state.token_ids[start:end])
             if end > known:  # the previous step's token, sampled but not yet copied back
@@ -139,45 +147,29 @@ class ModelRunner:
                 input_ids.append(0)
                 fill_rows.append(len(input_ids) - 1)
                 fill_from.append(self._last_rows[rid])
-            if n <= 16:
-                for pos in range(start, end):
-                    positions.append(pos)
-                    slots.append(state.block_ids[pos // bs] * bs + pos % bs)
-            else:  # a prefill chunk: vectorized (a Python loop costs ~0.4 us a token)
-                pos = np.arange(start, end)
-                positions.extend(pos.tolist())
-                slots.extend((np.asarray(state.block_ids)[pos // bs] * bs + pos % bs).tolist())
-            query_start.append(query_start[-1] + n)
-            seq_lens.append(end)
-            tables.append(state.block_ids)
             if end == known + state.num_unresolved:  # reached the end of what is known: sample
-                logits_indices.append(query_start[-1] - 1)
+                logits_indices.append(len(input_ids) - 1)
                 sampled.append(rid)
-        width = max(len(t) for t in tables)
-        table = torch.zeros(len(tables), width, dtype=torch.int32)
-        for i, t in enumerate(tables):
-            table[i, : len(t)] = torch.tensor(t, dtype=torch.int32)
-        dev = self.device
+        table = self.block_tables.gather(order)  # [num_seqs, max_blocks] int32
+        # Token t of sequence i sits at position starts[i] + (t - query_start[i]).
+        seq_of_token = np.repeat(np.arange(num_seqs), q_lens)
+        positions = np.arange(int(query_start[-1]), dtype=np.int64) + np.repeat(starts - query_start[:-1], q_lens)
+        slots = table[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
+        seq_lens = (starts + q_lens).astype(np.int32)
+        fill = np.asarray(fill_rows + fill_from, dtype=np.int64)
+        (input_ids_t, positions_t, slots_t, query_start_t, seq_lens_t, table_t, logits_t, fill_t) = to_device_packed(
+            [np.asarray(input_ids, dtype=np.int64), positions, slots, query_start.astype(np.int32), seq_lens, table,
+             np.asarray(logits_indices, dtype=np.int64), fill],
+            self.device,
+        )
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.int64).to(dev, non_blocking=True),
-            query_start_loc=torch.tensor(query_start, dtype=torch.int32).to(dev, non_blocking=True),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(dev, non_blocking=True),
-            block_tables=table.to(dev, non_blocking=True),
-            max_query_len=max(scheduled.values()),
-            max_seq_len=max(seq_lens),
-            num_decodes=num_decodes,
+            slot_mapping=slots_t, query_start_loc=query_start_t, seq_lens=seq_lens_t, block_tables=table_t,
+            max_query_len=int(q_lens.max()), max_seq_len=int(seq_lens.max()), num_decodes=num_decodes,
         )
-        input_ids_t = torch.tensor(input_ids, dtype=torch.int64).to(dev, non_blocking=True)
         if fill_rows:
-            rows = torch.tensor(fill_rows + fill_from, dtype=torch.int64).to(dev, non_blocking=True)
-            input_ids_t[rows[: len(fill_rows)]] = self._last_sampled[rows[len(fill_rows):]]
-        return StepInputs(
-            input_ids=input_ids_t,
-            positions=torch.tensor(positions, dtype=torch.int64).to(dev, non_blocking=True),
-            meta=meta,
-            logits_indices=torch.tensor(logits_indices, dtype=torch.int64).to(dev, non_blocking=True),
-            sampled_request_ids=sampled,
-        )
+            input_ids_t[fill_t[: len(fill_rows)]] = self._last_sampled[fill_t[len(fill_rows):]]
+        return StepInputs(input_ids=input_ids_t, positions=positions_t, meta=meta, logits_indices=logits_t,
+                          sampled_request_ids=sampled)
 
     # ---- step ----------------------------------------------------------------------------------
 
