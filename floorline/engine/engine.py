@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 import time
@@ -239,10 +238,8 @@ class LLMEngine:
         outputs = []
         for parent_id, state in touched.items():
             out = state.make_output()
-            out.outputs = [copy.copy(c) for c in out.outputs]
-            for c in out.outputs:
-                c.token_ids = list(c.token_ids)
-            if state.finished:
+            out.outputs = [c.snapshot() for c in out.outputs]
+            if out.finished:
                 state.metrics.finished_time = now
                 del self.requests[parent_id]
                 for cid in state.children:

@@ -26,6 +26,13 @@ class CompletionOutput:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    def snapshot(self) -> CompletionOutput:
+        """A copy the caller may keep while this one grows (token ids copied; ~5x cheaper than copy.copy)."""
+        snap = object.__new__(CompletionOutput)
+        snap.__dict__.update(self.__dict__)
+        snap.token_ids = list(self.token_ids)
+        return snap
+
 
 @dataclass
 class RequestMetrics:
