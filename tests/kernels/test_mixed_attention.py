@@ -67,3 +67,15 @@ def test_prefill_launch_parameters(block_m: int, block_n: int, num_warps: int, n
     out = prefill_attention(*b.args(), b.scale, b.max_query_len, out=poisoned_out(b.q), block_m=block_m,
                             block_n=block_n, num_warps=num_warps, num_stages=num_stages)
     assert_close(out, expected, torch.float16)
+
+
+@pytest.mark.gpu
+def test_gpu_mixed_bf16_llama8b_serving_step() -> None:
+    """A steady-state serving step: 255 decode rows of assorted lengths and one 600-token prompt."""
+    from floorline.kernels.paged_attention import paged_attention
+
+    seqs = [(1, 200 + (i * 7919) % 1100) for i in range(255)] + [(600, 600)]
+    b = make_batch(seqs, 32, 8, 128, 16, torch.bfloat16, device="cuda")
+    expected = paged_attention_ref(*b.args(), b.scale, b.max_query_len, b.max_seq_len)
+    out = paged_attention(*b.args(), b.scale, b.max_query_len, b.max_seq_len, out=poisoned_out(b.q), num_decodes=255)
+    assert_close(out, expected, torch.bfloat16)
