@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from floorline.kernels.triton_compat import tl, triton
 
-from floorline.kernels.pdl import early_launch_args, gdc_launch_dependents, gdc_wait
+from floorline.kernels.pdl import gdc_wait, pdl_args
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -33,10 +33,7 @@ def _rms_norm_kernel(
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
     USE_PDL: tl.constexpr = False,
-    EARLY_LAUNCH: tl.constexpr = False,
 ):
-    if EARLY_LAUNCH:
-        gdc_launch_dependents()  # the next kernel may launch; it waits for this grid's writes
     if USE_PDL:
         gdc_wait()  # wait for the previous kernel's writes (launched early with PDL)
     row = tl.program_id(0).to(tl.int64)  # int64: row * stride may pass 2**31 on big batches
@@ -115,7 +112,7 @@ def rms_norm_triton(
     num_warps = min(max(block // 512, 1), 8)
     _rms_norm_kernel[(n * m,)](
         x3, r3, weight, out, s, m, d, x3.stride(0), x3.stride(1), *res_strides, float(eps),
-        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps, **early_launch_args(x.device),
+        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps, **pdl_args(x.device),
     )
     return out if residual is None else (out, s)
 

@@ -365,6 +365,8 @@ def test_gpu_bf16_fused_residual_then_norm(k, n, m, seed):
     torch.testing.assert_close(ss.sum(1), s.float().pow(2).sum(1), rtol=1e-5, atol=1e-3)
     _, w2, _ = _inputs(m, n, 6144, torch.bfloat16, bias=False, device="cuda")
     nw = (1 + 0.3 * torch.randn(n, device="cuda")).to(torch.bfloat16)
-    y = skinny_gemm_triton(s, w2, norm_weight=nw, norm_ss=ss, eps=1e-5)
-    y_ref = skinny_gemm_triton(rms_norm(s, nw, 1e-5), w2)
-    _assert_close(y, y_ref, BF16_TOL, seed)
+    y = skinny_gemm_triton(s, w2, norm_weight=nw, norm_ss=ss, eps=1e-5).float()
+    y_ref = skinny_gemm_triton(rms_norm(s, nw, 1e-5), w2).float()
+    # The fused operand skips one bf16 rounding of the normed activation: a few outputs move an ulp.
+    rel = ((y - y_ref).norm() / y_ref.norm()).item()
+    assert rel < 5e-3 and (y - y_ref).abs().max().item() < 0.05, f"rel {rel} (seed {seed})"
