@@ -181,6 +181,12 @@ def sweep_candidates(fmt: str, m: int) -> list[QuantGemvConfig]:
     return [QuantGemvConfig(bn, bk, 1, w, s, False) for bn, bk, w, s in tiles]
 
 
+def split_variants(best: QuantGemvConfig, n: int, k: int) -> list[QuantGemvConfig]:
+    """The best config at other split counts (at most 3): short grids and long K want a different split."""
+    k_blocks = -(-k // best.block_k)
+    return [dataclasses.replace(best, split_k=s) for s in (1, 2, 4, 8) if s != best.split_k and k_blocks // s >= 1][:3]
+
+
 def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, l2: int, sweep: bool,
                 deadline: float, kn: tuple[int, int] | None = None,
                 dtype: torch.dtype = torch.bfloat16) -> tuple[list[Row], list[str]]:
@@ -208,10 +214,16 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
             row.config = _short(get_config(kernel_fmt, n, k, m, unit, device))
             if sweep:
                 sms = num_sms_of(device)
-                for cand in sweep_candidates(kernel_fmt, m):
+                cands = [dataclasses.replace(c, split_k=auto_split_k(n, k, c.block_n, c.block_k, sms))
+                         for c in sweep_candidates(kernel_fmt, m)]
+                tried = set()
+                while cands:
+                    cand = cands.pop(0)
                     if time.monotonic() > deadline:
                         break
-                    cand = dataclasses.replace(cand, split_k=auto_split_k(n, k, cand.block_n, cand.block_k, sms))
+                    if cand in tried:
+                        continue
+                    tried.add(cand)
                     try:
                         out = _call(fmt, layers[0], x, cand)
                         if not rel_error(out, _call(fmt, layers[0], x)) < 1e-3:
@@ -223,6 +235,7 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
                     if secs < row.seconds:
                         row.seconds, row.config = secs, _short(cand) + " (swept)"
                         print(f"    ({kernel_fmt!r}, {n}, {k}, {m_bucket(m)}): {cand!r},", flush=True)
+                        cands += split_variants(cand, n, k)  # the winner at other split counts
         rows.append(row)
         print(f"  {fmt:<10} {name:<8} M={m:<2} {row.seconds * 1e6:8.1f} us", flush=True)
     del layers

@@ -41,9 +41,32 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 QuantGemvConfig = SkinnyConfig
 
 
-# (format, N, K, M-bucket) -> config. Empty until swept on a GPU: `python -m floorline.bench.quant --sweep`
-# prints the lines to paste here.
-TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {}
+# (format, N, K, M-bucket) -> config: the lines `python -m floorline.bench.quant --sweep` prints.
+# Llama-3.1-8B decode shapes, swept on an NVIDIA H200 (torch 2.11, triton 3.6), 2026-12-01; shapes and
+# M-buckets missing here take `heuristic_config`. benchmarks/quant_h200_notes.md has the tables.
+TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
+    ('int8', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=False),
+    ('int8', 6144, 4096, 4): QuantGemvConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=4, use_dot=True),
+    ('int8', 28672, 4096, 1): QuantGemvConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=3, use_dot=False),
+    ('int8', 28672, 4096, 4): QuantGemvConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=4, use_dot=True),
+    ('int8', 28672, 4096, 16): QuantGemvConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=4, use_dot=True),
+    ('int8', 4096, 14336, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
+    ('int8', 4096, 14336, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
+    ('fp8', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=False),
+    ('fp8', 4096, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=False),
+    ('fp8', 28672, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=False),
+    ('fp8', 4096, 14336, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=False),
+    ('fp8', 4096, 14336, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
+    ('fp8', 4096, 14336, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
+    ('int4', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
+    ('int4', 4096, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
+    ('int4', 28672, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
+    ('int4', 4096, 14336, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
+    ('nf4', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
+    ('nf4', 4096, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
+    ('nf4', 28672, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
+    ('nf4', 4096, 14336, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
+}
 
 
 def _base_config(fmt: str, n: int, m: int) -> QuantGemvConfig:
@@ -55,7 +78,7 @@ def _base_config(fmt: str, n: int, m: int) -> QuantGemvConfig:
         if n >= 16384:
             return QuantGemvConfig(block_n=16, block_k=1024, num_warps=8, num_stages=2)
         return QuantGemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=3)
-    return QuantGemvConfig(block_n=16, block_k=2048, num_warps=4, num_stages=2)
+    return QuantGemvConfig(block_n=16, block_k=4096, num_warps=4, num_stages=1)  # the H200 sweep's M = 1 winner
 
 
 def heuristic_config(fmt: str, n: int, k: int, m: int, k_unit: int, num_sms: int = 132) -> QuantGemvConfig:

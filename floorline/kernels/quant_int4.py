@@ -13,7 +13,7 @@ the group's scale and zero out of the inner sum: with T = sum_k x_k f_k over a t
 group, sum_k x_k (q_k - z) = 16 (T - C - z X / 16), where C and X are sums of x alone (shared by
 all the rows a thread holds), so the per-weight work is the FMA and the per-group work is three
 ops per thread. The dot path (M > 1) turns the same floats into exact (q - z) * s with one FMA,
-rounds them to the activation dtype and runs one `tl.dot` per slot.
+rounds them to the activation dtype and joins the slots into one tile for a single `tl.dot`.
 """
 
 from __future__ import annotations
@@ -136,6 +136,15 @@ def _int4_slot_weights(w, s, z, S: tl.constexpr, one, sixteen):
     return f * (16.0 * s)[:, :, None] + b[:, :, None]
 
 
+@triton.jit
+def _join_slots(w0, w1, w2, w3, w4, w5, w6, w7):
+    """Eight [..] tensors -> [.., 2, 2, 2] with slot 4a + 2b + c at [.., a, b, c] (a register-only join).
+
+    Each join appends its pair as the new last dimension, so the outermost join picks c.
+    """
+    return tl.join(tl.join(tl.join(w0, w4), tl.join(w2, w6)), tl.join(tl.join(w1, w5), tl.join(w3, w7)))
+
+
 @triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits"])
 def _int4_gemv_kernel(
     x_ptr,  # [M, K] (or [M, 2K] gate | up), last-dim stride 1
@@ -163,33 +172,36 @@ def _int4_gemv_kernel(
     rn64 = rn_w.to(tl.int64)
     rg = tl.arange(0, NB)
     if USE_DOT:
+        # One tl.dot per tile: the eight slot tensors are joined (in registers) and permuted to column
+        # order [BN, BK] on their way to the dot operand layout; x is a plain [BM, BK] tile.
         rj = tl.arange(0, GW)
         woff = rg[:, None] * GW + rj[None, :]  # [NB, GW]
-        xoff = rg[:, None] * GROUP + rj[None, :]  # x offsets of slot 0
         q_ptrs = q_ptr + rn64[:, None, None] * stride_qn + (k_start // 8 + woff)[None, :, :]
         rm = tl.arange(0, BLOCK_M)
-        m_mask = (rm < M)[:, None, None]
-        x_ptrs = x_ptr + rm[:, None, None] * stride_xm + k_start + xoff[None, :, :]  # [BM, NB, GW]
+        xoff = tl.arange(0, BLOCK_K)[None, :]
+        x_ptrs = x_ptr + rm[:, None] * stride_xm + k_start + xoff  # [BM, BK]
+        m_mask = (rm < M)[:, None]
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
             g = k // GROUP + rg
             s, z = _load_group_params(s_ptr, z_ptr, g, rn_w, N, num_groups, EVEN_K)
             if EVEN_K:
                 w = tl.load(q_ptrs, eviction_policy="evict_first")
+                xs = _load_x(x_ptrs, m_mask, K, X_SILU_MUL)
             else:
                 w = tl.load(q_ptrs, mask=(g < num_groups)[None, :, None], other=0, eviction_policy="evict_first")
+                xs = _load_x(x_ptrs, m_mask & (k + xoff < K), K, X_SILU_MUL)
             w = w.to(tl.uint32, bitcast=True)
-            for S in tl.static_range(8):
-                if EVEN_K:
-                    xs = _load_x(x_ptrs + S * GW, m_mask, K, X_SILU_MUL)
-                else:
-                    xs = _load_x(x_ptrs + S * GW, m_mask & (k + xoff + S * GW < K)[None, :, :], K, X_SILU_MUL)
-                xs = tl.reshape(xs, (BLOCK_M, NB * GW))
-                wt = tl.reshape(_int4_slot_weights(w, s, z, S, one, sixteen), (BLOCK_N, NB * GW)).to(xs.dtype)
-                if DOT_IEEE:
-                    acc = tl.dot(xs, tl.trans(wt), acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(xs, tl.trans(wt), acc)
+            wt = _join_slots(_int4_slot_weights(w, s, z, 0, one, sixteen), _int4_slot_weights(w, s, z, 1, one, sixteen),
+                             _int4_slot_weights(w, s, z, 2, one, sixteen), _int4_slot_weights(w, s, z, 3, one, sixteen),
+                             _int4_slot_weights(w, s, z, 4, one, sixteen), _int4_slot_weights(w, s, z, 5, one, sixteen),
+                             _int4_slot_weights(w, s, z, 6, one, sixteen), _int4_slot_weights(w, s, z, 7, one, sixteen))
+            wt = tl.permute(tl.reshape(wt, (BLOCK_N, NB, GW, 8)), (0, 1, 3, 2))  # to column order
+            wt = tl.reshape(wt, (BLOCK_N, BLOCK_K)).to(xs.dtype)
+            if DOT_IEEE:
+                acc = tl.dot(xs, tl.trans(wt), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(xs, tl.trans(wt), acc)
             q_ptrs += BLOCK_K // 8
             x_ptrs += BLOCK_K
         rm2 = tl.arange(0, BLOCK_M)

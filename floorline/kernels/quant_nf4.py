@@ -13,7 +13,7 @@ The code lookup (`nf4_lookup`) is a warp shuffle on the GPU: lane l holds CODE[l
 dequantization is exactly the reference's), and `shfl.idx` with the word shifted to the slot reads
 it. The interpreter takes a gather from the 16-entry table (or a select tree). The M = 1 path
 factors absmax out of each block's sum (one FMA per weight); the dot path scales the codes,
-rounds them to the activation dtype and runs one `tl.dot` per slot.
+rounds them to the activation dtype and joins the slots into one tile for a single `tl.dot`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from floorline.kernels.quant_common import (
     get_config,
     operand,
 )
-from floorline.kernels.quant_int4 import _load_x
+from floorline.kernels.quant_int4 import _join_slots, _load_x
 from floorline.kernels.quant_packing import unpack_nf4
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
@@ -96,13 +96,14 @@ def _nf4_gemv_kernel(
     base, offset, mbase = _row_state(base_ptr, off_ptr, map_ptr, rn_w, NESTED)
     rb = tl.arange(0, NB)
     if USE_DOT:
+        # one tl.dot per tile: the slots joined and permuted to column order, x a plain tile (quant_int4)
         rj = tl.arange(0, 8)
         woff = rb[:, None] * 8 + rj[None, :]  # [NB, 8] words
-        xoff = rb[:, None] * 64 + rj[None, :]  # x offsets of slot 0
         q_ptrs = q_ptr + rn64[:, None, None] * stride_qn + (k_start // 8 + woff)[None, :, :]
         rm = tl.arange(0, BLOCK_M)
-        m_mask = (rm < M)[:, None, None]
-        x_ptrs = x_ptr + rm[:, None, None] * stride_xm + k_start + xoff[None, :, :]  # [BM, NB, 8]
+        xoff = tl.arange(0, BLOCK_K)[None, :]
+        x_ptrs = x_ptr + rm[:, None] * stride_xm + k_start + xoff  # [BM, BK]
+        m_mask = (rm < M)[:, None]
         table = nf4_lane_table(tl.zeros([BLOCK_N, NB, 8], dtype=tl.int32), LOOKUP)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
@@ -112,19 +113,25 @@ def _nf4_gemv_kernel(
                                    not EVEN_K)[:, :, None]
             if EVEN_K:
                 w = tl.load(q_ptrs, eviction_policy="evict_first")
-                xm = m_mask
+                xs = _load_x(x_ptrs, m_mask, K, X_SILU_MUL)
             else:
                 w = tl.load(q_ptrs, mask=kb_mask[None, :, None], other=0, eviction_policy="evict_first")
-                xm = m_mask & kb_mask[None, :, None]
+                xs = _load_x(x_ptrs, m_mask & (k + xoff < K), K, X_SILU_MUL)
             w = w.to(tl.uint32, bitcast=True)
-            for S in tl.static_range(8):
-                xs = tl.reshape(_load_x(x_ptrs + S * 8, xm, K, X_SILU_MUL), (BLOCK_M, NB * 8))
-                wt = nf4_code_of(w, S, code_ptr, table, LOOKUP) * absmax
-                wt = tl.reshape(wt, (BLOCK_N, NB * 8)).to(xs.dtype)
-                if DOT_IEEE:
-                    acc = tl.dot(xs, tl.trans(wt), acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(xs, tl.trans(wt), acc)
+            wt = _join_slots(nf4_code_of(w, 0, code_ptr, table, LOOKUP) * absmax,
+                             nf4_code_of(w, 1, code_ptr, table, LOOKUP) * absmax,
+                             nf4_code_of(w, 2, code_ptr, table, LOOKUP) * absmax,
+                             nf4_code_of(w, 3, code_ptr, table, LOOKUP) * absmax,
+                             nf4_code_of(w, 4, code_ptr, table, LOOKUP) * absmax,
+                             nf4_code_of(w, 5, code_ptr, table, LOOKUP) * absmax,
+                             nf4_code_of(w, 6, code_ptr, table, LOOKUP) * absmax,
+                             nf4_code_of(w, 7, code_ptr, table, LOOKUP) * absmax)
+            wt = tl.permute(tl.reshape(wt, (BLOCK_N, NB, 8, 8)), (0, 1, 3, 2))  # to column order
+            wt = tl.reshape(wt, (BLOCK_N, BLOCK_K)).to(xs.dtype)
+            if DOT_IEEE:
+                acc = tl.dot(xs, tl.trans(wt), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(xs, tl.trans(wt), acc)
             q_ptrs += BLOCK_K // 8
             x_ptrs += BLOCK_K
         rm2 = tl.arange(0, BLOCK_M)

@@ -73,7 +73,8 @@ def test_gpu_nf4_lookups_agree():
             assert _rel(out, F.linear(x.float(), w)) < 1e-2 and _rel(out, outs[0]) < 1e-2
     layer.quant_method.lookup = None
     buf = layer.quant_method.dequantize(layer, torch.float32, x.device)
-    assert torch.equal(buf, w)  # the shuffle dequantizes exactly (fp32)
+    # the shuffle reads the exact codes; the nested absmax may round once less (a fused multiply-add)
+    torch.testing.assert_close(buf, w, rtol=2e-7, atol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or not w8a8_supported(torch.device("cuda")),
