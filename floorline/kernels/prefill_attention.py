@@ -24,8 +24,8 @@ from floorline.kernels.triton_compat import tl, triton
 
 from floorline.kernels.paged_attention import check_paged_inputs
 
-# Defaults for head_dim <= 128. The reasoning they started from: 128 packed rows (32 tokens x 4 heads for Llama GQA) per program give
-# each KV tile 128 uses, as in FlashAttention-2; 64-position KV tiles keep the fp32 score tile,
+# Defaults for head_dim <= 128. The reasoning they started from: 128 packed rows (32 tokens x 4
+# heads for Llama GQA) per program give each KV tile 128 uses, as in FlashAttention-2; 64-position KV tiles keep the fp32 score tile,
 # the accumulator and P within 8 warps' registers; the K/V gathers are pipelined (cp.async) so the
 # block-table indirection's latency hides behind the previous tile's wgmmas. Compiled for sm_90
 # with Triton 3.9 (no GPU needed: ptxas), Llama-8B heads, bf16: 181 registers, no spills, 96 KB of
