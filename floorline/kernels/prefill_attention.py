@@ -25,12 +25,12 @@ from floorline.kernels.triton_compat import tl, triton
 from floorline.kernels.paged_attention import check_paged_inputs
 
 # Defaults for head_dim <= 128. The reasoning they started from: 128 packed rows (32 tokens x 4
-# heads for Llama GQA) per program give each KV tile 128 uses, as in FlashAttention-2; 64-position KV tiles keep the fp32 score tile,
-# the accumulator and P within 8 warps' registers; the K/V gathers are pipelined (cp.async) so the
-# block-table indirection's latency hides behind the previous tile's wgmmas. Compiled for sm_90
-# with Triton 3.9 (no GPU needed: ptxas), Llama-8B heads, bf16: 181 registers, no spills, 96 KB of
-# shared memory, wgmma, async copies; 128-wide KV tiles need 236-242 registers and 160 KB, and
-# 4 warps at 128 rows spill.
+# heads for Llama GQA) per program give each KV tile 128 uses, as in FlashAttention-2; 64-position
+# KV tiles keep the fp32 score tile, the accumulator and P within 8 warps' registers; the K/V
+# gathers are pipelined (cp.async) so the block-table indirection's latency hides behind the
+# previous tile's wgmmas. Compiled for sm_90 with Triton 3.9 (no GPU needed: ptxas), Llama-8B heads,
+# bf16: 181 registers, no spills, 96 KB of shared memory, wgmma, async copies; 128-wide KV tiles
+# need 236-242 registers and 160 KB, and 4 warps at 128 rows spill.
 # H200 sweep (2026-12-01, `python -m floorline.bench.prefill_attention --quick`, geometric mean over
 # 16x512, 16x512+1536, 4x2048, 1x8192): 128/64 with 4 warps, 3 stages 531.6 us against 599.3 us for
 # 8 warps; measured faster despite the spill the compile report predicts for 4 warps.
