@@ -39,7 +39,7 @@ from floorline.kernels.skinny_gemm import (
 
 LAYER_SHAPES = ("qkv", "o_proj", "gate_up", "down")
 NUM_LAYERS = 32
-FORMATS = ("bf16", "int8", "fp8", "int4", "nf4", "nf4-gather", "nf4-select", "fp8-w8a8", "bnb-nf4")
+FORMATS = ("bf16", "int8", "fp8", "int4", "int4-dotw", "nf4", "nf4-gather", "nf4-select", "fp8-w8a8", "bnb-nf4")
 DEFAULT_FORMATS = ("bf16", "int8", "fp8", "int4", "nf4", "fp8-w8a8", "bnb-nf4")  # the slow NF4 lookups on request
 NF4_LOOKUP = {"nf4": None, "nf4-gather": "gather", "nf4-select": "select"}  # None: the kernel's default (shfl)
 MAX_REL_ERROR = 1e-2
@@ -66,7 +66,7 @@ def _method(fmt: str):
 
     if fmt == "int8":
         return Int8Method()
-    if fmt == "int4":
+    if fmt.startswith("int4"):
         return Int4Method()
     if fmt in NF4_LOOKUP:
         m = Nf4Method()
@@ -107,6 +107,14 @@ def _call(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig | None = None, 
 
         return w8a8_matmul(x, layer.qweight, layer.scale)
     method = layer.quant_method
+    if fmt == "int4-dotw":  # the dot path with scaled weights (quant_int4.DOT_FACTORED off), for comparison
+        import floorline.kernels.quant_int4 as q4
+
+        q4.DOT_FACTORED = False
+        try:
+            return _call("int4", layer, x, cfg, silu_mul)
+        finally:
+            q4.DOT_FACTORED = True
     if cfg is None:
         return method.gemv(layer, x, silu_mul)
     return _gemv_with_config(fmt, layer, x, cfg)
@@ -171,11 +179,15 @@ def check_format(fmt: str, layer, w: torch.Tensor, ms: tuple[int, ...]) -> list[
 def sweep_candidates(fmt: str, m: int) -> list[QuantGemvConfig]:
     four_bit = fmt in ("int4", "nf4")
     if m > 1:
-        tiles = ((32, 256, 4, 3), (64, 256, 4, 3), (64, 512, 8, 3), (128, 256, 8, 3), (32, 512, 4, 3)) if four_bit else \
-            ((32, 256, 4, 4), (16, 256, 2, 4), (64, 128, 4, 4), (32, 512, 4, 3), (64, 256, 8, 3))
+        if fmt == "int4":  # the factored dot path takes one group per iteration (block_k = 128)
+            tiles = ((64, 128, 4, 3), (128, 128, 8, 3), (64, 128, 4, 4), (32, 128, 4, 4), (128, 128, 4, 3))
+        elif four_bit:
+            tiles = ((32, 256, 4, 3), (64, 256, 4, 3), (32, 512, 4, 3), (64, 128, 4, 4), (128, 256, 8, 3))
+        else:
+            tiles = ((32, 256, 4, 4), (16, 256, 2, 4), (64, 128, 4, 4), (32, 512, 4, 3), (64, 256, 8, 3))
         return [QuantGemvConfig(bn, bk, 1, w, s, True) for bn, bk, w, s in tiles]
     if four_bit:  # long K tiles: lanes along K, rows per thread (kernels/quant_int4.py)
-        tiles = ((16, 2048, 4, 2), (16, 4096, 4, 1), (16, 2048, 2, 2), (32, 2048, 4, 2), (16, 1024, 2, 3), (8, 2048, 2, 2))
+        tiles = ((16, 4096, 4, 1), (8, 4096, 4, 1), (16, 2048, 4, 2), (8, 2048, 4, 1), (8, 4096, 2, 1))
     else:
         tiles = ((16, 512, 4, 3), (8, 512, 4, 3), (16, 1024, 8, 2), (32, 256, 4, 3), (32, 512, 8, 3), (8, 1024, 4, 2))
     return [QuantGemvConfig(bn, bk, 1, w, s, False) for bn, bk, w, s in tiles]
@@ -208,11 +220,11 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
             row.config = f"bitsandbytes {bnb.version()} matmul_4bit, timed by {row.config}"
         else:
             row.seconds = time_per_call(calls)
-        kernel_fmt = "nf4" if fmt in NF4_LOOKUP else fmt
+        kernel_fmt = "nf4" if fmt in NF4_LOOKUP else fmt.removesuffix("-dotw")
         if kernel_fmt in ("int8", "fp8", "int4", "nf4"):
             unit = {"int4": getattr(layers[0].quant_method, "group", 128), "nf4": 64}.get(kernel_fmt, 16)
             row.config = _short(get_config(kernel_fmt, n, k, m, unit, device))
-            if sweep:
+            if sweep and fmt != "int4-dotw":
                 sms = num_sms_of(device)
                 cands = [dataclasses.replace(c, split_k=auto_split_k(n, k, c.block_n, c.block_k, sms))
                          for c in sweep_candidates(kernel_fmt, m)]

@@ -74,7 +74,7 @@ def test_gpu_nf4_lookups_agree():
     layer.quant_method.lookup = None
     buf = layer.quant_method.dequantize(layer, torch.float32, x.device)
     # the shuffle reads the exact codes; the nested absmax may round once less (a fused multiply-add)
-    torch.testing.assert_close(buf, w, rtol=2e-7, atol=0)
+    torch.testing.assert_close(buf, w, rtol=1e-6, atol=1e-6 * float(w.abs().max()))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or not w8a8_supported(torch.device("cuda")),
