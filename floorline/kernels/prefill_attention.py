@@ -31,12 +31,12 @@ from floorline.kernels.paged_attention import check_paged_inputs
 # previous tile's wgmmas. Compiled for sm_90 with Triton 3.9 (no GPU needed: ptxas), Llama-8B heads,
 # bf16: 181 registers, no spills, 96 KB of shared memory, wgmma, async copies; 128-wide KV tiles
 # need 236-242 registers and 160 KB, and 4 warps at 128 rows spill.
-# H200 sweep (2026-12-01, `python -m floorline.bench.prefill_attention --quick`, geometric mean over
-# 16x512, 16x512+1536, 4x2048, 1x8192): 128/64 with 4 warps, 3 stages 531.6 us against 599.3 us for
-# 8 warps; measured faster despite the spill the compile report predicts for 4 warps.
+# H200, 2026-12-01: the sweep (`python -m floorline.bench.prefill_attention --quick`, geometric mean
+# over 16x512, 16x512+1536, 4x2048, 1x8192) put 4 warps first (531.6 us against 599.3 for 8), but in
+# `bench throughput` at 256 sequences 4 warps gave 6,040 output tok/s against 6,499 for 8: 8 stay.
 BLOCK_M = 128
 BLOCK_N = 64
-NUM_WARPS = 4
+NUM_WARPS = 8
 NUM_STAGES = 3
 
 

@@ -72,19 +72,23 @@ class BlockTables:
             self._free_rows.extend(range(rows - 1, old_rows - 1, -1))
 
 
+_ALIGN_WORDS = 4  # 16 bytes of int32
+
+
 def to_device_packed(arrays: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
     """Copies int32/int64 arrays to `device` in one transfer -> tensors of the same dtypes and shapes.
 
-    They are packed into one pinned (on CUDA) int32 buffer, int64 arrays at even offsets so that
-    their device slices can be viewed as int64; the copy does not block the host.
+    They are packed into one pinned (on CUDA) int32 buffer, each at a 16-byte offset, and the copy
+    does not block the host. The alignment matters beyond the int64 views: Triton specializes a
+    kernel on whether each pointer is 16-byte aligned, so a slice at an odd offset would compile
+    (seconds, mid-run) another variant of every kernel that reads it.
     """
     offsets, words, pos = [], [], 0
     for a in arrays:
         if a.dtype not in (np.int32, np.int64):
             raise TypeError(f"to_device_packed takes int32/int64 arrays, got {a.dtype}")
         size = a.size * (2 if a.dtype == np.int64 else 1)
-        if a.dtype == np.int64 and pos % 2:
-            pos += 1
+        pos = -(-pos // _ALIGN_WORDS) * _ALIGN_WORDS
         offsets.append(pos)
         words.append(size)
         pos += size

@@ -37,6 +37,16 @@ def test_packed_copy_round_trips_dtypes_and_shapes():
         to_device_packed([np.zeros(2, dtype=np.float32)], torch.device("cpu"))
 
 
+def test_packed_slices_start_on_16_bytes():
+    """Triton specializes kernels on 16-byte pointer alignment: an odd slice would compile new variants."""
+    arrays = [np.arange(3, dtype=np.int32), np.arange(5, dtype=np.int64), np.arange(1, dtype=np.int32),
+              np.arange(7, dtype=np.int32).reshape(7, 1)]
+    out = to_device_packed(arrays, torch.device("cpu"))
+    base = out[0].data_ptr()
+    assert all((t.data_ptr() - base) % 16 == 0 for t in out)
+    assert [t.tolist() for t in out] == [a.tolist() for a in arrays]
+
+
 def test_mixed_step_inputs_put_decodes_first_with_their_positions_and_slots():
     bs = 4
     runner = ModelRunner(None, None, bs, torch.device("cpu"))
