@@ -39,7 +39,7 @@ from floorline.kernels.skinny_gemm import (
 
 LAYER_SHAPES = ("qkv", "o_proj", "gate_up", "down")
 NUM_LAYERS = 32
-FORMATS = ("bf16", "int8", "fp8", "int4", "int4-dotw", "nf4", "nf4-gather", "nf4-select", "fp8-w8a8", "bnb-nf4")
+FORMATS = ("bf16", "int8", "fp8", "int4", "nf4", "nf4-gather", "nf4-select", "fp8-w8a8", "bnb-nf4")
 DEFAULT_FORMATS = ("bf16", "int8", "fp8", "int4", "nf4", "fp8-w8a8", "bnb-nf4")  # the slow NF4 lookups on request
 NF4_LOOKUP = {"nf4": None, "nf4-gather": "gather", "nf4-select": "select"}  # None: the kernel's default (shfl)
 MAX_REL_ERROR = 1e-2
@@ -66,7 +66,7 @@ def _method(fmt: str):
 
     if fmt == "int8":
         return Int8Method()
-    if fmt.startswith("int4"):
+    if fmt == "int4":
         return Int4Method()
     if fmt in NF4_LOOKUP:
         m = Nf4Method()
@@ -107,14 +107,6 @@ def _call(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig | None = None, 
 
         return w8a8_matmul(x, layer.qweight, layer.scale)
     method = layer.quant_method
-    if fmt == "int4-dotw":  # the dot path with scaled weights (quant_int4.DOT_FACTORED off), for comparison
-        import floorline.kernels.quant_int4 as q4
-
-        q4.DOT_FACTORED = False
-        try:
-            return _call("int4", layer, x, cfg, silu_mul)
-        finally:
-            q4.DOT_FACTORED = True
     if cfg is None:
         return method.gemv(layer, x, silu_mul)
     return _gemv_with_config(fmt, layer, x, cfg)
@@ -179,9 +171,7 @@ def check_format(fmt: str, layer, w: torch.Tensor, ms: tuple[int, ...]) -> list[
 def sweep_candidates(fmt: str, m: int) -> list[QuantGemvConfig]:
     four_bit = fmt in ("int4", "nf4")
     if m > 1:
-        if fmt == "int4":  # the factored dot path takes one group per iteration (block_k = 128)
-            tiles = ((64, 128, 4, 3), (128, 128, 8, 3), (64, 128, 4, 4), (32, 128, 4, 4), (128, 128, 4, 3))
-        elif four_bit:
+        if four_bit:
             tiles = ((32, 256, 4, 3), (64, 256, 4, 3), (32, 512, 4, 3), (64, 128, 4, 4), (128, 256, 8, 3))
         else:
             tiles = ((32, 256, 4, 4), (16, 256, 2, 4), (64, 128, 4, 4), (32, 512, 4, 3), (64, 256, 8, 3))
@@ -220,11 +210,11 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
             row.config = f"bitsandbytes {bnb.version()} matmul_4bit, timed by {row.config}"
         else:
             row.seconds = time_per_call(calls)
-        kernel_fmt = "nf4" if fmt in NF4_LOOKUP else fmt.removesuffix("-dotw")
+        kernel_fmt = "nf4" if fmt in NF4_LOOKUP else fmt
         if kernel_fmt in ("int8", "fp8", "int4", "nf4"):
             unit = {"int4": getattr(layers[0].quant_method, "group", 128), "nf4": 64}.get(kernel_fmt, 16)
             row.config = _short(get_config(kernel_fmt, n, k, m, unit, device))
-            if sweep and fmt != "int4-dotw":
+            if sweep:
                 sms = num_sms_of(device)
                 cands = [dataclasses.replace(c, split_k=auto_split_k(n, k, c.block_n, c.block_k, sms))
                          for c in sweep_candidates(kernel_fmt, m)]

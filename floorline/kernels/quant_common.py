@@ -42,7 +42,8 @@ QuantGemvConfig = SkinnyConfig
 
 
 # (format, N, K, M-bucket) -> config: the lines `python -m floorline.bench.quant --sweep` prints.
-# Llama-3.1-8B decode shapes, swept on an NVIDIA H200 (torch 2.11, triton 3.6), 2026-12-01; shapes and
+# Llama-3.1-8B decode shapes, swept on an NVIDIA H200 (torch 2.11, triton 3.6), 2026-12-01 (int8/fp8 and
+# int4 M = 1: first sweep; int4 M > 1: second; nf4: third, same kernel code as the second). Shapes and
 # M-buckets missing here take `heuristic_config`. benchmarks/quant_h200_notes.md has the tables.
 TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
     ('int8', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=False),
@@ -61,16 +62,28 @@ TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
     ('int4', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
     ('int4', 4096, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
     ('int4', 28672, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
+    ('int4', 28672, 4096, 16): QuantGemvConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=3, use_dot=True),
     ('int4', 4096, 14336, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
-    ('nf4', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
-    ('nf4', 4096, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
-    ('nf4', 28672, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
+    ('int4', 4096, 14336, 16): QuantGemvConfig(block_n=32, block_k=256, split_k=4, num_warps=4, num_stages=3, use_dot=True),
+    ('int4', 4096, 14336, 4): QuantGemvConfig(block_n=64, block_k=256, split_k=4, num_warps=4, num_stages=3, use_dot=True),
+    ('int4', 6144, 4096, 4): QuantGemvConfig(block_n=64, block_k=256, split_k=4, num_warps=4, num_stages=3, use_dot=True),
+    ('nf4', 28672, 4096, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
+    ('nf4', 28672, 4096, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=2, num_warps=4, num_stages=4, use_dot=True),
+    ('nf4', 28672, 4096, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=2, num_warps=4, num_stages=4, use_dot=True),
     ('nf4', 4096, 14336, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
+    ('nf4', 4096, 14336, 16): QuantGemvConfig(block_n=64, block_k=256, split_k=4, num_warps=4, num_stages=3, use_dot=True),
+    ('nf4', 4096, 14336, 4): QuantGemvConfig(block_n=64, block_k=256, split_k=4, num_warps=4, num_stages=3, use_dot=True),
+    ('nf4', 4096, 4096, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
+    ('nf4', 4096, 4096, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=8, num_warps=4, num_stages=4, use_dot=True),
+    ('nf4', 4096, 4096, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=8, num_warps=4, num_stages=4, use_dot=True),
+    ('nf4', 6144, 4096, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
+    ('nf4', 6144, 4096, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
+    ('nf4', 6144, 4096, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
 }
 
 
 def _base_config(fmt: str, n: int, m: int) -> QuantGemvConfig:
-    """Untuned defaults. 4-bit M = 1 tiles are long in K so that each thread holds 8 rows of the same
+    """Untuned defaults. 4-bit M = 1 tiles are long in K so that each thread holds 8-16 rows of the same
     x elements (x is loaded and converted once per thread for all of them)."""
     if m > 1:
         return QuantGemvConfig(block_n=32, block_k=256, num_warps=4, num_stages=3, use_dot=True)

@@ -18,8 +18,6 @@ rounds them to the activation dtype and joins the slots into one tile for a sing
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 
@@ -155,64 +153,6 @@ def _join_slots(w0, w1, w2, w3, w4, w5, w6, w7):
     return tl.join(tl.join(tl.join(w0, w4), tl.join(w2, w6)), tl.join(tl.join(w1, w5), tl.join(w3, w7)))
 
 
-@triton.jit
-def _int4_factored_dot(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, num_groups, stride_xm,
-                       rn, rn_w, rn64, stride_qn, k_start, k_end, tile, split, num_splits, one, sixteen,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr, NUM_STAGES: tl.constexpr,
-                       EVEN_K: tl.constexpr, SPLIT: tl.constexpr, DOT_IEEE: tl.constexpr, X_SILU_MUL: tl.constexpr):
-    """Dot path with the group's scale and zero factored out (one group per iteration).
-
-    The tensor cores multiply x by the raw floats f = 1 + q / 16 or 16 + q / 16 (exact in any 16-bit
-    float, no per-weight FMA), and the group's result is 16 s (d - C - z X / 16) as on the M = 1 path,
-    with C = sum_k x_k * (f's offset) and X = sum_k x_k per row of x.
-    """
-    GW: tl.constexpr = GROUP // 8
-    rj = tl.arange(0, GW)
-    q_ptrs = q_ptr + rn64[:, None] * stride_qn + k_start // 8 + rj[None, :]  # [BN, GW]
-    rm = tl.arange(0, BLOCK_M)
-    rk = tl.arange(0, GROUP)
-    # The dot's K runs in (word, slot) order, the order in which the slots join in registers: x is
-    # loaded in that order (small, L1-resident) so that the weights need no permutation.
-    xcol = (rk % 8) * GW + rk // 8
-    x_ptrs = x_ptr + rm[:, None] * stride_xm + k_start + xcol[None, :]  # [BM, G]
-    m_mask = (rm < M)[:, None]
-    coff = tl.where(rk % 2 == 0, 1.0, 16.0)  # f's offset: even slots 1, odd slots 16
-    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)  # transposed: the weights are the MMA's A operand
-    for k in tl.range(k_start, k_end, GROUP, num_stages=NUM_STAGES):
-        g = k // GROUP
-        if EVEN_K:
-            s = tl.load(s_ptr + g * N + rn_w).to(tl.float32)
-            z = tl.load(z_ptr + g * N + rn_w).to(tl.float32)
-            w = tl.load(q_ptrs, eviction_policy="evict_first")
-            xs = _load_x(x_ptrs, m_mask, K, X_SILU_MUL)
-        else:
-            gm = rn_w * 0 + g < num_groups  # [BN]: a tensor mask (the interpreter takes no scalar ones)
-            s = tl.load(s_ptr + g * N + rn_w, mask=gm, other=0.0).to(tl.float32)
-            z = tl.load(z_ptr + g * N + rn_w, mask=gm, other=0.0).to(tl.float32)
-            w = tl.load(q_ptrs, mask=gm[:, None], other=0, eviction_policy="evict_first")
-            xs = _load_x(x_ptrs, m_mask & (k + xcol < K)[None, :], K, X_SILU_MUL)
-        w = w.to(tl.uint32, bitcast=True)
-        wf = _join_slots(_int4_slot(w, 0, one, sixteen), _int4_slot(w, 1, one, sixteen),
-                         _int4_slot(w, 2, one, sixteen), _int4_slot(w, 3, one, sixteen),
-                         _int4_slot(w, 4, one, sixteen), _int4_slot(w, 5, one, sixteen),
-                         _int4_slot(w, 6, one, sixteen), _int4_slot(w, 7, one, sixteen))
-        wf = tl.reshape(wf, (BLOCK_N, GROUP)).to(xs.dtype)
-        if DOT_IEEE:
-            d = tl.dot(wf, tl.trans(xs), input_precision="ieee")
-        else:
-            d = tl.dot(wf, tl.trans(xs))  # [BN, BM]
-        xf = xs.to(tl.float32)
-        c = tl.sum(xf * coff[None, :], axis=1)
-        xsum = tl.sum(xf, axis=1)
-        acc += (s * 16.0)[:, None] * (d - c[None, :] - (z * 0.0625)[:, None] * xsum[None, :])
-        q_ptrs += GW
-        x_ptrs += GROUP
-    c_offs = rm[None, :] * N + rn[:, None]
-    mask = (rm < M)[None, :] & (rn[:, None] < N)
-    _epilogue(acc, c_offs, rn[:, None], mask, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, M * N,
-              False, SPLIT)
-
-
 @triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits"])
 def _int4_gemv_kernel(
     x_ptr,  # [M, K] (or [M, 2K] gate | up), last-dim stride 1
@@ -223,8 +163,7 @@ def _int4_gemv_kernel(
     M, N, K, Kp, num_groups, stride_xm, stride_qn, k_blocks_per_split, num_splits, one_bits, sixteen_bits,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     NUM_STAGES: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr,
-    DOT_IEEE: tl.constexpr, X_SILU_MUL: tl.constexpr, FACTORED: tl.constexpr = False,
-    USE_PDL: tl.constexpr = False,
+    DOT_IEEE: tl.constexpr, X_SILU_MUL: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
     if USE_PDL:
         gdc_wait()
@@ -240,11 +179,7 @@ def _int4_gemv_kernel(
     rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
     rn64 = rn_w.to(tl.int64)
     rg = tl.arange(0, NB)
-    if USE_DOT and FACTORED:
-        _int4_factored_dot(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, K, num_groups, stride_xm,
-                           rn, rn_w, rn64, stride_qn, k_start, k_end, tile, split, num_splits, one, sixteen,
-                           BLOCK_M, BLOCK_N, GROUP, NUM_STAGES, EVEN_K, SPLIT, DOT_IEEE, X_SILU_MUL)
-    elif USE_DOT:
+    if USE_DOT:
         # One tl.dot per tile: the eight slot tensors are joined (in registers) and permuted to column
         # order [BN, BK] on their way to the dot operand layout; x is a plain [BM, BK] tile.
         rj = tl.arange(0, GW)
@@ -323,7 +258,6 @@ def _int4_dequant_kernel(q_ptr, s_ptr, z_ptr, out_ptr, N, K, num_groups, stride_
 
 
 MAGIC = (0x3F800000, 0x41800000)  # bits of 1.0f and 16.0f (`_int4_slot`)
-DOT_FACTORED = True  # dot path: scales factored out of the group sums (False: scaled weights, one dot per tile)
 
 
 def _check(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: int, group: int) -> None:
@@ -379,16 +313,13 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
         return out.zero_()
     cfg = config or get_config("int4", n, k, m, group, x.device)
     check_config(cfg, m, group, "quant_int4", dot_min_k=128)
-    factored = cfg.use_dot and DOT_FACTORED
-    if factored:  # one group per iteration: block_k is the group
-        cfg = dataclasses.replace(cfg, block_k=group)
     geo = geometry(cfg, m, n, kp, out)
     _int4_gemv_kernel[(geo.tiles, geo.splits)](
         x, qweight, scales, zeros, out, geo.ws, geo.tickets,
         m, n, k, kp, kp // group, x.stride(0), qweight.stride(0), geo.blocks_per_split, geo.splits, *MAGIC,
         BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
-        DOT_IEEE=x.dtype == torch.float32, X_SILU_MUL=silu_mul, FACTORED=factored,
+        DOT_IEEE=x.dtype == torch.float32, X_SILU_MUL=silu_mul,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
     )
     return out

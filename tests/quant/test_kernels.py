@@ -90,13 +90,10 @@ def test_int4_gemv_default_config(dtype, m, n, k, group, silu, seed):
     _close(int4_gemv_triton(x, qw, s, z, k, group, silu_mul=silu), int4_gemm_ref(xr, qw, s, z, k, group), dtype, seed)
 
 
-@pytest.mark.parametrize("use_dot,m,factored", [(False, 1, True), (True, 1, True), (True, 5, True), (True, 5, False)])
+@pytest.mark.parametrize("use_dot,m", [(False, 1), (True, 1), (True, 5)])
 @pytest.mark.parametrize("split_k", [1, 3])
 @pytest.mark.parametrize("k,block_k", [(256, 128), (384, 256), (320, 128)])
-def test_int4_gemv_configs_and_split_k(use_dot, m, factored, split_k, k, block_k, seed, monkeypatch):
-    import floorline.kernels.quant_int4 as q4
-
-    monkeypatch.setattr(q4, "DOT_FACTORED", factored)  # False: the dot path on scaled weights
+def test_int4_gemv_configs_and_split_k(use_dot, m, split_k, k, block_k, seed):
     qw, s, z = _int4(72, k, 64)
     x, _ = _x(m, k, torch.float32, False)
     cfg = QuantGemvConfig(block_n=16 if use_dot else 8, block_k=block_k, split_k=split_k, use_dot=use_dot)
