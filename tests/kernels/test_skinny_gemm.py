@@ -302,7 +302,7 @@ def test_residual_epilogue_and_norm_prologue_match_unfused(m, cfg, dtype, bias, 
     s_ref, ss_ref = skinny_gemm_fused_ref(x, w, b, residual=residual)
     assert ss.shape == (m, triton_cdiv(72, cfg.block_n)) and ss.dtype == torch.float32
     _assert_close(s, s_ref, TOL[dtype], seed)
-    _assert_close(ss.sum(1, keepdim=True), ss_ref, dict(rtol=1e-5, atol=1e-5), seed)
+    _assert_close(ss.sum(1, keepdim=True), ss_ref, dict(rtol=1e-4, atol=1e-4), seed)  # fp32 sum order
 
     _, w2, b2 = _inputs(m, 72, 40, dtype, bias)
     nw = (1 + 0.3 * torch.randn(72)).to(dtype)
