@@ -28,6 +28,22 @@ def test_stream_deltas_add_up_to_decode(llm):
     assert "".join(deltas) == last.outputs[0].text == llm.tokenizer.decode(last.outputs[0].token_ids)
 
 
+def test_stream_deltas_of_n_completions_add_up_when_they_finish_apart(llm):
+    """A child that stopped reports no delta while its siblings go on (it used to repeat its last one)."""
+    params = SamplingParams(n=3, temperature=1.0, seed=5, max_tokens=30, stop=[" the"], ignore_eos=True)
+    texts, ids, last = {}, {}, None
+    for out in llm.stream("Tell me about the history of the city:", params):
+        for c in out.outputs:
+            texts[c.index] = texts.get(c.index, "") + c.delta_text
+            ids[c.index] = ids.get(c.index, []) + c.delta_token_ids
+        last = out
+    assert last.finished
+    lengths = {len(c.token_ids) for c in last.outputs}
+    assert len(lengths) > 1  # the children did finish apart (else the test shows nothing)
+    for c in last.outputs:
+        assert texts[c.index] == c.text and ids[c.index] == c.token_ids
+
+
 def test_stop_string_is_never_emitted(llm):
     base = llm.generate(["The capital of France is"], SamplingParams(temperature=0, max_tokens=30))[0]
     text = base.outputs[0].text
