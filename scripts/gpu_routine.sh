@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# The GPU testing routine, in one call on the GPU machine (see docs/GPU.md):
+# The GPU testing routine, in one call on the GPU machine:
 #   1. the GPU test suite (bf16 kernels vs references, graphs vs eager, engine vs the CPU path);
 #   2. the skinny-GEMM sweep against cuBLAS (STAGES contains "gemv");
-#   3. the decode benchmark at the issue's contexts (STAGES contains "decode").
-# Logs go to $OUT (or ./gpu_out); the last lines printed are the tables.
+#   3. the decode benchmark at the issue's contexts (STAGES contains "decode");
+#   4. quantized GEMVs per format, bitsandbytes side by side when it is importable (".bnb" carried,
+#      an unpacked bitsandbytes wheel) (STAGES contains "quant");
+#   5. the throughput benchmark at 256 and 512 sequences (STAGES contains "throughput").
+# Default STAGES: "tests decode". Logs go to $OUT (or ./gpu_out); the last lines printed are the tables.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
-STAGES=${STAGES:-"tests gemv decode"}
+STAGES=${STAGES:-"tests decode"}
 MODEL=${MODEL:-llama-3.1-8b}
 CONTEXTS=${CONTEXTS:-2048,4096,8192,16384}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+if [ -d .bnb ]; then export PYTHONPATH=$PYTHONPATH:$PWD/.bnb; fi
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
@@ -29,6 +33,16 @@ if [[ $STAGES == *decode* ]]; then
     ctx=$CONTEXTS; [ "$mode" = eager ] && ctx=${EAGER_CONTEXTS:-2048}
     timeout ${DECODE_TIMEOUT:-110} python3 -m floorline.cli bench decode --model "$MODEL" --load-format dummy --contexts "$ctx" \
       $flag --json "$OUT/decode_$mode.json" 2>&1 | tee "$OUT/decode_$mode.log" | tail -12 || status=1
+  done
+fi
+if [[ $STAGES == *quant* ]]; then
+  timeout ${QUANT_TIMEOUT:-200} python3 -m floorline.bench.quant --m 1 4 16 2>&1 | tee "$OUT/quant.log" | tail -30 || status=1
+fi
+if [[ $STAGES == *throughput* ]]; then
+  for seqs in ${THROUGHPUT_SEQS:-256 512}; do
+    timeout ${THROUGHPUT_TIMEOUT:-120} python3 -m floorline.cli bench throughput --model "$MODEL" --load-format dummy \
+      --max-num-seqs "$seqs" --max-num-batched-tokens 8192 --json "$OUT/throughput_$seqs.json" 2>&1 \
+      | tee "$OUT/throughput_$seqs.log" | tail -6 || status=1
   done
 fi
 exit $status
