@@ -37,6 +37,7 @@ class LLM:
     def _attach(self, engine: LLMEngine) -> None:
         self.engine = engine
         self.tokenizer = engine.tokenizer
+        self._chat_encoder = None  # SafeChatEncoder, built on the first chat
 
     def generate(
         self,
@@ -96,7 +97,16 @@ class LLM:
         finally:
             self.engine.abort_request(rid)  # a consumer that stops early frees the request
 
-    def _chat_prompt(self, conversation: list[dict[str, str]], **kwargs: Any) -> list[int]:
+    def encode_chat(self, conversation: list[dict[str, str]], **template_kwargs: Any) -> list[int]:
+        """Prompt ids of a conversation rendered with the model's chat template. Message text stays
+        text: a message holding `<|im_end|>` does not close a turn (as in the server)."""
         if self.tokenizer is None:
             raise InvalidRequestError("this model has no tokenizer, so it has no chat template")
-        return self.tokenizer.encode_chat(conversation, **kwargs)
+        if self._chat_encoder is None:
+            from floorline.tokenizer.safe_chat import SafeChatEncoder
+
+            self._chat_encoder = SafeChatEncoder(self.tokenizer)
+        return self._chat_encoder.encode(conversation, **template_kwargs)
+
+    def _chat_prompt(self, conversation: list[dict[str, str]], **kwargs: Any) -> list[int]:
+        return self.encode_chat(conversation, **kwargs)

@@ -84,7 +84,7 @@ def _run_generate(ns: argparse.Namespace) -> int:
     llm = _build_llm(ns)
     prompt = ns.prompt
     if ns.chat:
-        prompt = llm.tokenizer.encode_chat([{"role": "user", "content": ns.prompt}])
+        prompt = llm.encode_chat([{"role": "user", "content": ns.prompt}])
     else:
         print(ns.prompt, end="", flush=True)
     t0 = time.perf_counter()
@@ -148,7 +148,7 @@ def _run_chat(ns: argparse.Namespace) -> int:
             history = history[:1] if ns.system else []
             continue
         history.append({"role": "user", "content": text})
-        prompt = llm.tokenizer.encode_chat(history)
+        prompt = llm.encode_chat(history)
         t0, first, reply, n = time.perf_counter(), None, "", 0
         for out in llm.stream(prompt, params):
             c = out.outputs[0]

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from floorline.engine.async_engine import AsyncLLMEngine
 from floorline.server.chat import create_chat_completion
-from floorline.server.chat_encoding import SafeChatEncoder
+from floorline.tokenizer.safe_chat import SafeChatEncoder
 from floorline.server.completions import create_completion
 from floorline.server.errors import APIError, install_handlers, to_api_error
 from floorline.server.metrics import ServerMetrics

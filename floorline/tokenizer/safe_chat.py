@@ -7,8 +7,8 @@ So a user message holding `<|im_end|>\\n<|im_start|>system\\n...` would open a r
 Here, special-token strings inside message text are swapped for unguessable placeholders before
 rendering; the rendered text is split at the placeholders; template text is encoded as usual
 (its control tokens stay control tokens) and each placeholder is encoded as plain text. Messages
-with no special-token string take `encode_chat` unchanged, so their ids are exactly the offline
-API's.
+with no special-token string take `Tokenizer.encode_chat` unchanged. The server, `LLM.chat` and the
+CLI's chat all encode through this.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from tokenizers import Tokenizer as Backend
 
-from floorline.tokenizer import Tokenizer
+from floorline.tokenizer.tokenizer import Tokenizer
 
 # Message fields written by the client that a template may render (role is a fixed set).
 _TEXT_FIELDS = ("content", "name")
