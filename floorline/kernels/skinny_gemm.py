@@ -20,6 +20,14 @@ Decode reads every weight once per step, so this op is bound by HBM bandwidth, n
   are allocated once per device (first eager call, or `prepare(device)` before graph capture) and
   reset by the kernel itself, so CUDA-graph replays need no memset. Split-K launches on one device
   must therefore be stream-ordered (the engine uses one stream).
+* Neighbours fused in (`skinny_gemm_triton`'s keyword arguments): the operand may be
+  silu(gate) * up (the down projection) or the RMSNorm of the residual stream (qkv, gate_up: the
+  norm weight multiplies x as it loads, 1/rms scales the accumulator after the loop, from fp32
+  partial sums of squares that the producing GEMV wrote); the output may be y + residual with those
+  partials (o_proj, down). So a Llama layer's decode needs no norm or add kernel.
+* With PDL the program first lets the next kernel launch (`gdc_launch_dependents`), then loads its
+  first weight tile, and only then waits for the previous kernel (`gdc_wait`): weights never depend
+  on earlier kernels, so the weight stream starts while the previous kernel drains.
 * Launch configs come from a table keyed by (N, K, M-bucket) that the benchmark fills
   (`python -m floorline.bench.kernels --sweep --out f.json`), else from a heuristic; never autotuned
   at run time, so start-up stays short and graph capture never benchmarks.
