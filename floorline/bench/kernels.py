@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         for f in failures:
             print("  " + f)
     if args.sweep:
-        print("\n# paste into TUNED_CONFIGS in floorline/kernels/skinny_gemm.py:")
+        print("\n# paste into TUNED_CONFIGS (or H200_CONFIGS) in floorline/kernels/skinny_gemm_configs.py:")
         for r in rows:
             if r.best is not None:
                 print(f"    ({r.n}, {r.k}, {m_bucket(r.m)}): {r.best!r},")

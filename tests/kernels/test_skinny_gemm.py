@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import floorline.kernels.skinny_gemm as sg
+import floorline.kernels.skinny_gemm_configs as sgc
 from floorline.kernels.skinny_gemm import (
     SkinnyConfig,
     auto_split_k,
@@ -147,7 +148,7 @@ def test_heuristic_config_and_split_k():
 
 
 def test_tuned_table_overrides_heuristic(monkeypatch, tmp_path):
-    monkeypatch.setattr(sg, "TUNED_CONFIGS", {})
+    monkeypatch.setattr(sgc, "TUNED_CONFIGS", {})
     tuned = SkinnyConfig(block_n=32, block_k=128, split_k=2, num_warps=8, num_stages=5, use_dot=True)
     set_tuned_config(6144, 4096, 4, tuned)
     assert get_config(6144, 4096, 3, "cpu") == tuned
@@ -183,7 +184,7 @@ def test_benchmark_sweep_logic_runs_in_the_interpreter(monkeypatch, tmp_path):
     bench.print_table(rows, bw=2.88e12)
     out = tmp_path / "best.json"
     bench.write_json(rows, 2.88e12, out, gpu="cpu")
-    monkeypatch.setattr(sg, "TUNED_CONFIGS", {})
+    monkeypatch.setattr(sgc, "TUNED_CONFIGS", {})
     assert load_tuned_configs(out) == 2
     assert get_config(72, 64, 2, "cpu") == rows[1].best
 
