@@ -4,6 +4,8 @@ A decode step is ~350 small kernels; each one's launch latency and CTA ramp-up o
 between two memory-bound kernels. Kernels launched with `launch_pdl` start early and block in
 `gdc_wait()` (their first statement) until the previous kernel has finished and its writes are
 visible, so the overlap is safe for any data dependency. Set FLOORLINE_PDL=0 to turn it off.
+Kernels that also trigger early launch (`early_launch_args`) let their successor's programs become
+resident while they still run; FLOORLINE_PDL_EARLY=0 turns that part off.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def pdl_args(device: torch.device) -> dict:
 def early_launch_args(device: torch.device) -> dict:
     """`pdl_args` plus the EARLY_LAUNCH constexpr: the kernel calls `gdc_launch_dependents` first, so
     the next kernel launches once all of this one's programs have started (FLOORLINE_PDL_EARLY=0: off).
-    Only kernels whose every read of earlier results follows their `gdc_wait` may be followed early."""
+    Safe because every kernel launched with PDL reads earlier kernels' results only after its own
+    `gdc_wait`, which returns once its predecessor (and so, transitively, every earlier kernel) is done."""
     args = pdl_args(device)
     early = args["USE_PDL"] and gdc_launch_dependents is not None and os.environ.get("FLOORLINE_PDL_EARLY", "1") != "0"
     return dict(args, EARLY_LAUNCH=early)
