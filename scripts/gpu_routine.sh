@@ -3,8 +3,10 @@
 #   1. the GPU test suite (bf16 kernels vs references, graphs vs eager, engine vs the CPU path);
 #   2. the skinny-GEMM sweep against cuBLAS (STAGES contains "gemv");
 #   3. the decode benchmark at the contexts (STAGES contains "decode");
-#   4. quantized GEMVs per format, bitsandbytes side by side when it is importable (".bnb" carried,
-#      an unpacked bitsandbytes wheel) (STAGES contains "quant");
+#   4. quantized GEMVs per format, bitsandbytes side by side when it is importable (STAGES contains
+#      "quant"). To have it, carry ".bnb" (ignored): `pip download --no-deps --only-binary=:all:
+#      --python-version 3.12 --platform manylinux_2_24_x86_64 bitsandbytes==0.50.2`, unzip the wheel
+#      into .bnb/ and delete every libbitsandbytes_*.so but cuda130 (4 MB instead of 43);
 #   5. the throughput benchmark at 256 and 512 sequences (STAGES contains "throughput");
 #   6. A/B of the decode-path switches (STAGES contains "ab"): bench decode at 2048 and 16384 and
 #      the bf16 GEMV rows of bench.quant under FLOORLINE_FUSE / FLOORLINE_PDL_EARLY /
