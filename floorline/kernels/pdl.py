@@ -2,8 +2,9 @@
 
 A decode step is ~350 small kernels; each one's launch latency and CTA ramp-up otherwise sits
 between two memory-bound kernels. Kernels launched with `launch_pdl` start early and block in
-`gdc_wait()` (their first statement) until the previous kernel has finished and its writes are
-visible, so the overlap is safe for any data dependency. Set FLOORLINE_PDL=0 to turn it off.
+`gdc_wait()` until the previous kernel has finished and its writes are visible; nothing an earlier
+kernel wrote is read before it (the GEMV loads only weights first), so the overlap is safe for any
+data dependency. Set FLOORLINE_PDL=0 to turn it off.
 Kernels that also trigger early launch (`early_launch_args`) let their successor's programs become
 resident while they still run; FLOORLINE_PDL_EARLY=0 turns that part off.
 """

@@ -116,6 +116,14 @@ def _epilogue(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, ws_ptr, cnt_ptr, til
 
 
 @triton.jit
+def _dot(a, b, acc, DOT_IEEE: tl.constexpr):
+    """acc + a @ b on tensor cores; fp32 inputs (DOT_IEEE) take exact products, not tf32."""
+    if DOT_IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
 def _load_ss_parts(ss_ptr, num_ss, M, BLOCK_M: tl.constexpr, SS_BLOCK: tl.constexpr):
     """The producer's [M, num_ss <= SS_BLOCK] fp32 partial sums of s^2, in one load."""
     rm = tl.arange(0, BLOCK_M)
@@ -233,11 +241,7 @@ def _skinny_gemm_kernel(
         x_ptrs = x_ptr + rm[:, None] * stride_xm + (k_start + rk)[None, :]  # [BLOCK_M, BLOCK_K]
         a = _operand(x_ptrs, nw_ptrs[None, :], m_mask[:, None] & k_mask[None, :], K, True, X_SILU_MUL,
                      X_NORM).to(w_first.dtype)
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        if DOT_IEEE:  # fp32 inputs: exact products, not tf32
-            acc = tl.dot(a, w_first, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, w_first, acc)
+        acc = _dot(a, w_first, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), DOT_IEEE)
         for k in tl.range(k_start + BLOCK_K, k_end, BLOCK_K, num_stages=NUM_STAGES):
             x_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
@@ -247,10 +251,7 @@ def _skinny_gemm_kernel(
             # x rows past M are masked (never fetched); so is the K tail
             a = _operand(x_ptrs, nw_ptrs[None, :], m_mask[:, None] & kk_mask[None, :], K, True, X_SILU_MUL,
                          X_NORM).to(b.dtype)
-            if DOT_IEEE:
-                acc = tl.dot(a, b, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, b, acc)
+            acc = _dot(a, b, acc, DOT_IEEE)
         if X_NORM:
             acc = acc * _rstd(ss_parts, K, eps)[:, None]
         c_offs = rm[:, None] * N + rn[None, :]
@@ -306,24 +307,23 @@ def skinny_gemm_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None 
     return F.linear(x.float(), w.float(), None if bias is None else bias.float()).to(x.dtype)
 
 
-def _check_fusions(x: torch.Tensor, n: int, norm_weight, norm_ss, residual, silu_mul: bool) -> None:
+def _fusion_problem(x: torch.Tensor, n: int, norm_weight, norm_ss, residual, silu_mul: bool) -> str | None:
+    """What makes these fusions unusable for operand x [M, K] and N outputs, or None (layouts only)."""
     m, k = x.shape
     if norm_weight is not None or norm_ss is not None:
         if silu_mul:
-            raise ValueError("skinny_gemm: silu_mul and an RMSNorm operand are exclusive")
+            return "silu_mul and an RMSNorm operand are exclusive"
         if norm_weight is None or norm_ss is None:
-            raise ValueError("skinny_gemm: an RMSNorm operand needs both norm_weight and norm_ss")
+            return "an RMSNorm operand needs both norm_weight and norm_ss"
         if tuple(norm_weight.shape) != (k,) or norm_weight.stride(0) != 1 or norm_weight.device != x.device:
-            raise ValueError(f"skinny_gemm: norm_weight must be a contiguous [{k}] tensor on x's device, "
-                             f"got {tuple(norm_weight.shape)}")
+            return f"norm_weight must be a contiguous [{k}] tensor on x's device, got {tuple(norm_weight.shape)}"
         if (norm_ss.dim() != 2 or norm_ss.shape[0] != m or norm_ss.dtype != torch.float32
                 or not norm_ss.is_contiguous() or norm_ss.device != x.device):
-            raise ValueError(f"skinny_gemm: norm_ss must be contiguous fp32 [{m}, parts], got "
-                             f"{tuple(norm_ss.shape)} {norm_ss.dtype}")
+            return f"norm_ss must be contiguous fp32 [{m}, parts], got {tuple(norm_ss.shape)} {norm_ss.dtype}"
     if residual is not None and (tuple(residual.shape) != (m, n) or residual.dtype != x.dtype
                                  or not residual.is_contiguous() or residual.device != x.device):
-        raise ValueError(f"skinny_gemm: residual must be contiguous {x.dtype} [{m}, {n}], got "
-                         f"{tuple(residual.shape)} {residual.dtype}")
+        return f"residual must be contiguous {x.dtype} [{m}, {n}], got {tuple(residual.shape)} {residual.dtype}"
+    return None
 
 
 def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -346,7 +346,9 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
     _check(x, w, bias)
     m, k = x.shape
     n = w.shape[0]
-    _check_fusions(x, n, norm_weight, norm_ss, residual, silu_mul)
+    problem = _fusion_problem(x, n, norm_weight, norm_ss, residual, silu_mul)
+    if problem:
+        raise ValueError(f"skinny_gemm: {problem}")
     if m > MAX_M:
         raise ValueError(f"skinny_gemm: the Triton kernel takes M <= {MAX_M} rows, got {m}")
     if x.dtype not in _KERNEL_DTYPES:
@@ -356,7 +358,8 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
     if x.stride(1) != 1 or w.stride(1) != 1 or (bias is not None and bias.stride(0) != 1):
         raise ValueError("skinny_gemm: x, w and bias need a contiguous last dim (stride 1)")
     if m == 0 or n == 0 or k == 0:  # nothing to stream: the reference handles the empty cases
-        return _fused_ref(x_in, w, bias, silu_mul, norm_weight, eps, residual)
+        return skinny_gemm_fused_ref(x_in, w, bias, silu_mul=silu_mul, norm_weight=norm_weight, eps=eps,
+                                     residual=residual)
     cfg = config or get_config(n, k, m, x.device)
     if not cfg.use_dot and m != 1:
         raise ValueError(f"skinny_gemm: the FMA path (use_dot=False) handles M == 1 only, got M = {m}")
@@ -394,8 +397,10 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
     return out if residual is None else (out, ss_out)
 
 
-def _fused_ref(x, w, bias, silu_mul, norm_weight, eps, residual):
-    """`skinny_gemm_triton`'s contract in plain PyTorch (ss as one partial per row)."""
+def skinny_gemm_fused_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
+                          silu_mul: bool = False, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+                          residual: torch.Tensor | None = None):
+    """Reference for the fusions of `skinny_gemm_triton`; `ss` comes back as one [M, 1] partial per row."""
     if silu_mul:
         from floorline.kernels.activation import silu_and_mul_ref
 
@@ -409,13 +414,6 @@ def _fused_ref(x, w, bias, silu_mul, norm_weight, eps, residual):
         return y
     s = y + residual  # rounded to the dtype, as the unfused model does
     return s, s.float().pow(2).sum(1, keepdim=True)
-
-
-def skinny_gemm_fused_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
-                          silu_mul: bool = False, norm_weight: torch.Tensor | None = None, eps: float = 0.0,
-                          residual: torch.Tensor | None = None):
-    """Reference for the fusions of `skinny_gemm_triton`; `ss` comes back as one [M, 1] partial per row."""
-    return _fused_ref(x, w, bias, silu_mul, norm_weight, eps, residual)
 
 
 def shape_supported(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
@@ -467,19 +465,8 @@ def fusion_supported(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
     if not FUSE_NEIGHBOURS:
         return False
     if silu_mul:
-        if x.dim() != 2 or x.shape[1] != 2 * w.shape[1] or norm_weight is not None:
+        if x.dim() != 2 or x.shape[1] != 2 * w.shape[1]:
             return False
         x = x[:, : w.shape[1]]
-    if not triton_supported(x, w, bias):
-        return False
-    m, k = x.shape
-    if norm_weight is not None:
-        if (norm_ss is None or tuple(norm_weight.shape) != (k,) or norm_weight.stride(0) != 1
-                or norm_weight.device != x.device or norm_ss.dtype != torch.float32
-                or norm_ss.dim() != 2 or norm_ss.shape[0] != m or not norm_ss.is_contiguous()):
-            return False
-    if residual is not None:
-        if (tuple(residual.shape) != (m, w.shape[0]) or residual.dtype != x.dtype
-                or not residual.is_contiguous() or residual.device != x.device):
-            return False
-    return True
+    return triton_supported(x, w, bias) and _fusion_problem(x, w.shape[0], norm_weight, norm_ss, residual,
+                                                            silu_mul) is None

@@ -82,11 +82,12 @@ def _is_h200(device_index: int) -> bool:
     return "H200" in torch.cuda.get_device_name(device_index)
 
 
-def _tuned_table(device: torch.device) -> dict[tuple[int, int, int], SkinnyConfig]:
-    """The H100 table, with the H200's own entries over it on an H200."""
-    if device.type == "cuda" and _is_h200(device.index if device.index is not None else torch.cuda.current_device()):
-        return {**TUNED_CONFIGS, **H200_CONFIGS}
-    return TUNED_CONFIGS
+def _tuned(key: tuple[int, int, int], device: torch.device) -> SkinnyConfig | None:
+    """The table entry for `key`: the H200's own where it has one (on an H200), else the H100 table's."""
+    if device.type == "cuda" and key in H200_CONFIGS:
+        if _is_h200(device.index if device.index is not None else torch.cuda.current_device()):
+            return H200_CONFIGS[key]
+    return TUNED_CONFIGS.get(key)
 
 
 def m_bucket(m: int) -> int:
@@ -126,7 +127,7 @@ def heuristic_config(n: int, k: int, m: int, num_sms: int = 132) -> SkinnyConfig
 
 def get_config(n: int, k: int, m: int, device: torch.device | str = "cuda") -> SkinnyConfig:
     """The config `skinny_gemm` launches for this shape: the tuned table entry, else the heuristic."""
-    tuned = _tuned_table(torch.device(device)).get((n, k, m_bucket(m)))
+    tuned = _tuned((n, k, m_bucket(m)), torch.device(device))
     if tuned is not None and (tuned.use_dot or m == 1):
         return tuned
     return heuristic_config(n, k, m, num_sms_of(torch.device(device)))

@@ -340,8 +340,24 @@ def test_fusion_arguments_are_checked():
     with pytest.raises(ValueError, match="exclusive"):
         skinny_gemm_triton(torch.randn(2, 128), w, silu_mul=True, norm_weight=torch.ones(64), norm_ss=ss)
     assert not fusion_supported(x, w, residual=torch.ones(2, 72))  # CPU: never the fused path
-    xh, wh = x.half(), w.half()
-    assert sg.shape_supported(xh, wh) and not fusion_supported(xh, wh, residual=torch.ones(2, 72).half())
+
+
+def test_fusion_supported_applies_the_launcher_layout_rules(monkeypatch):
+    """With the device rule lifted, `fusion_supported` says yes exactly where the launcher accepts."""
+    from floorline.kernels.skinny_gemm import fusion_supported
+
+    monkeypatch.setattr(sg, "triton_supported", sg.shape_supported)
+    x, w, _ = _inputs(2, 64, 72, torch.float16, bias=False)
+    assert fusion_supported(x, w, residual=torch.ones(2, 72).half())
+    assert not fusion_supported(x, w, residual=torch.ones(2, 71).half())
+    assert not fusion_supported(x, w, residual=torch.ones(2, 72))  # dtype
+    ss = torch.ones(2, 9)
+    assert fusion_supported(x, w, norm_weight=torch.ones(64).half(), norm_ss=ss)
+    assert not fusion_supported(x, w, norm_weight=torch.ones(64).half(), norm_ss=ss.half())
+    assert not fusion_supported(torch.randn(2, 128).half(), w, silu_mul=True, norm_weight=torch.ones(64).half(),
+                                norm_ss=ss)
+    monkeypatch.setattr(sg, "FUSE_NEIGHBOURS", False)
+    assert not fusion_supported(x, w, residual=torch.ones(2, 72).half())
 
 
 def triton_cdiv(a: int, b: int) -> int:
