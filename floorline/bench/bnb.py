@@ -58,11 +58,6 @@ class BnbLayer:
         return sum(t.numel() * t.element_size() for t in parts)
 
 
-def copies(w: torch.Tensor, count: int) -> list[BnbLayer]:
-    first = BnbLayer(w)
-    return [first] + [BnbLayer(w) for _ in range(count - 1)]
-
-
 def time_calls(calls: list[Callable[[], object]], graph_timer: Callable) -> tuple[float, str]:
     """Seconds per call: `graph_timer` (CUDA-graph replays) if the calls capture, else events around launches."""
     try:

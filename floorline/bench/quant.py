@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from floorline.bench import bnb
-from floorline.bench.kernels import SHAPES, read_bandwidth, rel_error, time_per_call
+from floorline.bench.kernels import SHAPES, read_bandwidth, rel_error, split_variants, time_per_call
 from floorline.kernels.quant_common import QuantGemvConfig, get_config
 from floorline.kernels.skinny_gemm import (
     auto_split_k,
@@ -83,7 +83,7 @@ def build_layers(fmt: str, k: int, n: int, device: torch.device, l2_bytes: int, 
     if fmt == "bnb-nf4":
         first = bnb.BnbLayer(w)
         nbytes = first.nbytes()
-        return bnb.copies(w, max(1, -(-3 * l2_bytes // nbytes))), w, nbytes
+        return [first] + [bnb.BnbLayer(w) for _ in range(max(1, -(-3 * l2_bytes // nbytes)) - 1)], w, nbytes
     if fmt == "bf16":
         first = Linear(k, [n], dtype=dtype, device=device)
         first.load(0, "weight", w)
@@ -145,13 +145,8 @@ def check_format(fmt: str, layer, w: torch.Tensor, ms: tuple[int, ...]) -> list[
         x = torch.randn(m, 2 * k if silu else k, device=w.device).to(w.dtype)
         if fmt in ("fp8-w8a8", "bnb-nf4") and silu:
             continue
-        if fmt == "bnb-nf4":
-            err = rel_error(layer(x), F.linear(x.float(), ref_w))
-            if not err < MAX_REL_ERROR:
-                failures.append(f"{fmt} K={k} N={layer.out_features} M={m}: relative error {err:.3g}")
-            continue
         if m > 16:
-            out = layer(x)  # prefill: the dequantized weight (or W8A8) and cuBLAS
+            out = layer(x)  # prefill: the dequantized weight (or W8A8, or bitsandbytes) and cuBLAS
         else:
             out = _call(fmt, layer, x, silu_mul=silu)
         xr = silu_and_mul(x) if silu else x
@@ -183,12 +178,6 @@ def sweep_candidates(fmt: str, m: int) -> list[QuantGemvConfig]:
     return [QuantGemvConfig(bn, bk, 1, w, s, False) for bn, bk, w, s in tiles]
 
 
-def split_variants(best: QuantGemvConfig, n: int, k: int) -> list[QuantGemvConfig]:
-    """The best config at other split counts (at most 3): short grids and long K want a different split."""
-    k_blocks = -(-k // best.block_k)
-    return [dataclasses.replace(best, split_k=s) for s in (1, 2, 4, 8) if s != best.split_k and k_blocks // s >= 1][:3]
-
-
 def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, l2: int, sweep: bool,
                 deadline: float, kn: tuple[int, int] | None = None,
                 dtype: torch.dtype = torch.bfloat16) -> tuple[list[Row], list[str]]:
@@ -206,8 +195,8 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
         x = torch.randn(m, k, device=device).to(dtype)
         calls = [lambda l=l, x=x: _call(fmt, l, x) for l in layers]
         if fmt == "bnb-nf4":
-            row.seconds, row.config = bnb.time_calls(calls, time_per_call)
-            row.config = f"bitsandbytes {bnb.version()} matmul_4bit, timed by {row.config}"
+            row.seconds, how = bnb.time_calls(calls, time_per_call)
+            row.config = f"bitsandbytes {bnb.version()} matmul_4bit, timed by {how}"
         else:
             row.seconds = time_per_call(calls)
         kernel_fmt = "nf4" if fmt in NF4_LOOKUP else fmt
@@ -270,17 +259,19 @@ def print_tables(rows: list[Row], bw: float, lm_head: dict[int, float]) -> None:
     print(f"{'format':<10} {'M':>3} {'ms':>8} {'floor ms':>9} {'x floor':>7} {'vs bf16':>7}")
     fmts = list(dict.fromkeys(r.fmt for r in rows))
     ms = sorted({r.m for r in rows})
-    totals = {}
+    totals, floors = {}, {}
     for fmt in fmts:
         for m in ms:
             sel = [r for r in rows if r.fmt == fmt and r.m == m and r.shape in LAYER_SHAPES]
             if len(sel) != len(LAYER_SHAPES) or any(r.failure for r in sel):
                 continue
-            t = NUM_LAYERS * sum(r.seconds for r in sel) + lm_head.get(m, 0.0)
-            fl = (NUM_LAYERS * sum(r.nbytes for r in sel) + SHAPES["lm_head"][0] * SHAPES["lm_head"][1] * 2) / bw
-            totals[(fmt, m)] = t
-            speed = totals.get(("bf16", m), math.nan) / t
-            print(f"{fmt:<10} {m:>3} {t * 1e3:>8.3f} {fl * 1e3:>9.3f} {t / fl:>7.2f} {speed:>6.2f}x")
+            totals[(fmt, m)] = NUM_LAYERS * sum(r.seconds for r in sel) + lm_head.get(m, 0.0)
+            floors[(fmt, m)] = (NUM_LAYERS * sum(r.nbytes for r in sel)
+                                + SHAPES["lm_head"][0] * SHAPES["lm_head"][1] * 2) / bw
+    for (fmt, m), t in totals.items():  # after the loop: bf16 need not come first in --formats
+        fl = floors[(fmt, m)]
+        speed = totals.get(("bf16", m), math.nan) / t
+        print(f"{fmt:<10} {m:>3} {t * 1e3:>8.3f} {fl * 1e3:>9.3f} {t / fl:>7.2f} {speed:>6.2f}x")
     print_bnb_ratios(rows, totals)
 
 
