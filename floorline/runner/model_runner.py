@@ -18,12 +18,11 @@ from floorline.sampling_params import SamplingParams
 
 @dataclass
 class _RequestState:
-    """The runner's own copy of a request: every known token and where its KV lives."""
+    """The runner's own copy of a request: every known token (its block ids are rows of `ModelRunner.block_tables`)."""
 
     token_ids: list[int]
     num_prompt_tokens: int
     params: SamplingParams
-    block_ids: list[int]
     num_computed_tokens: int
     eos_token_ids: frozenset[int] = frozenset()
     generator: torch.Generator | None = None
@@ -76,7 +75,7 @@ class ModelRunner:
         self.eos_token_ids = eos_token_ids
         self.sampler = Sampler()
         self.requests: dict[str, _RequestState] = {}
-        self.block_tables = BlockTables()  # the same block ids as the states', as rows of one array
+        self.block_tables = BlockTables()  # each request's block ids, as rows of one array
         self.graphs: DecodeGraphs | None = None
         self._last_sampled: torch.Tensor | None = None  # [num_sampled] token ids of the last launched step
         self._last_rows: dict[str, int] = {}  # request id -> row of _last_sampled
@@ -101,13 +100,12 @@ class ModelRunner:
                 gen = torch.Generator(device=self.device).manual_seed(params.seed)
             self.requests[new.request_id] = _RequestState(
                 token_ids=list(new.token_ids), num_prompt_tokens=new.num_prompt_tokens, params=params,
-                block_ids=list(new.block_ids), num_computed_tokens=new.num_computed_tokens,
+                num_computed_tokens=new.num_computed_tokens,
                 eos_token_ids=self.eos_token_ids, generator=gen,
             )
             self.block_tables.add(new.request_id, new.block_ids)
         for cached in out.cached_requests:
             state = self.requests[cached.request_id]
-            state.block_ids.extend(cached.new_block_ids)
             self.block_tables.extend(cached.request_id, cached.new_block_ids)
             state.num_computed_tokens = cached.num_computed_tokens
 
