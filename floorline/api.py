@@ -81,7 +81,7 @@ class LLM:
     ) -> list[RequestOutput]:
         """Applies the model's chat template to one conversation or a list of them, then generates."""
         conversations = messages if messages and isinstance(messages[0], list) else [messages]
-        prompts = [self._chat_prompt(conv, **template_kwargs) for conv in conversations]
+        prompts = [self.encode_chat(conv, **template_kwargs) for conv in conversations]
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def stream(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:
@@ -107,6 +107,3 @@ class LLM:
 
             self._chat_encoder = SafeChatEncoder(self.tokenizer)
         return self._chat_encoder.encode(conversation, **template_kwargs)
-
-    def _chat_prompt(self, conversation: list[dict[str, str]], **kwargs: Any) -> list[int]:
-        return self.encode_chat(conversation, **kwargs)

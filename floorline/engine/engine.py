@@ -218,7 +218,6 @@ class LLMEngine:
     def _process(self, updates) -> list[RequestOutput]:
         now = time.perf_counter()
         touched: dict[str, RequestState] = {}
-        updated: set[str] = set()  # children with news this step; the others' deltas are empty
         for up in updates:
             parent_id = self._child_to_parent.get(up.request_id)
             if parent_id is None:
@@ -236,14 +235,9 @@ class LLMEngine:
                 child.output.finish_reason, child.output.stop_reason = finish_reason, stop_reason
             child.flush(finished=finish_reason is not None)
             touched[parent_id] = state
-            updated.add(up.request_id)
         outputs = []
         for parent_id, state in touched.items():
-            for cid, child in state.children.items():
-                if cid not in updated:  # e.g. finished while a sibling goes on: nothing new to report
-                    child.output.delta_text, child.output.delta_token_ids = "", []
-            out = state.make_output()
-            out.outputs = [c.snapshot() for c in out.outputs]
+            out = state.take_output()
             if out.finished:
                 state.metrics.finished_time = now
                 del self.requests[parent_id]

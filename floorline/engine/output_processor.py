@@ -117,8 +117,14 @@ class RequestState:
     def finished(self) -> bool:
         return all(c.output.finished for c in self.children.values())
 
-    def make_output(self) -> RequestOutput:
+    def take_output(self) -> RequestOutput:
+        """What to report now: snapshots of the children's outputs. Their deltas are then cleared, so a
+        child with no news at the next report (one that stopped while a sibling goes on) says nothing."""
+        outputs = []
+        for c in self.children.values():
+            outputs.append(c.output.snapshot())
+            c.output.delta_text, c.output.delta_token_ids = "", []
         return RequestOutput(
             request_id=self.request_id, prompt=self.prompt, prompt_token_ids=self.prompt_token_ids,
-            outputs=[c.output for c in self.children.values()], finished=self.finished, metrics=self.metrics,
+            outputs=outputs, finished=self.finished, metrics=self.metrics,
         )
