@@ -257,7 +257,11 @@ def measure_decode(engine, context: int, batch: int = 1, num_steps: int = 32, wa
             except Exception as e:  # the profiler is optional: timing stands without it
                 result.notes.append(f"profiling {mode} failed: {type(e).__name__}: {e}")
         _pick_profile(result, profiles)
-        if _early_launch_on():
+        import torch
+
+        from floorline.kernels.pdl import early_launch_enabled
+
+        if torch.cuda.is_available() and early_launch_enabled(engine.device):
             result.notes.append("early launch is on: a kernel's profiled time includes its wait for the previous "
                                 "kernel, so per-class times overlap (FLOORLINE_PDL_EARLY=0 gives a breakdown)")
     finally:
@@ -265,16 +269,6 @@ def measure_decode(engine, context: int, batch: int = 1, num_steps: int = 32, wa
         for rid in request_ids:
             engine.abort_request(rid)
     return result
-
-
-def _early_launch_on() -> bool:
-    import torch
-
-    from floorline.kernels.pdl import early_launch_args
-
-    if not torch.cuda.is_available():
-        return False
-    return bool(early_launch_args(torch.device("cuda", torch.cuda.current_device())).get("EARLY_LAUNCH"))
 
 
 def _pick_profile(result: DecodeMeasurement, profiles: dict[str, KernelProfile]) -> None:

@@ -242,13 +242,13 @@ def _decode_merge_kernel(
     lse = tl.load(part_lse_ptr + base + idx, mask=idx < num_active, other=float("-inf"))
     lse_max = tl.max(lse, 0)
     lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)  # empty sequence: all weights 0
-    denom = tl.sum(tl.exp2(lse - lse_max), 0)
+    weight = tl.exp2(lse - lse_max)  # [SPLITS_PAD]; 0 for the splits that held no KV (lse -inf)
+    denom = tl.sum(weight, 0)
     d = tl.arange(0, D_PAD)
     d_ok = d < HEAD_DIM
     # All splits' partial outputs in one [SPLITS_PAD, D_PAD] load: one memory latency, not one a split.
     part = tl.load(part_o_ptr + (base + idx)[:, None] * HEAD_DIM + d[None, :],
                    mask=(idx < num_active)[:, None] & d_ok[None, :], other=0.0)
-    weight = tl.where(idx < num_active, tl.exp2(lse - lse_max), 0.0)
     acc = tl.sum(weight[:, None] * part, axis=0)
     o = tl.where(denom > 0, acc / tl.where(denom > 0, denom, 1.0), 0.0)
     tl.store(out_ptr + seq * stride_ot + head * stride_oh + d, o.to(out_ptr.dtype.element_ty), mask=d_ok)

@@ -25,7 +25,7 @@ try:  # lets the next kernel launch before this one ends (kernels that prefetch 
 except ImportError:
     gdc_launch_dependents = None
 
-__all__ = ["gdc_launch_dependents", "gdc_wait", "pdl_enabled", "pdl_args", "early_launch_args"]
+__all__ = ["gdc_launch_dependents", "gdc_wait", "pdl_enabled", "pdl_args", "early_launch_args", "early_launch_enabled"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,6 +51,9 @@ def early_launch_args(device: torch.device) -> dict:
     the next kernel launches once all of this one's programs have started (FLOORLINE_PDL_EARLY=0: off).
     Safe because every kernel launched with PDL reads earlier kernels' results only after its own
     `gdc_wait`, which returns once its predecessor (and so, transitively, every earlier kernel) is done."""
-    args = pdl_args(device)
-    early = args["USE_PDL"] and gdc_launch_dependents is not None and os.environ.get("FLOORLINE_PDL_EARLY", "1") != "0"
-    return dict(args, EARLY_LAUNCH=early)
+    return dict(pdl_args(device), EARLY_LAUNCH=early_launch_enabled(device))
+
+
+def early_launch_enabled(device: torch.device) -> bool:
+    return (pdl_enabled(device) and gdc_launch_dependents is not None
+            and os.environ.get("FLOORLINE_PDL_EARLY", "1") != "0")
