@@ -24,14 +24,15 @@ import torch.nn.functional as F
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
     DOT_BLOCK_M,
+    DOT_MIN_K,
     QuantGemvConfig,
     check_config,
     geometry,
     get_config,
     operand,
 )
-from floorline.kernels.quant_packing import pack_int4, unpack_int4
-from floorline.kernels.skinny_gemm import _epilogue, _silu_mul
+from floorline.kernels.quant_packing import unpack_int4
+from floorline.kernels.skinny_gemm import _epilogue, _operand
 from floorline.kernels.triton_compat import tl, triton
 
 
@@ -74,15 +75,7 @@ def _load_group_params(s_ptr, z_ptr, g, rn_w, N, num_groups, EVEN_K: tl.constexp
 @triton.jit
 def _load_x(ptrs, mask, K, X_SILU_MUL: tl.constexpr, MASKED: tl.constexpr = True):
     """x elements (with `X_SILU_MUL`, silu(gate) * up of x [M, 2K]); MASKED=False: no predication."""
-    if MASKED:
-        a = tl.load(ptrs, mask=mask, other=0.0)
-        if X_SILU_MUL:
-            a = _silu_mul(a, tl.load(ptrs + K, mask=mask, other=0.0))
-    else:
-        a = tl.load(ptrs)
-        if X_SILU_MUL:
-            a = _silu_mul(a, tl.load(ptrs + K))
-    return a
+    return _operand(ptrs, None, mask, K, MASKED, X_SILU_MUL, False)
 
 
 @triton.jit
@@ -274,16 +267,6 @@ def _check(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: 
                              f"got {tuple(t.shape)} {t.dtype}")
 
 
-def pack_int4_rows(codes: torch.Tensor, group: int) -> torch.Tensor:
-    """[N, Kp] codes 0..15 -> the int32 words the kernels read."""
-    return pack_int4(codes, group)
-
-
-def unpack_int4_rows(qweight: torch.Tensor, group: int) -> torch.Tensor:
-    """int32 words [N, Kp / 8] -> [N, Kp] codes 0..15 (uint8)."""
-    return unpack_int4(qweight, group)
-
-
 def int4_dequantize_ref(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: int,
                         group: int) -> torch.Tensor:
     """[N, K] fp32 weight: (Q - Z) * S group by group, padding columns dropped."""
@@ -312,7 +295,7 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     if n == 0 or k == 0:
         return out.zero_()
     cfg = config or get_config("int4", n, k, m, group, x.device)
-    check_config(cfg, m, group, "quant_int4", dot_min_k=128)
+    check_config(cfg, m, group, "quant_int4", dot_min_k=DOT_MIN_K)
     geo = geometry(cfg, m, n, kp, out)
     _int4_gemv_kernel[(geo.tiles, geo.splits)](
         x, qweight, scales, zeros, out, geo.ws, geo.tickets,

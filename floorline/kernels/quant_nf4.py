@@ -25,6 +25,7 @@ from floorline.kernels.nf4_lookup import LOOKUPS, NF4_CODE, lookup_id, nf4_code_
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
     DOT_BLOCK_M,
+    DOT_MIN_K,
     QuantGemvConfig,
     check_config,
     geometry,
@@ -270,7 +271,7 @@ def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor
     if n == 0 or k == 0:
         return out.zero_()
     cfg = config or get_config("nf4", n, k, m, BLOCK, x.device)
-    check_config(cfg, m, BLOCK, "quant_nf4", dot_min_k=128)
+    check_config(cfg, m, BLOCK, "quant_nf4", dot_min_k=DOT_MIN_K)
     geo = geometry(cfg, m, n, k, out)
     _nf4_gemv_kernel[(geo.tiles, geo.splits)](
         x, qweight, absmax, *_nested_args(absmax, nested), code, out, geo.ws, geo.tickets,

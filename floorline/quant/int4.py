@@ -16,10 +16,8 @@ from floorline.kernels.quant_int4 import (
     int4_dequantize_ref,
     int4_dequantize_triton,
     int4_gemv_triton,
-    pack_int4_rows,
-    unpack_int4_rows,
 )
-from floorline.kernels.quant_packing import bytes_to_codes, codes_to_bytes
+from floorline.kernels.quant_packing import bytes_to_codes, codes_to_bytes, pack_int4, unpack_int4
 from floorline.quant.awq_gptq import awq_unpack, check_trivial_g_idx, gptq_unpack
 from floorline.quant.packed import PackedMethod, add_param, check_shape, copy_part
 
@@ -98,7 +96,7 @@ class Int4Method(PackedMethod):
             kp = 8 * layer.qweight.shape[1]
             check_shape(parts["qweight"], (size, kp // 2), f"{what} qweight")
             codes = bytes_to_codes(parts["qweight"].to(torch.uint8))
-            copy_part(layer.qweight.data, pack_int4_rows(codes, self.group), 0, start, size, f"{what} qweight")
+            copy_part(layer.qweight.data, pack_int4(codes, self.group), 0, start, size, f"{what} qweight")
             copy_part(layer.scales.data, parts["scales"], 1, start, size, f"{what} scales")
             copy_part(layer.zeros.data, parts["zeros"], 1, start, size, f"{what} zeros")
             return
@@ -115,7 +113,7 @@ class Int4Method(PackedMethod):
             groups = layer.scales.shape[0]
             if zeros.shape[0] != groups:  # per-channel checkpoint: one group, repeated
                 zeros, scales = zeros.expand(groups, -1), scales.expand(groups, -1)
-        copy_part(layer.qweight.data, pack_int4_rows(codes, self.group), 0, start, size, f"{what} qweight")
+        copy_part(layer.qweight.data, pack_int4(codes, self.group), 0, start, size, f"{what} qweight")
         copy_part(layer.scales.data, scales.half(), 1, start, size, f"{what} scales")
         copy_part(layer.zeros.data, zeros.half(), 1, start, size, f"{what} zeros")
 
@@ -126,7 +124,7 @@ class Int4Method(PackedMethod):
 
     def export_shard(self, layer, shard) -> dict[str, torch.Tensor]:
         start, size = layer.shard_range(shard)
-        codes = unpack_int4_rows(layer.qweight.data[start:start + size], self.group)
+        codes = unpack_int4(layer.qweight.data[start:start + size], self.group)
         return {"qweight": codes_to_bytes(codes),
                 "scales": layer.scales.data[:, start:start + size].contiguous(),
                 "zeros": layer.zeros.data[:, start:start + size].contiguous()}

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from floorline.kernels.quant_int4 import pack_int4_rows, unpack_int4_rows
-from floorline.kernels.quant_packing import bytes_to_codes, codes_to_bytes, pack_nf4, unpack_nf4
+from floorline.kernels.quant_packing import bytes_to_codes, codes_to_bytes, pack_int4, pack_nf4, unpack_int4, unpack_nf4
 from floorline.layers.linear import Linear
 from floorline.quant.fp8 import Fp8Method, quantize_fp8
 from floorline.quant.int4 import Int4Method, quantize_int4
@@ -128,15 +127,15 @@ def test_nf4_without_double_quantization():
 def test_packing_round_trips():
     codes = torch.randint(0, 16, (5, 256), dtype=torch.uint8)
     for group in (32, 64, 128):
-        packed = pack_int4_rows(codes, group)
+        packed = pack_int4(codes, group)
         assert packed.shape == (5, 32) and packed.dtype == torch.int32
-        assert torch.equal(unpack_int4_rows(packed, group), codes)
+        assert torch.equal(unpack_int4(packed, group), codes)
     # slot-major: word j of a group holds columns j, j + G/8, ..., j + 7 G/8; slot 0 at bits 19..22
     one = torch.zeros(1, 128, dtype=torch.uint8)
     one[0, 16 * 0 + 3] = 5
-    assert int(pack_int4_rows(one, 128)[0, 3]) == 5 << 19
+    assert int(pack_int4(one, 128)[0, 3]) == 5 << 19
     one[0, 3], one[0, 16 * 7 + 3] = 0, 0b1011  # slot 7 wraps: bit 0 at bit 31, bits 1..3 at bits 0..2
-    assert int(pack_int4_rows(one, 128)[0, 3]) & 0xFFFFFFFF == (1 << 31) | 0b101
+    assert int(pack_int4(one, 128)[0, 3]) & 0xFFFFFFFF == (1 << 31) | 0b101
     assert torch.equal(unpack_nf4(pack_nf4(codes)), codes)
     assert torch.equal(bytes_to_codes(codes_to_bytes(codes)), codes)
     assert int(codes_to_bytes(codes)[0, 0]) == int(codes[0, 0]) * 16 + int(codes[0, 1])  # even column high

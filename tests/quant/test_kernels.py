@@ -20,9 +20,8 @@ from floorline.kernels.quant_int4 import (
     int4_dequantize_triton,
     int4_gemm_ref,
     int4_gemv_triton,
-    pack_int4_rows,
 )
-from floorline.kernels.quant_packing import pack_nf4
+from floorline.kernels.quant_packing import pack_int4, pack_nf4
 from floorline.kernels.quant_nf4 import (
     nf4_code,
     nf4_dequantize_ref,
@@ -62,7 +61,7 @@ def _int4(n: int, k: int, group: int):
     codes = torch.randint(0, 16, (n, kp), dtype=torch.uint8)
     scales = (torch.rand(kp // group, n) / (2 * k**0.5)).half()
     zeros = torch.randint(0, 16, (kp // group, n)).half()
-    return pack_int4_rows(codes, group), scales, zeros
+    return pack_int4(codes, group), scales, zeros
 
 
 def _nf4(n: int, k: int, nested: bool):
