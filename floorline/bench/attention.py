@@ -14,19 +14,10 @@ import itertools
 import torch
 
 from floorline.analysis.gpus import measure_read_bandwidth
-from floorline.bench.timing import median_replay_ms
+from floorline.bench.kernels import rel_error
+from floorline.bench.timing import median_graph_ms
 from floorline.kernels.decode_attention import decode_attention, decode_num_splits, num_sms_of
 from floorline.kernels.paged_attention import paged_attention_ref
-
-
-def _time_graph(fn, repeats: int = 20) -> float:
-    """Median ms of one replay of a graph that calls fn once."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return median_replay_ms(graph, repeats)
 
 
 def main() -> None:
@@ -66,11 +57,11 @@ def main() -> None:
             try:
                 out = decode_attention(q, caches[0][0], caches[0][1], seq_lens, table, d**-0.5, ctx,
                                        num_splits=splits, block_n=block_n, num_warps=warps, num_stages=stages)
-                err = ((out.float() - ref).norm() / ref.norm()).item()
+                err = rel_error(out, ref)
                 if not err < 1e-2:
                     print(f"{ctx:>8} {splits:>6} {block_n:>7} {warps:>5} {stages:>6} wrong (rel err {err:.3g})")
                     continue
-                us = _time_graph(run) * 1e3 / len(caches)
+                us = median_graph_ms(run) * 1e3 / len(caches)
             except Exception as e:  # a config the compiler rejects (shared memory): skip it
                 print(f"{ctx:>8} {splits:>6} {block_n:>7} {warps:>5} {stages:>6} failed: {type(e).__name__}")
                 continue

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from floorline.bench.timing import median_replay_ms
+from floorline.bench.kernels import rel_error
+from floorline.bench.timing import median_event_ms, median_graph_ms
 
 
 @dataclass(frozen=True)
@@ -112,10 +113,6 @@ def sdpa(case: Case) -> torch.Tensor:
     return o.transpose(1, 2).reshape(-1, o.shape[1], o.shape[3])
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
 def configs(quick: bool) -> list[tuple[int, int, int, int]]:
     """(block_m, block_n, num_warps, num_stages) to try."""
     if quick:
@@ -125,23 +122,10 @@ def configs(quick: bool) -> list[tuple[int, int, int, int]]:
 
 def _time_call(fn, repeats: int) -> float:
     """Median ms of one call, replayed from a CUDA graph (timed eagerly if it cannot be captured)."""
-    fn()
-    torch.cuda.synchronize()
     try:
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        return median_replay_ms(graph, repeats)
+        return median_graph_ms(fn, repeats)
     except RuntimeError:  # e.g. an SDPA backend that does not capture
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        return sorted(times)[len(times) // 2]
+        return median_event_ms(fn, repeats)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
             try:
                 run()
-                err = rel_err(out, ref)
+                err = rel_error(out, ref)
                 if not err < 1e-2:
                     print(f"{shape.label:>12} {bm:>4} {bn:>4} {warps:>5} {stages:>6}  wrong (rel err {err:.3g})")
                     continue

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from floorline.bench.prefill_attention import Shape, build_case, causal_flops, parse_shapes, rel_err, sdpa
+from floorline.bench.kernels import rel_error as rel_err
+from floorline.bench.prefill_attention import Shape, build_case, causal_flops, parse_shapes, sdpa
 
 
 def test_parse_shapes_and_flops() -> None:
