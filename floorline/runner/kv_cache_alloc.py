@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from floorline.config import CacheConfig, ModelConfig
-from floorline.runner.cuda_graphs import DecodeGraphs, batch_buckets
+from floorline.runner.cuda_graphs import DecodeGraphs
 
 _CPU_DEFAULT_KV_GB = 1.0
 
@@ -26,7 +26,7 @@ def graph_reserve_bytes(max_batch: int, max_model_len: int, block_size: int, voc
     pool (shared by every bucket, captured largest first) holding the largest bucket's forward and
     logits, as measured by `profile_memory`'s `decode_forward_bytes`."""
     max_blocks = -(-max_model_len // block_size)
-    static = DecodeGraphs.static_bytes(batch_buckets(max_batch)[-1], max_blocks, vocab_size)
+    static = DecodeGraphs.static_bytes(max_batch, max_blocks, vocab_size)  # the largest bucket is max_batch
     return static + decode_forward_bytes + GRAPH_SLACK_BYTES
 
 
