@@ -160,11 +160,12 @@ def _prefill_kernel(
     )
 
 
-def default_launch(head_dim: int, group: int) -> dict[str, int]:
-    """Launch parameters used when none are given (see the module constants for why)."""
+def default_launch(head_dim: int, group: int, block_m: int | None = None) -> dict[str, int]:
+    """Launch parameters used when none are given (see the module constants for why); a given
+    `block_m` is raised to hold one token's whole group, and the warps follow it."""
     d_pad = triton.next_power_of_2(head_dim)
     wide = d_pad <= 128
-    block_m = max(BLOCK_M if wide else 64, 16, triton.next_power_of_2(group))
+    block_m = max(block_m or (BLOCK_M if wide else 64), 16, triton.next_power_of_2(group))
     return {
         "block_m": block_m,
         "block_n": BLOCK_N if wide else 32,
@@ -204,10 +205,8 @@ def prefill_attention(
     if num_seqs <= first_seq or num_tokens == 0 or max_query_len <= 0:
         return out
     d_pad = triton.next_power_of_2(head_dim)
-    launch = default_launch(head_dim, group)
-    block_m = launch["block_m"] if block_m is None else block_m
-    # A tile must hold at least one token's whole group.
-    block_m = max(block_m, 16, triton.next_power_of_2(group))
+    launch = default_launch(head_dim, group, block_m)
+    block_m = launch["block_m"]
     block_n = launch["block_n"] if block_n is None else block_n
     num_warps = launch["num_warps"] if num_warps is None else num_warps
     num_stages = launch["num_stages"] if num_stages is None else num_stages
