@@ -10,10 +10,11 @@ is False and the rows are skipped.
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable
 
 import torch
+
+from floorline.bench.timing import median_event_ms
 
 
 def available() -> bool:
@@ -67,13 +68,9 @@ def time_calls(calls: list[Callable[[], object]], graph_timer: Callable) -> tupl
     for c in calls * 3:
         c()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(15):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+
+    def launch_all() -> None:
         for c in calls:
             c()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3 / len(calls))
-    return statistics.median(times), "events"
+
+    return median_event_ms(launch_all, 15) / 1e3 / len(calls), "events"
