@@ -142,6 +142,8 @@ def _run_throughput(ns: argparse.Namespace) -> int:
     busy = "-" if r.gpu_busy_share is None else f"{100 * (1 - r.gpu_busy_share):.1f}%"
     print(f"peak KV usage {100 * r.peak_kv_usage:.1f}% | preemptions {r.num_preemptions} | host {r.host_ms_per_step:.2f} "
           f"ms/step | device idle {busy}")
+    if r.host_s_by_phase:
+        print("host " + _host_phases(r))
     if r.kernel_ms_per_step:
         print("kernels per profiled step (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in r.kernel_ms_per_step.items()))
         for name, cls, ms in r.top_kernels:
@@ -150,6 +152,15 @@ def _run_throughput(ns: argparse.Namespace) -> int:
         with open(ns.json, "w") as f:
             json.dump({"command": _command(), "device": _device_name(engine.device), **r.as_dict()}, f, indent=2)
     return 0
+
+
+def _host_phases(r) -> str:
+    """Host ms per step of each loop phase; a launch's ms are per launch of its kind (graph / eager)."""
+    per_step = [f"{k} {v * 1e3 / max(r.num_steps, 1):.2f}" for k, v in r.host_s_by_phase.items()
+                if not k.startswith("launch_")]
+    launches = [f"{kind} {r.host_s_by_phase.get('launch_' + kind, 0.0) * 1e3 / n:.2f} x {n}"
+                for kind, n in sorted(r.steps_by_kind.items())]
+    return "ms/step: " + ", ".join(per_step) + " | launch ms (inputs, forward, sampling): " + ", ".join(launches)
 
 
 def _run_serve(ns: argparse.Namespace) -> int:

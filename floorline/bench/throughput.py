@@ -28,6 +28,9 @@ class ThroughputResult:
     num_preemptions: int
     gpu_busy_share: float | None  # time the device was executing steps / wall time
     host_ms_per_step: float  # host work per step outside waiting for the device
+    num_steps: int = 0
+    host_s_by_phase: dict[str, float] | None = None  # host seconds over the run, by phase (engine.step_stats)
+    steps_by_kind: dict[str, int] | None = None  # launched steps: graph replays and eager forwards
     kernel_ms_per_step: dict[str, float] | None = None  # by kernel class, over the profiled steps
     top_kernels: list | None = None  # (name, class, ms per step)
 
@@ -120,6 +123,8 @@ def run_throughput(engine: LLMEngine, work: list[tuple[list[int], int]], request
         num_preemptions=engine.scheduler.num_preemptions,
         gpu_busy_share=stats["device_busy_s"] / duration if stats["device_busy_s"] is not None else None,
         host_ms_per_step=stats["host_s"] / max(steps, 1) * 1e3,
+        num_steps=steps, host_s_by_phase=stats["phase_s"],
+        steps_by_kind=stats["num_steps"],
         kernel_ms_per_step={k: v * 1e3 for k, v in breakdown.per_class.items()} if breakdown else None,
         top_kernels=[(n, c, t * 1e3) for n, c, t in breakdown.top] if breakdown else None,
     )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from floorline.config import CacheConfig, ModelConfig, SchedulerConfig
+from floorline.engine.gc_tuning import tune_gc_for_step_loop
 from floorline.engine.output_processor import RequestOutput, RequestState
 from floorline.engine.request import Request
 from floorline.engine.scheduler import Scheduler
@@ -101,10 +102,13 @@ class LLMEngine:
                                  else args.async_scheduling)
         self._inflight = None  # (SchedulerOutput, StepHandle) of a launched, unapplied step
         self._step_s = self._wait_s = 0.0
+        self._phase_s: dict[str, float] = {}  # host seconds by phase of the loop (see step_stats)
+        self._num_steps: dict[str, int] = {}  # launched steps by kind: graph | eager
         self.requests: dict[str, RequestState] = {}
         self._child_to_parent: dict[str, str] = {}
         self._ids = itertools.count()
         self.startup_times["total"] = time.perf_counter() - t0
+        tune_gc_for_step_loop()
 
     def _eos_ids(self) -> frozenset[int]:
         if self.tokenizer is not None:
@@ -177,14 +181,30 @@ class LLMEngine:
         """One engine step; returns an output for every request that got new tokens or finished."""
         t0 = time.perf_counter()
         if not self.async_scheduling:
-            sched_out = self.scheduler.schedule()
-            handle = self.runner.launch(sched_out)
-            updates = self.scheduler.update(sched_out, self._wait(handle))
-            outputs = self._process(updates)
+            sched_out = self._timed("schedule", self.scheduler.schedule)
+            handle = self._launch(sched_out)
+            updates = self._timed("update", self.scheduler.update, sched_out, self._wait(handle))
+            outputs = self._timed("process", self._process, updates)
         else:
             outputs = self._step_async()
         self._step_s += time.perf_counter() - t0
         return outputs
+
+    def _timed(self, phase: str, fn, *args):
+        t0 = time.perf_counter()
+        result = fn(*args)
+        self._phase_s[phase] = self._phase_s.get(phase, 0.0) + time.perf_counter() - t0
+        return result
+
+    def _launch(self, sched_out):
+        """runner.launch, its host time kept apart for graph replays and eager forwards."""
+        t0 = time.perf_counter()
+        handle = self.runner.launch(sched_out)
+        kind = self.runner.last_launch_kind
+        if kind is not None:
+            self._phase_s["launch_" + kind] = self._phase_s.get("launch_" + kind, 0.0) + time.perf_counter() - t0
+            self._num_steps[kind] = self._num_steps.get(kind, 0) + 1
+        return handle
 
     def _wait(self, handle):
         """The step's RunnerOutput; the time spent blocked on the device is not host work."""
@@ -195,25 +215,29 @@ class LLMEngine:
 
     def reset_step_stats(self) -> None:
         self._step_s = self._wait_s = 0.0
+        self._phase_s, self._num_steps = {}, {}
         self.runner.device_busy_s = 0.0
 
-    def step_stats(self) -> dict[str, float | None]:
-        """Host seconds spent in step() outside device waits, and device-busy seconds (CUDA only)."""
+    def step_stats(self) -> dict:
+        """Host seconds spent in step() outside device waits, device-busy seconds (CUDA only), host
+        seconds by phase (schedule, launch_graph, launch_eager, update, process; the launches include
+        input preparation and sampling) and the number of launched steps by kind."""
         busy = self.runner.device_busy_s if self.device.type == "cuda" else None
-        return {"host_s": self._step_s - self._wait_s, "wait_s": self._wait_s, "device_busy_s": busy}
+        return {"host_s": self._step_s - self._wait_s, "wait_s": self._wait_s, "device_busy_s": busy,
+                "phase_s": dict(self._phase_s), "num_steps": dict(self._num_steps)}
 
     def _step_async(self) -> list[RequestOutput]:
         """The same three calls, one step apart: step N+1 is scheduled and launched before N's tokens
         are read, so host work (update, detokenize, schedule, inputs) overlaps the GPU."""
         if self._inflight is None:
-            sched_out = self.scheduler.schedule()
-            self._inflight = (sched_out, self.runner.launch(sched_out))
-        next_out = self.scheduler.schedule(ahead=True)
-        next_handle = self.runner.launch(next_out)
+            sched_out = self._timed("schedule", self.scheduler.schedule)
+            self._inflight = (sched_out, self._launch(sched_out))
+        next_out = self._timed("schedule", self.scheduler.schedule, True)
+        next_handle = self._launch(next_out)
         sched_out, handle = self._inflight
         self._inflight = (next_out, next_handle) if not next_out.is_empty else None
-        updates = self.scheduler.update(sched_out, self._wait(handle))
-        return self._process(updates)
+        updates = self._timed("update", self.scheduler.update, sched_out, self._wait(handle))
+        return self._timed("process", self._process, updates)
 
     def _process(self, updates) -> list[RequestOutput]:
         now = time.perf_counter()

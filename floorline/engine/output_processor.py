@@ -115,7 +115,10 @@ class RequestState:
 
     @property
     def finished(self) -> bool:
-        return all(c.output.finished for c in self.children.values())
+        for c in self.children.values():  # a plain loop: all(<genexpr>) costs ~3x more per call
+            if c.output.finish_reason is None:
+                return False
+        return True
 
     def take_output(self) -> RequestOutput:
         """What to report now: snapshots of the children's outputs. Their deltas are then cleared, so a

@@ -80,6 +80,7 @@ class ModelRunner:
         self._last_sampled: torch.Tensor | None = None  # [num_sampled] token ids of the last launched step
         self._last_rows: dict[str, int] = {}  # request id -> row of _last_sampled
         self.device_busy_s = 0.0  # device time of resolved steps (CUDA events), for idle-share reports
+        self.last_launch_kind: str | None = None  # "graph" | "eager" | None (nothing ran), for host-time reports
 
     def capture_cuda_graphs(self, max_batch: int, max_model_len: int) -> float:
         """Captures decode graphs for batch buckets up to `max_batch`; returns the seconds it took."""
@@ -179,6 +180,7 @@ class ModelRunner:
     def launch(self, out: SchedulerOutput) -> StepHandle:
         """Queues one step on the device and returns without waiting for it (async scheduling)."""
         self._update_states(out)
+        self.last_launch_kind = None
         if out.is_empty:
             return StepHandle(self)
         start_event = None
@@ -194,8 +196,10 @@ class ModelRunner:
         num_seqs = inputs.meta.num_seqs
         if (self.graphs is not None and inputs.meta.is_decode_only and len(inputs.sampled_request_ids) == num_seqs
                 and self.graphs.can_run(num_seqs, inputs.meta.max_seq_len)):
+            self.last_launch_kind = "graph"
             logits = self.graphs.run(inputs.input_ids, inputs.positions, inputs.meta)
             return self._sample(logits, inputs.sampled_request_ids)
+        self.last_launch_kind = "eager"
         with forward_context(inputs.meta):
             hidden = self.model(inputs.input_ids, inputs.positions)  # [num_tokens, hidden]
         if not inputs.sampled_request_ids:

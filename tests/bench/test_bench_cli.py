@@ -25,10 +25,16 @@ def test_bench_throughput_all_at_once_and_poisson(tiny_model_dir, tmp_path, caps
     args = ["bench", "throughput", "--model", tiny_model_dir, "--device", "cpu", "--num-requests", "12",
             "--input-len", "5:40", "--output-len", "3:9", "--max-num-seqs", "4", "--json", str(out)]
     code = main(args + (["--request-rate", rate] if rate else []))
-    assert code == 0 and "output tokens/s" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert code == 0 and "output tokens/s" in text
     result = json.loads(out.read_text())
     assert result["num_requests"] == 12 and 12 * 3 <= result["output_tokens"] <= 12 * 9
     assert result["ttft_ms"]["p50"] > 0
+    # Host time by phase: every phase of the loop ran, and the CPU path launches eager steps only.
+    phases = result["host_s_by_phase"]
+    assert {"schedule", "update", "process", "launch_eager"} <= phases.keys() and all(v > 0 for v in phases.values())
+    assert set(result["steps_by_kind"]) == {"eager"} and 0 < result["steps_by_kind"]["eager"] <= result["num_steps"]
+    assert f"eager {1e3 * phases['launch_eager'] / result['steps_by_kind']['eager']:.2f} x" in text
 
 
 def test_bench_bad_flags(capsys):
