@@ -3,34 +3,27 @@
 Program `(seq, kv_head, split)` reads one contiguous range of the sequence's KV positions for one
 KV head, once, and serves the whole group of query heads that share it (q is a
 `[group, head_dim]` tile). It keeps an online softmax in float32 and, when there is more than one
-split, writes a normalized partial output and its log-sum-exp (base 2), and the splits are merged
-(`_combine_splits`): either in a second kernel (`FLOORLINE_DECODE_SPLIT_MERGE=kernel`, the default)
-or, with `=last`, by the split program that draws the last ticket of its (sequence, KV head) from
-an atomic counter (`kernels/tickets.py`), which saves the merge launch (latency-bound at batch 1).
-With one split the first kernel writes the output directly.
+split, writes a normalized partial output and its log-sum-exp (base 2); a second kernel merges
+the splits. With one split the first kernel writes the output directly.
 
 CUDA graphs: the launch grid is `(num_seqs, num_kv_heads, num_splits)` and each program derives
 its range from `seq_lens` on the device, so one captured graph serves every length as long as
 `num_splits` stays fixed. By default `num_splits` follows `max_seq_len`; a runner that captures
 graphs passes `num_splits=decode_num_splits(batch, num_kv_heads, max_model_len, num_sms_of(dev))`
 at capture and at every replay. Short sequences then simply leave the trailing splits empty. A padding slot
-with `seq_lens == 0` gets an all-zero output. The `last` mode's counters are allocated on the first
-eager call (the graph runner's warm-up) and reset by the kernel, so replays need no memset; its
-launches on one device must be stream-ordered, as the engine's are.
+with `seq_lens == 0` gets an all-zero output.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 from floorline.kernels.triton_compat import tl, triton
 
 from floorline.kernels.pdl import early_launch_args, gdc_launch_dependents, gdc_wait
-from floorline.kernels.tickets import tickets
 
 from floorline.kernels.paged_attention import check_paged_inputs
 
@@ -41,7 +34,6 @@ MIN_TOKENS_PER_SPLIT = 128
 MAX_SPLITS = 64
 # The SM count used off-GPU (Triton interpreter), small so interpreted grids stay cheap.
 CPU_NUM_SMS = 4
-SPLIT_MERGE_MODES = ("kernel", "last")
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,17 +54,6 @@ def decode_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, num_sm
     wanted = -(-TARGET_PROGRAMS_PER_SM * num_sms // units)
     by_length = -(-max(1, max_seq_len) // MIN_TOKENS_PER_SPLIT)
     return max(1, min(wanted, by_length, MAX_SPLITS))
-
-
-def split_merge_mode() -> str:
-    """FLOORLINE_DECODE_SPLIT_MERGE: `kernel` (a merge kernel after the splits, the default) or
-    `last` (the last split program of each (sequence, KV head) merges: one launch). First H200
-    reading (8B shapes, 32 calls in one graph, us a call, kernel/last): batch 1 at 2k 6.6/8.4, at 16k
-    27.4/27.2; batch 4 at 16k 73/85."""
-    mode = os.environ.get("FLOORLINE_DECODE_SPLIT_MERGE", "kernel")
-    if mode not in SPLIT_MERGE_MODES:
-        raise ValueError(f"FLOORLINE_DECODE_SPLIT_MERGE must be one of {SPLIT_MERGE_MODES}, got {mode!r}")
-    return mode
 
 
 @triton.jit
@@ -127,25 +108,6 @@ def _rotary_rows(pos_ptr, cs_ptr, seq, d, d_ok, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
-def _num_active_splits(seq_len, num_splits, BLOCK_N: tl.constexpr):
-    """How many splits hold KV (only those write partials; the trailing ones are empty)."""
-    return tl.cdiv(seq_len, _split_len(seq_len, num_splits, BLOCK_N))
-
-
-@triton.jit
-def _combine_splits(lse, part, AXIS: tl.constexpr):
-    """The merge: splits' normalized partials `part` weighted by exp2(lse - max), along the split
-    axis AXIS (lse [.., SPLITS], part [.., SPLITS, D]); splits that held no KV have lse -inf and
-    weigh 0, and a sequence with none gets zeros."""
-    lse_max = tl.max(lse, AXIS, keep_dims=True)
-    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)  # empty sequence: all weights 0
-    weight = tl.exp2(lse - lse_max)
-    denom = tl.sum(weight, AXIS, keep_dims=True)
-    acc = tl.sum(tl.expand_dims(weight, AXIS + 1) * part, AXIS)
-    return tl.where(denom > 0, acc / tl.where(denom > 0, denom, 1.0), 0.0)
-
-
-@triton.jit
 def _decode_split_kernel(
     q_ptr, k_ptr, v_ptr, block_tables_ptr, seq_lens_ptr,
     out_ptr, part_o_ptr, part_lse_ptr,
@@ -157,15 +119,12 @@ def _decode_split_kernel(
     stride_ot, stride_oh,
     kn_ptr, vn_ptr, pos_ptr, cs_ptr, slot_ptr,  # NEW_KV only: this step's k, v (before rotary), ...
     stride_knt, stride_knh, stride_vnt, stride_vnh,
-    cnt_ptr,  # MERGE_IN_LAST only: [num_seqs * num_kv_heads] int32 tickets, zero between launches
     NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     DIRECT_OUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr = False, EARLY_LAUNCH: tl.constexpr = False,
     NEW_KV: tl.constexpr = False,  # rotary on q and the new k here, and the new k/v written to the cache
-    # MERGE_IN_LAST (never with DIRECT_OUT): the last split merges; GROUP_P2 = next_power_of_2(GROUP).
-    MERGE_IN_LAST: tl.constexpr = False, SPLITS_PAD: tl.constexpr = 1, GROUP_P2: tl.constexpr = 1,
 ):  # fmt: skip
     if EARLY_LAUNCH:
         gdc_launch_dependents()  # the merge (or o_proj) may launch; it waits for this grid's writes
@@ -177,112 +136,87 @@ def _decode_split_kernel(
     seq_len = tl.load(seq_lens_ptr + seq)
     split_len = _split_len(seq_len, num_splits, BLOCK_N)
     start = split * split_len
+    if not DIRECT_OUT:
+        # Splits past the end are never read by the merge kernel: skip them entirely.
+        if start >= seq_len:
+            return
+    end = tl.minimum(start + split_len, seq_len)
 
-    # Splits past the end hold no KV and are never merged: they skip the work (with MERGE_IN_LAST
-    # they still take their ticket below, since any program may be the last).
-    if DIRECT_OUT or start < seq_len:
-        end = tl.minimum(start + split_len, seq_len)
-        rows = tl.arange(0, GROUP_PAD)
-        heads = kv_head * GROUP + rows
-        row_ok = rows < GROUP
-        d = tl.arange(0, D_PAD)
-        d_ok = d < HEAD_DIM
-        q = tl.load(
-            q_ptr + seq * stride_qt + heads[:, None] * stride_qh + d[None, :],
-            mask=row_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )
+    rows = tl.arange(0, GROUP_PAD)
+    heads = kv_head * GROUP + rows
+    row_ok = rows < GROUP
+    d = tl.arange(0, D_PAD)
+    d_ok = d < HEAD_DIM
+    q = tl.load(
+        q_ptr + seq * stride_qt + heads[:, None] * stride_qh + d[None, :],
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    if NEW_KV:
+        # The step's rotary, as `kv_write` does it, but in registers: q, and the new token's k
+        # (which stands in for the cache row at position seq_len - 1 that this step writes).
+        cos, sin, partner, sign = _rotary_rows(pos_ptr, cs_ptr, seq, d, d_ok, HEAD_DIM)
+        q_sw = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + partner[None, :],
+                       mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        q = (q.to(tl.float32) * cos[None, :] + sign[None, :] * q_sw.to(tl.float32) * sin[None, :]).to(q.dtype)
+        kn = kn_ptr + seq * stride_knt + kv_head * stride_knh
+        k_new = tl.load(kn + d, mask=d_ok, other=0.0)
+        k_sw = tl.load(kn + partner, mask=d_ok, other=0.0)
+        k_new = (k_new.to(tl.float32) * cos + sign * k_sw.to(tl.float32) * sin).to(k_ptr.dtype.element_ty)
+        v_new = tl.load(vn_ptr + seq * stride_vnt + kv_head * stride_vnh + d, mask=d_ok, other=0.0)
+        v_new = v_new.to(v_ptr.dtype.element_ty)
+        last = seq_len - 1
+
+    m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, D_PAD], tl.float32)
+    table_row = block_tables_ptr + seq * stride_bt
+    k_head = k_ptr + kv_head * stride_kh
+    v_head = v_ptr + kv_head * stride_vh
+    for n0 in range(start, end, BLOCK_N):
+        pos = n0 + tl.arange(0, BLOCK_N)
+        valid = pos < end
+        # int64 block ids: block * stride overflows int32 on large caches.
+        block = tl.load(table_row + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
+        slot_off = pos % BLOCK_SIZE
+        kv_mask = valid[:, None] & d_ok[None, :]
+        k_ptrs = k_head + block[:, None] * stride_kb + slot_off[:, None] * stride_ks + d[None, :]
+        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+        if NEW_KV:  # the cache row of this step's token may not be written yet: use the registers
+            k = tl.where((pos == last)[:, None], k_new[None, :], k)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [GROUP_PAD, BLOCK_N]
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile holds a valid position
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v_ptrs = v_head + block[:, None] * stride_vb + slot_off[:, None] * stride_vs + d[None, :]
+        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
         if NEW_KV:
-            # The step's rotary, as `kv_write` does it, but in registers: q, and the new token's k
-            # (which stands in for the cache row at position seq_len - 1 that this step writes).
-            cos, sin, partner, sign = _rotary_rows(pos_ptr, cs_ptr, seq, d, d_ok, HEAD_DIM)
-            q_sw = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + partner[None, :],
-                           mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-            q = (q.to(tl.float32) * cos[None, :] + sign[None, :] * q_sw.to(tl.float32) * sin[None, :]).to(q.dtype)
-            kn = kn_ptr + seq * stride_knt + kv_head * stride_knh
-            k_new = tl.load(kn + d, mask=d_ok, other=0.0)
-            k_sw = tl.load(kn + partner, mask=d_ok, other=0.0)
-            k_new = (k_new.to(tl.float32) * cos + sign * k_sw.to(tl.float32) * sin).to(k_ptr.dtype.element_ty)
-            v_new = tl.load(vn_ptr + seq * stride_vnt + kv_head * stride_vnh + d, mask=d_ok, other=0.0)
-            v_new = v_new.to(v_ptr.dtype.element_ty)
-            last = seq_len - 1
+            v = tl.where((pos == last)[:, None], v_new[None, :], v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
 
-        m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-        l_i = tl.zeros([GROUP_PAD], tl.float32)
-        acc = tl.zeros([GROUP_PAD, D_PAD], tl.float32)
-        table_row = block_tables_ptr + seq * stride_bt
-        k_head = k_ptr + kv_head * stride_kh
-        v_head = v_ptr + kv_head * stride_vh
-        for n0 in range(start, end, BLOCK_N):
-            pos = n0 + tl.arange(0, BLOCK_N)
-            valid = pos < end
-            # int64 block ids: block * stride overflows int32 on large caches.
-            block = tl.load(table_row + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
-            slot_off = pos % BLOCK_SIZE
-            kv_mask = valid[:, None] & d_ok[None, :]
-            k_ptrs = k_head + block[:, None] * stride_kb + slot_off[:, None] * stride_ks + d[None, :]
-            k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-            if NEW_KV:  # the cache row of this step's token may not be written yet: use the registers
-                k = tl.where((pos == last)[:, None], k_new[None, :], k)
-            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [GROUP_PAD, BLOCK_N]
-            s = tl.where(valid[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile holds a valid position
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v_ptrs = v_head + block[:, None] * stride_vb + slot_off[:, None] * stride_vs + d[None, :]
-            v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
-            if NEW_KV:
-                v = tl.where((pos == last)[:, None], v_new[None, :], v)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-            m_i = m_new
-
-        if NEW_KV:  # after the loop, which read the registers for this row: no program reads it this step
-            slot = tl.load(slot_ptr + seq)
-            if (start <= last) & (last < end) & (slot >= 0):  # one program per (sequence, KV head) writes
-                blk = slot // BLOCK_SIZE
-                off = slot % BLOCK_SIZE
-                tl.store(k_ptr + blk * stride_kb + off * stride_ks + kv_head * stride_kh + d, k_new, mask=d_ok)
-                tl.store(v_ptr + blk * stride_vb + off * stride_vs + kv_head * stride_vh + d, v_new, mask=d_ok)
-        has_kv = l_i > 0
-        o = tl.where(has_kv[:, None], acc / tl.where(has_kv, l_i, 1.0)[:, None], 0.0)
-        store_mask = row_ok[:, None] & d_ok[None, :]
-        if DIRECT_OUT:
-            tl.store(
-                out_ptr + seq * stride_ot + heads[:, None] * stride_oh + d[None, :],
-                o.to(out_ptr.dtype.element_ty),
-                mask=store_mask,
-            )
-        else:
-            part = (seq * NUM_HEADS + heads) * num_splits + split  # [GROUP_PAD] row of the partials
-            tl.store(part_o_ptr + part[:, None] * HEAD_DIM + d[None, :], o, mask=store_mask)
-            tl.store(part_lse_ptr + part, m_i + tl.log2(l_i), mask=row_ok)
-
-    if MERGE_IN_LAST:
-        # Every thread's partial stores must be issued before the ticket: the barrier orders the
-        # CTA's stores before the atomic, which one thread performs for the program; its release
-        # publishes them, and its acquire (in the last program) makes all splits' partials visible.
-        tl.debug_barrier()
-        counter = cnt_ptr + seq * tl.num_programs(1) + kv_head
-        ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        if ticket == num_splits - 1:  # every split program takes a ticket, the empty ones too
-            # The whole group's partials in one [GROUP_P2, SPLITS_PAD, D_PAD] load: one memory
-            # latency (a loop over heads measured far slower). `.cg` loads read L2, where the other
-            # SMs' partials are, never a line this SM's L1 may hold.
-            r = tl.arange(0, GROUP_P2)
-            heads = kv_head * GROUP + r
-            idx = tl.arange(0, SPLITS_PAD)
-            ok = (r < GROUP)[:, None] & (idx < _num_active_splits(seq_len, num_splits, BLOCK_N))[None, :]
-            at = (seq * NUM_HEADS + heads)[:, None] * num_splits + idx[None, :]  # [GROUP_P2, SPLITS_PAD]
-            d = tl.arange(0, D_PAD)
-            d_ok = d < HEAD_DIM
-            lse = tl.load(part_lse_ptr + at, mask=ok, other=float("-inf"), cache_modifier=".cg")
-            part = tl.load(part_o_ptr + at[:, :, None] * HEAD_DIM + d[None, None, :],
-                           mask=ok[:, :, None] & d_ok[None, None, :], other=0.0, cache_modifier=".cg")
-            o = _combine_splits(lse, part, 1)
-            tl.store(out_ptr + seq * stride_ot + heads[:, None] * stride_oh + d[None, :],
-                     o.to(out_ptr.dtype.element_ty), mask=(r < GROUP)[:, None] & d_ok[None, :])
-            tl.store(counter, 0)  # ready for the next launch (or graph replay)
+    if NEW_KV:  # after the loop, which read the registers for this row: no program reads it this step
+        slot = tl.load(slot_ptr + seq)
+        if (start <= last) & (last < end) & (slot >= 0):  # one program per (sequence, KV head) writes
+            blk = slot // BLOCK_SIZE
+            off = slot % BLOCK_SIZE
+            tl.store(k_ptr + blk * stride_kb + off * stride_ks + kv_head * stride_kh + d, k_new, mask=d_ok)
+            tl.store(v_ptr + blk * stride_vb + off * stride_vs + kv_head * stride_vh + d, v_new, mask=d_ok)
+    has_kv = l_i > 0
+    o = tl.where(has_kv[:, None], acc / tl.where(has_kv, l_i, 1.0)[:, None], 0.0)
+    store_mask = row_ok[:, None] & d_ok[None, :]
+    if DIRECT_OUT:
+        tl.store(
+            out_ptr + seq * stride_ot + heads[:, None] * stride_oh + d[None, :],
+            o.to(out_ptr.dtype.element_ty),
+            mask=store_mask,
+        )
+    else:
+        part = (seq * NUM_HEADS + heads) * num_splits + split  # [GROUP_PAD] row of the partials
+        tl.store(part_o_ptr + part[:, None] * HEAD_DIM + d[None, :], o, mask=store_mask)
+        tl.store(part_lse_ptr + part, m_i + tl.log2(l_i), mask=row_ok)
 
 
 @triton.jit
@@ -301,16 +235,22 @@ def _decode_merge_kernel(
     seq = tl.program_id(0)
     head = tl.program_id(1)
     seq_len = tl.load(seq_lens_ptr + seq)
+    # Only the splits that held KV were written.
+    num_active = tl.cdiv(seq_len, _split_len(seq_len, num_splits, BLOCK_N))
     base = (seq * NUM_HEADS + head) * num_splits
     idx = tl.arange(0, SPLITS_PAD)
-    active = idx < _num_active_splits(seq_len, num_splits, BLOCK_N)
-    lse = tl.load(part_lse_ptr + base + idx, mask=active, other=float("-inf"))
+    lse = tl.load(part_lse_ptr + base + idx, mask=idx < num_active, other=float("-inf"))
+    lse_max = tl.max(lse, 0)
+    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)  # empty sequence: all weights 0
+    weight = tl.exp2(lse - lse_max)  # [SPLITS_PAD]; 0 for the splits that held no KV (lse -inf)
+    denom = tl.sum(weight, 0)
     d = tl.arange(0, D_PAD)
     d_ok = d < HEAD_DIM
     # All splits' partial outputs in one [SPLITS_PAD, D_PAD] load: one memory latency, not one a split.
     part = tl.load(part_o_ptr + (base + idx)[:, None] * HEAD_DIM + d[None, :],
-                   mask=active[:, None] & d_ok[None, :], other=0.0)
-    o = _combine_splits(lse, part, 0)
+                   mask=(idx < num_active)[:, None] & d_ok[None, :], other=0.0)
+    acc = tl.sum(weight[:, None] * part, axis=0)
+    o = tl.where(denom > 0, acc / tl.where(denom > 0, denom, 1.0), 0.0)
     tl.store(out_ptr + seq * stride_ot + head * stride_oh + d, o.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
@@ -328,14 +268,12 @@ def decode_attention(
     num_warps: int = 4,
     num_stages: int | None = None,
     new_kv: NewKV | None = None,
-    split_merge: str | None = None,
 ) -> torch.Tensor:
     """Decode attention (token `i` is the last position of sequence `i`) -> [num_seqs, num_heads, head_dim].
 
     No host synchronization: safe to capture in a CUDA graph with a fixed `num_splits`. With
     `new_kv`, q and the step's k are given before rotary, and the kernel also does what
     `rotary_and_cache_write` would (rotary in registers, k/v into the cache): one launch fewer.
-    `split_merge` ("kernel" or "last", default `split_merge_mode()`) picks how splits are merged.
     """
     check_paged_inputs(q, key_cache, value_cache, None, seq_lens, block_tables, out)
     num_seqs, num_heads, head_dim = q.shape
@@ -356,17 +294,11 @@ def decode_attention(
         block_n = 128 if d_pad <= 128 else 32
         num_stages = 2 if num_stages is None else num_stages
     direct = num_splits == 1
-    split_merge = split_merge_mode() if split_merge is None else split_merge
-    if split_merge not in SPLIT_MERGE_MODES:
-        raise ValueError(f"decode_attention: split_merge must be one of {SPLIT_MERGE_MODES}, got {split_merge!r}")
-    merge_in_last = not direct and split_merge == "last"
     if direct:
         part_o = part_lse = out  # unused placeholders
     else:
         part_o = torch.empty(num_seqs, num_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device)
-    # One ticket counter per (sequence, KV head); raises inside graph capture if never allocated.
-    counters = tickets(q.device, num_seqs * num_kv_heads, "decode_attention") if merge_in_last else out
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, key_cache, value_cache, block_tables, seq_lens,
         out, part_o, part_lse,
@@ -377,18 +309,14 @@ def decode_attention(
         block_tables.stride(0),
         out.stride(0), out.stride(1),
         *_new_kv_args(new_kv, q, num_kv_heads),
-        counters,
         NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, D_PAD=d_pad,
         BLOCK_SIZE=block_size, BLOCK_N=block_n,
         DIRECT_OUT=direct, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps, **({} if num_stages is None else {"num_stages": num_stages}),
-        NEW_KV=new_kv is not None, MERGE_IN_LAST=merge_in_last,
-        SPLITS_PAD=triton.next_power_of_2(num_splits) if merge_in_last else 1,
-        GROUP_P2=triton.next_power_of_2(group) if merge_in_last else 1,
-        **early_launch_args(q.device),
+        NEW_KV=new_kv is not None, **early_launch_args(q.device),
     )  # fmt: skip
-    if not direct and not merge_in_last:
+    if not direct:
         _decode_merge_kernel[(num_seqs, num_heads)](
             out, part_o, part_lse, seq_lens,
             num_splits,
