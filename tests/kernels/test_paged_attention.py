@@ -212,9 +212,8 @@ def test_decode_strided_q_and_cache() -> None:
 def test_decode_split_heuristic() -> None:
     from floorline.kernels.decode_attention import MAX_SPLITS, MIN_TOKENS_PER_SPLIT, decode_num_splits
 
-    # Llama-3.1-8B at batch 1 on an H100 (132 SMs): about two programs per SM, capped at MAX_SPLITS.
-    assert decode_num_splits(1, 8, 16384, 132) * 8 >= 1.9 * 132
-    assert decode_num_splits(1, 8, 16384, 132) == MAX_SPLITS
+    # Llama-3.1-8B at batch 1 on an H100 (132 SMs): about two programs per SM.
+    assert decode_num_splits(1, 8, 16384, 132) * 8 >= 2 * 132
     # Short contexts: no split shorter than MIN_TOKENS_PER_SPLIT (measured faster than filling SMs).
     assert decode_num_splits(1, 8, 2048, 132) == 2048 // MIN_TOKENS_PER_SPLIT
     assert decode_num_splits(1, 8, 60, 132) == 1  # too short to split
