@@ -9,8 +9,7 @@
 #      into .bnb/ and delete every libbitsandbytes_*.so but cuda130 (4 MB instead of 43);
 #   5. the throughput benchmark at 256 and 512 sequences (STAGES contains "throughput");
 #   6. A/B of the decode-path switches (STAGES contains "ab"): bench decode at 2048 and 16384 and
-#      the bf16 GEMV rows of bench.quant under FLOORLINE_FUSE / FLOORLINE_PDL_EARLY /
-#      FLOORLINE_FUSE_KV_WRITE on and off.
+#      the bf16 GEMV rows of bench.quant under FLOORLINE_FUSE / FLOORLINE_PDL_EARLY on and off.
 # Default STAGES: "tests decode". Logs go to $OUT (or ./gpu_out); the last lines printed are the tables.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,10 +50,10 @@ if [[ $STAGES == *throughput* ]]; then
   done
 fi
 if [[ $STAGES == *ab* ]]; then
-  for v in "1 1 0" "1 1 1" "1 0 0" "0 0 0"; do
+  for v in "1 1" "1 0" "0 0"; do
     set -- $v
-    echo "== FLOORLINE_FUSE=$1 FLOORLINE_PDL_EARLY=$2 FLOORLINE_FUSE_KV_WRITE=$3" | tee -a "$OUT/ab.log"
-    FLOORLINE_FUSE=$1 FLOORLINE_PDL_EARLY=$2 FLOORLINE_FUSE_KV_WRITE=$3 timeout ${AB_TIMEOUT:-70} python3 -m floorline.cli bench decode \
+    echo "== FLOORLINE_FUSE=$1 FLOORLINE_PDL_EARLY=$2" | tee -a "$OUT/ab.log"
+    FLOORLINE_FUSE=$1 FLOORLINE_PDL_EARLY=$2 timeout ${AB_TIMEOUT:-70} python3 -m floorline.cli bench decode \
       --model "$MODEL" --load-format dummy --contexts 2048,16384 2>&1 | tail -3 | tee -a "$OUT/ab.log" || status=1
     FLOORLINE_FUSE=$1 FLOORLINE_PDL_EARLY=$2 timeout ${AB_TIMEOUT:-70} python3 -m floorline.bench.quant --formats bf16 \
       --m 1 2>&1 | grep -E "^bf16 " | tee -a "$OUT/ab.log" || status=1

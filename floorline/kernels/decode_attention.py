@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
 
 import torch
 from floorline.kernels.triton_compat import tl, triton
@@ -63,50 +62,6 @@ def _split_len(seq_len, num_splits, BLOCK_N: tl.constexpr):
     return tl.maximum(tl.cdiv(per_split, BLOCK_N), 1) * BLOCK_N
 
 
-@dataclass(frozen=True)
-class NewKV:
-    """This step's tokens for a fused decode: k, v [num_seqs, num_kv_heads, head_dim] before rotary
-    (strided views are fine), their positions, the rotary cos/sin cache and the cache slots."""
-
-    k: torch.Tensor
-    v: torch.Tensor
-    positions: torch.Tensor  # [num_seqs] int
-    cos_sin_cache: torch.Tensor  # [max_positions, head_dim] fp32, contiguous
-    slot_mapping: torch.Tensor  # [num_seqs] int64; -1: write nothing
-
-
-def _new_kv_args(new_kv: NewKV | None, q: torch.Tensor, num_kv_heads: int) -> tuple:
-    """The split kernel's NEW_KV arguments (placeholders without it), after checking shapes."""
-    if new_kv is None:
-        return (q, q, q, q, q, 0, 0, 0, 0)
-    n, _, d = q.shape
-    for name, t in (("k", new_kv.k), ("v", new_kv.v)):
-        if tuple(t.shape) != (n, num_kv_heads, d) or t.stride(-1) != 1 or t.dtype != q.dtype:
-            raise ValueError(f"decode_attention: new {name} must be {q.dtype} [{n}, {num_kv_heads}, {d}] with unit "
-                             f"last stride, got {tuple(t.shape)} {t.dtype}")
-    cs = new_kv.cos_sin_cache
-    if cs.dim() != 2 or cs.shape[1] != d or not cs.is_contiguous() or d % 2:
-        raise ValueError(f"decode_attention: cos_sin_cache must be contiguous [max_positions, {d}]")
-    if new_kv.positions.shape != (n,) or new_kv.slot_mapping.shape != (n,):
-        raise ValueError(f"decode_attention: positions and slot_mapping must be [{n}]")
-    return (new_kv.k, new_kv.v, new_kv.positions, cs, new_kv.slot_mapping,
-            new_kv.k.stride(0), new_kv.k.stride(1), new_kv.v.stride(0), new_kv.v.stride(1))
-
-
-@triton.jit
-def _rotary_rows(pos_ptr, cs_ptr, seq, d, d_ok, HEAD_DIM: tl.constexpr):
-    """cos, sin, partner column and sign over a whole head ([D_PAD] each) for sequence `seq`'s
-    position: x'[d] = x[d] * cos + sign * x[partner] * sin is the NeoX rotation of `kernels/rotary`."""
-    half: tl.constexpr = HEAD_DIM // 2
-    pos = tl.load(pos_ptr + seq).to(tl.int64)
-    dh = d % half
-    cos = tl.load(cs_ptr + pos * HEAD_DIM + dh, mask=d_ok, other=0.0).to(tl.float32)
-    sin = tl.load(cs_ptr + pos * HEAD_DIM + half + dh, mask=d_ok, other=0.0).to(tl.float32)
-    partner = tl.where(d < half, d + half, d - half)
-    sign = tl.where(d < half, -1.0, 1.0)
-    return cos, sin, partner, sign
-
-
 @triton.jit
 def _decode_split_kernel(
     q_ptr, k_ptr, v_ptr, block_tables_ptr, seq_lens_ptr,
@@ -117,14 +72,11 @@ def _decode_split_kernel(
     stride_vb, stride_vs, stride_vh,
     stride_bt,
     stride_ot, stride_oh,
-    kn_ptr, vn_ptr, pos_ptr, cs_ptr, slot_ptr,  # NEW_KV only: this step's k, v (before rotary), ...
-    stride_knt, stride_knh, stride_vnt, stride_vnh,
     NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
     DIRECT_OUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
     USE_PDL: tl.constexpr = False, EARLY_LAUNCH: tl.constexpr = False,
-    NEW_KV: tl.constexpr = False,  # rotary on q and the new k here, and the new k/v written to the cache
 ):  # fmt: skip
     if EARLY_LAUNCH:
         gdc_launch_dependents()  # the merge (or o_proj) may launch; it waits for this grid's writes
@@ -152,20 +104,6 @@ def _decode_split_kernel(
         mask=row_ok[:, None] & d_ok[None, :],
         other=0.0,
     )
-    if NEW_KV:
-        # The step's rotary, as `kv_write` does it, but in registers: q, and the new token's k
-        # (which stands in for the cache row at position seq_len - 1 that this step writes).
-        cos, sin, partner, sign = _rotary_rows(pos_ptr, cs_ptr, seq, d, d_ok, HEAD_DIM)
-        q_sw = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + partner[None, :],
-                       mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-        q = (q.to(tl.float32) * cos[None, :] + sign[None, :] * q_sw.to(tl.float32) * sin[None, :]).to(q.dtype)
-        kn = kn_ptr + seq * stride_knt + kv_head * stride_knh
-        k_new = tl.load(kn + d, mask=d_ok, other=0.0)
-        k_sw = tl.load(kn + partner, mask=d_ok, other=0.0)
-        k_new = (k_new.to(tl.float32) * cos + sign * k_sw.to(tl.float32) * sin).to(k_ptr.dtype.element_ty)
-        v_new = tl.load(vn_ptr + seq * stride_vnt + kv_head * stride_vnh + d, mask=d_ok, other=0.0)
-        v_new = v_new.to(v_ptr.dtype.element_ty)
-        last = seq_len - 1
 
     m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([GROUP_PAD], tl.float32)
@@ -182,8 +120,6 @@ def _decode_split_kernel(
         kv_mask = valid[:, None] & d_ok[None, :]
         k_ptrs = k_head + block[:, None] * stride_kb + slot_off[:, None] * stride_ks + d[None, :]
         k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-        if NEW_KV:  # the cache row of this step's token may not be written yet: use the registers
-            k = tl.where((pos == last)[:, None], k_new[None, :], k)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [GROUP_PAD, BLOCK_N]
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile holds a valid position
@@ -192,18 +128,9 @@ def _decode_split_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         v_ptrs = v_head + block[:, None] * stride_vb + slot_off[:, None] * stride_vs + d[None, :]
         v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
-        if NEW_KV:
-            v = tl.where((pos == last)[:, None], v_new[None, :], v)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
-    if NEW_KV:  # after the loop, which read the registers for this row: no program reads it this step
-        slot = tl.load(slot_ptr + seq)
-        if (start <= last) & (last < end) & (slot >= 0):  # one program per (sequence, KV head) writes
-            blk = slot // BLOCK_SIZE
-            off = slot % BLOCK_SIZE
-            tl.store(k_ptr + blk * stride_kb + off * stride_ks + kv_head * stride_kh + d, k_new, mask=d_ok)
-            tl.store(v_ptr + blk * stride_vb + off * stride_vs + kv_head * stride_vh + d, v_new, mask=d_ok)
     has_kv = l_i > 0
     o = tl.where(has_kv[:, None], acc / tl.where(has_kv, l_i, 1.0)[:, None], 0.0)
     store_mask = row_ok[:, None] & d_ok[None, :]
@@ -267,13 +194,10 @@ def decode_attention(
     block_n: int | None = None,
     num_warps: int = 4,
     num_stages: int | None = None,
-    new_kv: NewKV | None = None,
 ) -> torch.Tensor:
     """Decode attention (token `i` is the last position of sequence `i`) -> [num_seqs, num_heads, head_dim].
 
-    No host synchronization: safe to capture in a CUDA graph with a fixed `num_splits`. With
-    `new_kv`, q and the step's k are given before rotary, and the kernel also does what
-    `rotary_and_cache_write` would (rotary in registers, k/v into the cache): one launch fewer.
+    No host synchronization: safe to capture in a CUDA graph with a fixed `num_splits`.
     """
     check_paged_inputs(q, key_cache, value_cache, None, seq_lens, block_tables, out)
     num_seqs, num_heads, head_dim = q.shape
@@ -308,13 +232,12 @@ def decode_attention(
         value_cache.stride(0), value_cache.stride(1), value_cache.stride(2),
         block_tables.stride(0),
         out.stride(0), out.stride(1),
-        *_new_kv_args(new_kv, q, num_kv_heads),
         NUM_HEADS=num_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=head_dim, D_PAD=d_pad,
         BLOCK_SIZE=block_size, BLOCK_N=block_n,
         DIRECT_OUT=direct, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps, **({} if num_stages is None else {"num_stages": num_stages}),
-        NEW_KV=new_kv is not None, **early_launch_args(q.device),
+        **early_launch_args(q.device),
     )  # fmt: skip
     if not direct:
         _decode_merge_kernel[(num_seqs, num_heads)](

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from floorline.kernels.decode_attention import NewKV, decode_attention
 from floorline.kernels.kv_write import rotary_and_cache_write
 from floorline.kernels.paged_attention import paged_attention
 from floorline.runner.forward_context import get_attention_metadata
-
-# FLOORLINE_FUSE_KV_WRITE=1: pure-decode steps on the GPU do rotary and the cache write inside the
-# decode-attention kernel (one launch a layer fewer). Off until its speed is measured on a GPU.
-FUSE_KV_WRITE = os.environ.get("FLOORLINE_FUSE_KV_WRITE", "0") == "1"
 
 
 class Attention(torch.nn.Module):
@@ -34,13 +27,6 @@ class Attention(torch.nn.Module):
         if self.kv_cache is None:
             raise RuntimeError("attention layer has no KV cache bound")
         key_cache, value_cache = self.kv_cache
-        if FUSE_KV_WRITE and q.is_cuda and meta.max_query_len == 1:
-            out = decode_attention(
-                q, key_cache, value_cache, meta.seq_lens, meta.block_tables, self.scale, meta.max_seq_len,
-                num_splits=meta.decode_num_splits,
-                new_kv=NewKV(k, v, positions, self.cos_sin_cache, meta.slot_mapping),
-            )
-            return out.reshape(q.shape[0], self.num_heads * self.head_dim)
         rotary_and_cache_write(q, k, v, positions, self.cos_sin_cache, key_cache, value_cache, meta.slot_mapping)
         out = paged_attention(
             q, key_cache, value_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables,

@@ -56,24 +56,6 @@ def test_fused_norm_and_residual_equal_unfused(tiny_model_dir, monkeypatch):
         assert max(abs(a - b) for a, b in zip(lp_f, lp_u)) < 5e-2
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_fused_kv_write_decode_equals_separate_kernels(tiny_model_dir, monkeypatch, dtype):
-    """FLOORLINE_FUSE_KV_WRITE: rotary and the cache write inside decode attention, graphs on."""
-    import floorline.layers.attention as attention
-
-    ps = prompts(5, seed=6)
-    base = LLM(tiny_model_dir, device="cuda", dtype=dtype, num_kv_blocks=256, max_num_seqs=8)
-    out_b = base.generate(ps, greedy())
-    monkeypatch.setattr(attention, "FUSE_KV_WRITE", True)
-    fused = LLM(tiny_model_dir, device="cuda", dtype=dtype, num_kv_blocks=256, max_num_seqs=8)
-    out_f = fused.generate(ps, greedy())
-    if dtype == "float32":
-        assert tokens(out_f) == tokens(out_b)
-    else:
-        for f, b in zip(out_f, out_b):
-            assert f.outputs[0].token_ids[:4] == b.outputs[0].token_ids[:4]
-
-
 def test_dummy_8b_shape_decodes_with_graphs():
     llm = LLM("llama-3.2-1b", load_format="dummy", device="cuda", max_model_len=2048, max_num_seqs=4,
               num_kv_blocks=600)
