@@ -22,7 +22,8 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
 
 def load_model_config(source: ModelSource) -> ModelConfig:
     if source.kind == "gguf":
-        from floorline.weights.gguf import GGUFFile, gguf_to_hf_config
+        from floorline.weights.gguf_config import gguf_to_hf_config
+        from floorline.weights.gguf_file import GGUFFile
 
         return ModelConfig.from_hf_dict(gguf_to_hf_config(GGUFFile(source.path)), name=source.name)
     return ModelConfig.from_hf_dict(load_hf_config(source), name=source.name)
@@ -81,7 +82,8 @@ def load_model(
 
 def _weight_stream(source: ModelSource) -> tuple[Iterable[tuple[str, torch.Tensor]], int]:
     if source.kind == "gguf":
-        from floorline.weights.gguf import GGUFFile, iter_hf_weights
+        from floorline.weights.gguf_file import GGUFFile
+        from floorline.weights.gguf_weights import iter_hf_weights
 
         gguf = GGUFFile(source.path)
         return iter_hf_weights(gguf, torch.float32), len(gguf.tensors)
@@ -113,7 +115,7 @@ def load_tokenizer(source: ModelSource):
     from floorline.tokenizer import Tokenizer
 
     if source.kind == "gguf":
-        from floorline.weights.gguf import GGUFFile
+        from floorline.weights.gguf_file import GGUFFile
 
         return Tokenizer.from_gguf_metadata(GGUFFile(source.path).metadata)
     if source.kind == "hf_dir" and ((source.path / "tokenizer.json").is_file()):

@@ -10,7 +10,7 @@ from floorline.weights.bundled import bundled_model_path
 
 @pytest.fixture(scope="session")
 def bundled_metadata() -> dict:
-    from floorline.weights.gguf import GGUFFile
+    from floorline.weights.gguf_file import GGUFFile
 
     with GGUFFile(bundled_model_path()) as f:
         return dict(f.metadata)

@@ -105,7 +105,7 @@ def test_matches_transformers_on_a_written_gguf(tmp_path):
     w.write_tensors_to_file()
     w.close()
 
-    from floorline.weights.gguf import GGUFFile
+    from floorline.weights.gguf_file import GGUFFile
 
     with GGUFFile(tmp_path / "tiny.gguf") as f:
         ours = Tokenizer.from_gguf_metadata(f.metadata, cache_dir=tmp_path)

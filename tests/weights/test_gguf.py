@@ -20,7 +20,8 @@ from floorline.errors import (
     WeightMismatchError,
 )
 from floorline.weights.bundled import bundled_model_path
-from floorline.weights.gguf import GGUFFile, gguf_to_hf_config, hf_weight_name, iter_hf_weights
+from floorline.weights.gguf_config import gguf_to_hf_config
+from floorline.weights.gguf_file import GGUFFile
 from floorline.weights.gguf_quants import (
     DEQUANTIZABLE_TYPES,
     GGML_TYPES,
@@ -28,6 +29,7 @@ from floorline.weights.gguf_quants import (
     bits_per_weight,
     dequantize,
 )
+from floorline.weights.gguf_weights import hf_weight_name, iter_hf_weights
 
 QT = gguf.GGMLQuantizationType
 QUANT_TYPES = [t for t in DEQUANTIZABLE_TYPES if GGML_TYPES_BY_NAME[t].block_size > 1]
