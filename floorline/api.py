@@ -56,7 +56,8 @@ class LLM:
         order: list[str] = []
         for prompt, p in zip(prompts, params_list):
             try:
-                order.append(self.engine.add_request(prompt, p))
+                # Only finished outputs are kept: the engine need not snapshot every request each step.
+                order.append(self.engine.add_request(prompt, dataclasses.replace(p, output_kind="final_only")))
             except InvalidRequestError as e:
                 rid = f"refused-{len(order)}"
                 order.append(rid)

@@ -19,6 +19,9 @@ from floorline.errors import InvalidRequestError
 # overflows to inf, and the distribution is a point mass on the argmax anyway.
 GREEDY_TEMPERATURE_EPS = 1e-5
 MAX_LOGPROBS = 20
+# What a request's per-step RequestOutputs hold (vLLM's RequestOutputKind): everything so far, only
+# the step's news, or nothing until the request finishes (then everything).
+OUTPUT_KINDS = ("cumulative", "delta", "final_only")
 # torch.Generator.manual_seed accepts exactly this range.
 _SEED_MIN = -(2**63)
 _SEED_MAX = 2**64 - 1
@@ -70,7 +73,9 @@ class SamplingParams:
     seen in the prompt or the output); presence/frequency penalties are OpenAI-style (subtract
     from the logits of output tokens). max_tokens None means until the context is full.
     logprobs k returns the sampled token's logprob plus the top-k alternatives (0: only the
-    sampled token's). `stop` is normalized to a list of strings.
+    sampled token's). `stop` is normalized to a list of strings. output_kind (see OUTPUT_KINDS)
+    picks what the engine reports per step: "delta" and "final_only" spare it copying every
+    request's whole output each step.
     """
 
     n: int = 1
@@ -90,6 +95,7 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    output_kind: str = "cumulative"
 
     def __post_init__(self) -> None:
         self.n = _as_int("n", self.n)
@@ -150,6 +156,8 @@ class SamplingParams:
         self.include_stop_str_in_output = _as_bool(
             "include_stop_str_in_output", self.include_stop_str_in_output
         )
+        if self.output_kind not in OUTPUT_KINDS:
+            _fail("output_kind", f"must be one of {', '.join(OUTPUT_KINDS)}, got {_describe(self.output_kind)}")
 
     @staticmethod
     def _check_stop(stop: Any) -> list[str]:

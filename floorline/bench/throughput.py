@@ -75,6 +75,7 @@ def run_throughput(engine: LLMEngine, work: list[tuple[list[int], int]], request
     submit_time: dict[str, float] = {}
     first_token: dict[str, float] = {}
     finish: dict[str, tuple[float, int]] = {}
+    num_out: dict[str, int] = {}  # output tokens so far, per unfinished request
     engine.reset_step_stats()
     start = time.perf_counter()
     next_req, peak_kv, steps = 0, 0.0, 0
@@ -82,8 +83,8 @@ def run_throughput(engine: LLMEngine, work: list[tuple[list[int], int]], request
         now = time.perf_counter() - start
         while next_req < len(work) and arrivals[next_req] <= now:
             prompt, n_out = work[next_req]
-            rid = engine.add_request(prompt, SamplingParams(temperature=0.0, max_tokens=n_out, ignore_eos=True),
-                                     request_id=f"bench-{next_req}")
+            params = SamplingParams(temperature=0.0, max_tokens=n_out, ignore_eos=True, output_kind="delta")
+            rid = engine.add_request(prompt, params, request_id=f"bench-{next_req}")
             submit_time[rid] = time.perf_counter()
             next_req += 1
         if not engine.has_unfinished_requests():
@@ -98,11 +99,13 @@ def run_throughput(engine: LLMEngine, work: list[tuple[list[int], int]], request
             profiler = None
         stamp = time.perf_counter()
         peak_kv = max(peak_kv, engine.scheduler.kv.usage)
-        for out in outputs:
-            if out.request_id not in first_token and out.outputs[0].token_ids:
+        for out in outputs:  # delta outputs: token_ids are the step's new tokens
+            new = len(out.outputs[0].token_ids)
+            if new and out.request_id not in first_token:
                 first_token[out.request_id] = stamp
+            num_out[out.request_id] = num_out.get(out.request_id, 0) + new
             if out.finished:
-                finish[out.request_id] = (stamp, len(out.outputs[0].token_ids))
+                finish[out.request_id] = (stamp, num_out.pop(out.request_id))
     duration = time.perf_counter() - start
     ttft = [(first_token[r] - submit_time[r]) * 1e3 for r in first_token]
     tpot = [(end - first_token[r]) * 1e3 / (n - 1) for r, (end, n) in finish.items() if n > 1]

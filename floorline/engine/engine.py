@@ -261,6 +261,8 @@ class LLMEngine:
             touched[parent_id] = state
         outputs = []
         for parent_id, state in touched.items():
+            if state.params.output_kind == "final_only" and not state.finished:
+                continue  # reported once, whole, when it finishes
             out = state.take_output()
             if out.finished:
                 state.metrics.finished_time = now

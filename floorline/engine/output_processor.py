@@ -33,6 +33,16 @@ class CompletionOutput:
         snap.token_ids = list(self.token_ids)
         return snap
 
+    def delta_snapshot(self) -> CompletionOutput:
+        """This step's news alone: `text`, `token_ids` and `logprobs` hold only the new part
+        (output_kind "delta"). The delta lists are replaced, never mutated, so they can be shared."""
+        snap = object.__new__(CompletionOutput)
+        snap.__dict__.update(self.__dict__)
+        snap.text, snap.token_ids = self.delta_text, self.delta_token_ids
+        if self.logprobs is not None:
+            snap.logprobs = self.logprobs[len(self.logprobs) - len(self.delta_token_ids):]
+        return snap
+
 
 @dataclass
 class RequestMetrics:
@@ -121,11 +131,13 @@ class RequestState:
         return True
 
     def take_output(self) -> RequestOutput:
-        """What to report now: snapshots of the children's outputs. Their deltas are then cleared, so a
-        child with no news at the next report (one that stopped while a sibling goes on) says nothing."""
+        """What to report now: snapshots of the children's outputs (whole, or only the news with
+        output_kind "delta"). Their deltas are then cleared, so a child with no news at the next
+        report (one that stopped while a sibling goes on) says nothing."""
+        delta = self.params.output_kind == "delta"
         outputs = []
         for c in self.children.values():
-            outputs.append(c.output.snapshot())
+            outputs.append(c.output.delta_snapshot() if delta else c.output.snapshot())
             c.output.delta_text, c.output.delta_token_ids = "", []
         return RequestOutput(
             request_id=self.request_id, prompt=self.prompt, prompt_token_ids=self.prompt_token_ids,
