@@ -41,6 +41,25 @@ NUM_STAGES = 3
 
 
 @triton.jit
+def _load_kv(ptrs, valid, d_ok, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr):
+    """A [BLOCK_N, D_PAD] K or V tile: rows masked by `valid` on the diagonal (CAUSAL), columns by `d_ok`.
+
+    Full tiles of a power-of-two head_dim load without a mask (wide, unpredicated loads).
+    """
+    if CAUSAL:
+        if EVEN_D:
+            t = tl.load(ptrs, mask=valid[:, None], other=0.0)
+        else:
+            t = tl.load(ptrs, mask=valid[:, None] & d_ok[None, :], other=0.0)
+    else:
+        if EVEN_D:
+            t = tl.load(ptrs)
+        else:
+            t = tl.load(ptrs, mask=d_ok[None, :], other=0.0)
+    return t
+
+
+@triton.jit
 def _attend_tile(
     q, acc, m_i, l_i, n0, kv_end, row_pos,
     table_row, k_head, v_head, d, d_ok,
@@ -50,25 +69,15 @@ def _attend_tile(
 ):  # fmt: skip
     """One online-softmax step over KV positions n0..n0+BLOCK_N (masked only when CAUSAL)."""
     pos = n0 + tl.arange(0, BLOCK_N)
+    valid = pos < kv_end  # read only when CAUSAL (dead code otherwise)
     if CAUSAL:
-        valid = pos < kv_end
         block = tl.load(table_row + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
     else:
         block = tl.load(table_row + pos // BLOCK_SIZE).to(tl.int64)
     slot_off = pos % BLOCK_SIZE
     k_ptrs = k_head + block[:, None] * stride_kb + slot_off[:, None] * stride_ks + d[None, :]
     v_ptrs = v_head + block[:, None] * stride_vb + slot_off[:, None] * stride_vs + d[None, :]
-    # Full tiles of a power-of-two head_dim load without a mask (wide, unpredicated loads).
-    if CAUSAL:
-        if EVEN_D:
-            k = tl.load(k_ptrs, mask=valid[:, None], other=0.0)
-        else:
-            k = tl.load(k_ptrs, mask=valid[:, None] & d_ok[None, :], other=0.0)
-    else:
-        if EVEN_D:
-            k = tl.load(k_ptrs)
-        else:
-            k = tl.load(k_ptrs, mask=d_ok[None, :], other=0.0)
+    k = _load_kv(k_ptrs, valid, d_ok, CAUSAL, EVEN_D)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
     if CAUSAL:
         s = tl.where((pos[None, :] <= row_pos[:, None]) & valid[None, :], s, float("-inf"))
@@ -76,16 +85,7 @@ def _attend_tile(
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
-    if CAUSAL:
-        if EVEN_D:
-            v = tl.load(v_ptrs, mask=valid[:, None], other=0.0)
-        else:
-            v = tl.load(v_ptrs, mask=valid[:, None] & d_ok[None, :], other=0.0)
-    else:
-        if EVEN_D:
-            v = tl.load(v_ptrs)
-        else:
-            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+    v = _load_kv(v_ptrs, valid, d_ok, CAUSAL, EVEN_D)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return acc, m_new, l_i
 
