@@ -1,4 +1,4 @@
-"""Launch plumbing shared by the quantized GEMV kernels (quant_w8, quant_int4, quant_nf4).
+"""Launch plumbing and device helpers shared by the quantized GEMV kernels (quant_w8, quant_int4, quant_nf4).
 
 The kernels follow `skinny_gemm`: one program owns BLOCK_N output rows and walks K in BLOCK_K steps
 (a multiple of the format's group), reading the packed weights once and dequantizing in registers;
@@ -26,11 +26,14 @@ from floorline.kernels.skinny_gemm import (  # noqa: F401  (DOT_BLOCK_M, MAX_M r
     M_BUCKETS,
     MAX_M,
     SkinnyConfig,
+    _dot,
+    _epilogue,
+    _operand,
     auto_split_k,
     m_bucket,
 )
 from floorline.kernels.tickets import tickets
-from floorline.kernels.triton_compat import triton
+from floorline.kernels.triton_compat import tl, triton
 
 FORMATS = ("int8", "fp8", "int4", "nf4")
 DOT_MIN_K = 128  # 4-bit dot paths: one tl.dot per slot of BLOCK_K / 8 columns, which must be >= 16
@@ -198,3 +201,71 @@ def dequant_buffer(device: torch.device, dtype: torch.dtype, numel: int) -> torc
         _RETIRED.append(buf)
     _BUFFERS[(device, dtype)] = fresh
     return fresh
+
+
+# Device helpers of the quantized GEMV kernels. Triton inlines them into each kernel; they were
+# factored out of quant_int4 / quant_nf4 / quant_w8 without changing the sm_90 code those compile to.
+
+
+@triton.jit
+def _load_x(ptrs, mask, K, X_SILU_MUL: tl.constexpr, MASKED: tl.constexpr = True):
+    """x elements (with `X_SILU_MUL`, silu(gate) * up of x [M, 2K]); MASKED=False: no predication."""
+    return _operand(ptrs, None, mask, K, MASKED, X_SILU_MUL, False)
+
+
+@triton.jit
+def _join_slots(w0, w1, w2, w3, w4, w5, w6, w7):
+    """Eight [..] tensors -> [.., 2, 2, 2] with slot 4a + 2b + c at [.., a, b, c] (a register-only join).
+
+    Each join appends its pair as the new last dimension, so the outermost join picks c.
+    """
+    return tl.join(tl.join(tl.join(w0, w4), tl.join(w2, w6)), tl.join(tl.join(w1, w5), tl.join(w3, w7)))
+
+
+@triton.jit
+def _slot_dot_pointers(q_ptr, x_ptr, rn64, M, stride_qn, stride_xm, k_start, NB: tl.constexpr, GW: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """4-bit dot path: word pointers [BN, NB, GW] (row, group, word), x pointers [BM, BK], the x tile's
+    column offsets [1, BK] and row mask [BM, 1] at k_start."""
+    rj = tl.arange(0, GW)
+    woff = tl.arange(0, NB)[:, None] * GW + rj[None, :]  # [NB, GW]
+    q_ptrs = q_ptr + rn64[:, None, None] * stride_qn + (k_start // 8 + woff)[None, :, :]
+    rm = tl.arange(0, BLOCK_M)
+    xoff = tl.arange(0, BLOCK_K)[None, :]
+    x_ptrs = x_ptr + rm[:, None] * stride_xm + k_start + xoff
+    return q_ptrs, x_ptrs, xoff, (rm < M)[:, None]
+
+
+@triton.jit
+def _slot_dot_load(q_ptrs, x_ptrs, group_ok, m_mask, k, xoff, K, EVEN_K: tl.constexpr, X_SILU_MUL: tl.constexpr):
+    """4-bit dot path, the tile at k: words [BN, NB, GW] as uint32 (groups past the end, `group_ok` [NB]
+    false, read as 0 unless EVEN_K) and x [BM, BK]."""
+    if EVEN_K:
+        w = tl.load(q_ptrs, eviction_policy="evict_first")
+        xs = _load_x(x_ptrs, m_mask, K, X_SILU_MUL)
+    else:
+        w = tl.load(q_ptrs, mask=group_ok[None, :, None], other=0, eviction_policy="evict_first")
+        xs = _load_x(x_ptrs, m_mask & (k + xoff < K), K, X_SILU_MUL)
+    return w.to(tl.uint32, bitcast=True), xs
+
+
+@triton.jit
+def _slot_dot(acc, xs, w0, w1, w2, w3, w4, w5, w6, w7, BLOCK_N: tl.constexpr, NB: tl.constexpr, GW: tl.constexpr,
+              BLOCK_K: tl.constexpr, DOT_IEEE: tl.constexpr):
+    """acc + xs W^T, W the tile's eight dequantized slots [BN, NB, GW]: joined in registers and permuted to
+    column order [BN, BK] on their way to the dot operand layout, rounded to x's dtype, one tl.dot."""
+    wt = _join_slots(w0, w1, w2, w3, w4, w5, w6, w7)
+    wt = tl.permute(tl.reshape(wt, (BLOCK_N, NB, GW, 8)), (0, 1, 3, 2))  # to column order
+    wt = tl.reshape(wt, (BLOCK_N, BLOCK_K)).to(xs.dtype)
+    return _dot(xs, tl.trans(wt), acc, DOT_IEEE)
+
+
+@triton.jit
+def _slot_dot_epilogue(acc, rn, M, N, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, BLOCK_M: tl.constexpr,
+                       SPLIT: tl.constexpr):
+    """Stores the dot path's [BM, BN] tile (rows < M, columns < N), through split-K partials with SPLIT."""
+    rm = tl.arange(0, BLOCK_M)
+    c_offs = rm[:, None] * N + rn[None, :]
+    mask = (rm < M)[:, None] & (rn[None, :] < N)
+    _epilogue(acc, c_offs, rn[None, :], mask, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split,
+              num_splits, N, M * N, False, SPLIT)

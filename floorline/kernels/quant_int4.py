@@ -26,13 +26,18 @@ from floorline.kernels.quant_common import (
     DOT_BLOCK_M,
     DOT_MIN_K,
     QuantGemvConfig,
+    _load_x,
+    _slot_dot,
+    _slot_dot_epilogue,
+    _slot_dot_load,
+    _slot_dot_pointers,
     check_config,
     geometry,
     get_config,
     operand,
 )
 from floorline.kernels.quant_packing import unpack_int4
-from floorline.kernels.skinny_gemm import _epilogue, _operand
+from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
 
 
@@ -59,23 +64,19 @@ def _int4_slot(w, S: tl.constexpr, one, sixteen):
 
 
 @triton.jit
-def _load_group_params(s_ptr, z_ptr, g, rn_w, N, num_groups, EVEN_K: tl.constexpr):
-    """fp32 scales and zeros of groups g [NB] for rows rn_w [BN] -> two [BN, NB] tensors."""
-    offs = g[None, :] * N + rn_w[:, None]
-    if EVEN_K:
+def _load_group_params(s_ptr, z_ptr, offs, group_ok, MASKED: tl.constexpr):
+    """fp32 scales and zeros at offs = g * N + row, in the caller's layout ([BN, NB] or [NB, BN]).
+
+    MASKED: entries where `group_ok` (broadcast to offs) is false read as 0. Callers derive it from the
+    1-D groups, as they do their word load's mask, so both are one compare per group.
+    """
+    if MASKED:
+        s = tl.load(s_ptr + offs, mask=group_ok, other=0.0)
+        z = tl.load(z_ptr + offs, mask=group_ok, other=0.0)
+    else:
         s = tl.load(s_ptr + offs)
         z = tl.load(z_ptr + offs)
-    else:
-        gm = (g < num_groups)[None, :]
-        s = tl.load(s_ptr + offs, mask=gm, other=0.0)
-        z = tl.load(z_ptr + offs, mask=gm, other=0.0)
     return s.to(tl.float32), z.to(tl.float32)
-
-
-@triton.jit
-def _load_x(ptrs, mask, K, X_SILU_MUL: tl.constexpr, MASKED: tl.constexpr = True):
-    """x elements (with `X_SILU_MUL`, silu(gate) * up of x [M, 2K]); MASKED=False: no predication."""
-    return _operand(ptrs, None, mask, K, MASKED, X_SILU_MUL, False)
 
 
 @triton.jit
@@ -83,16 +84,13 @@ def _int4_fma_load(q_ptrs, s_ptr, z_ptr, k, rg, rn_w, N, num_groups, GROUP: tl.c
     """Words [NC, NB, BN, 4] (uint32) and fp32 scales / zeros [1, NB, BN] of the tile at k."""
     g = k // GROUP + rg
     offs = g[:, None] * N + rn_w[None, :]  # [NB, BN]
+    gm = (g < num_groups)[:, None]  # unused (and dropped) when not MASKED
+    s, z = _load_group_params(s_ptr, z_ptr, offs, gm, MASKED)
     if MASKED:
-        gm = (g < num_groups)[:, None]
-        s = tl.load(s_ptr + offs, mask=gm, other=0.0)
-        z = tl.load(z_ptr + offs, mask=gm, other=0.0)
         w = tl.load(q_ptrs, mask=gm[None, :, :, None], other=0, eviction_policy="evict_first")
     else:
-        s = tl.load(s_ptr + offs)
-        z = tl.load(z_ptr + offs)
         w = tl.load(q_ptrs, eviction_policy="evict_first")
-    return w.to(tl.uint32, bitcast=True), s.to(tl.float32)[None, :, :], z.to(tl.float32)[None, :, :]
+    return w.to(tl.uint32, bitcast=True), s[None, :, :], z[None, :, :]
 
 
 @triton.jit
@@ -137,15 +135,6 @@ def _int4_slot_weights(w, s, z, S: tl.constexpr, one, sixteen):
     return f * (16.0 * s)[:, :, None] + b[:, :, None]
 
 
-@triton.jit
-def _join_slots(w0, w1, w2, w3, w4, w5, w6, w7):
-    """Eight [..] tensors -> [.., 2, 2, 2] with slot 4a + 2b + c at [.., a, b, c] (a register-only join).
-
-    Each join appends its pair as the new last dimension, so the outermost join picks c.
-    """
-    return tl.join(tl.join(tl.join(w0, w4), tl.join(w2, w6)), tl.join(tl.join(w1, w5), tl.join(w3, w7)))
-
-
 @triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits"])
 def _int4_gemv_kernel(
     x_ptr,  # [M, K] (or [M, 2K] gate | up), last-dim stride 1
@@ -173,43 +162,24 @@ def _int4_gemv_kernel(
     rn64 = rn_w.to(tl.int64)
     rg = tl.arange(0, NB)
     if USE_DOT:
-        # One tl.dot per tile: the eight slot tensors are joined (in registers) and permuted to column
-        # order [BN, BK] on their way to the dot operand layout; x is a plain [BM, BK] tile.
-        rj = tl.arange(0, GW)
-        woff = rg[:, None] * GW + rj[None, :]  # [NB, GW]
-        q_ptrs = q_ptr + rn64[:, None, None] * stride_qn + (k_start // 8 + woff)[None, :, :]
-        rm = tl.arange(0, BLOCK_M)
-        xoff = tl.arange(0, BLOCK_K)[None, :]
-        x_ptrs = x_ptr + rm[:, None] * stride_xm + k_start + xoff  # [BM, BK]
-        m_mask = (rm < M)[:, None]
+        # One tl.dot per tile (quant_common's _slot_dot): the eight slots as exact (q - z) * s.
+        q_ptrs, x_ptrs, xoff, m_mask = _slot_dot_pointers(q_ptr, x_ptr, rn64, M, stride_qn, stride_xm, k_start,
+                                                          NB, GW, BLOCK_M, BLOCK_K)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
             g = k // GROUP + rg
-            s, z = _load_group_params(s_ptr, z_ptr, g, rn_w, N, num_groups, EVEN_K)
-            if EVEN_K:
-                w = tl.load(q_ptrs, eviction_policy="evict_first")
-                xs = _load_x(x_ptrs, m_mask, K, X_SILU_MUL)
-            else:
-                w = tl.load(q_ptrs, mask=(g < num_groups)[None, :, None], other=0, eviction_policy="evict_first")
-                xs = _load_x(x_ptrs, m_mask & (k + xoff < K), K, X_SILU_MUL)
-            w = w.to(tl.uint32, bitcast=True)
-            wt = _join_slots(_int4_slot_weights(w, s, z, 0, one, sixteen), _int4_slot_weights(w, s, z, 1, one, sixteen),
-                             _int4_slot_weights(w, s, z, 2, one, sixteen), _int4_slot_weights(w, s, z, 3, one, sixteen),
-                             _int4_slot_weights(w, s, z, 4, one, sixteen), _int4_slot_weights(w, s, z, 5, one, sixteen),
-                             _int4_slot_weights(w, s, z, 6, one, sixteen), _int4_slot_weights(w, s, z, 7, one, sixteen))
-            wt = tl.permute(tl.reshape(wt, (BLOCK_N, NB, GW, 8)), (0, 1, 3, 2))  # to column order
-            wt = tl.reshape(wt, (BLOCK_N, BLOCK_K)).to(xs.dtype)
-            if DOT_IEEE:
-                acc = tl.dot(xs, tl.trans(wt), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(xs, tl.trans(wt), acc)
+            s, z = _load_group_params(s_ptr, z_ptr, g[None, :] * N + rn_w[:, None], (g < num_groups)[None, :],
+                                      not EVEN_K)
+            w, xs = _slot_dot_load(q_ptrs, x_ptrs, g < num_groups, m_mask, k, xoff, K, EVEN_K, X_SILU_MUL)
+            acc = _slot_dot(acc, xs,
+                            _int4_slot_weights(w, s, z, 0, one, sixteen), _int4_slot_weights(w, s, z, 1, one, sixteen),
+                            _int4_slot_weights(w, s, z, 2, one, sixteen), _int4_slot_weights(w, s, z, 3, one, sixteen),
+                            _int4_slot_weights(w, s, z, 4, one, sixteen), _int4_slot_weights(w, s, z, 5, one, sixteen),
+                            _int4_slot_weights(w, s, z, 6, one, sixteen), _int4_slot_weights(w, s, z, 7, one, sixteen),
+                            BLOCK_N, NB, GW, BLOCK_K, DOT_IEEE)
             q_ptrs += BLOCK_K // 8
             x_ptrs += BLOCK_K
-        rm2 = tl.arange(0, BLOCK_M)
-        c_offs = rm2[:, None] * N + rn[None, :]
-        mask = (rm2 < M)[:, None] & (rn[None, :] < N)
-        _epilogue(acc, c_offs, rn[None, :], mask, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split,
-                  num_splits, N, M * N, False, SPLIT)
+        _slot_dot_epilogue(acc, rn, M, N, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, BLOCK_M, SPLIT)
     else:
         NC: tl.constexpr = GW // 4  # 16-byte chunks per group and row
         rc = tl.arange(0, NC)[:, None, None, None]
@@ -241,7 +211,7 @@ def _int4_dequant_kernel(q_ptr, s_ptr, z_ptr, out_ptr, N, K, num_groups, stride_
     rj = tl.arange(0, GW)
     w = tl.load(q_ptr + rn_w.to(tl.int64)[:, None, None] * stride_qn + (g[:, None] * GW + rj[None, :])[None, :, :])
     w = w.to(tl.uint32, bitcast=True)  # [BN, 1, GW]
-    s, z = _load_group_params(s_ptr, z_ptr, g, rn_w, N, num_groups, True)
+    s, z = _load_group_params(s_ptr, z_ptr, g[None, :] * N + rn_w[:, None], None, False)
     row = rn[:, None, None].to(tl.int64) * K
     for S in tl.static_range(8):
         col = (g[:, None] * GROUP + S * GW + rj[None, :])[None, :, :]

@@ -27,12 +27,16 @@ from floorline.kernels.quant_common import (
     DOT_BLOCK_M,
     DOT_MIN_K,
     QuantGemvConfig,
+    _load_x,
+    _slot_dot,
+    _slot_dot_epilogue,
+    _slot_dot_load,
+    _slot_dot_pointers,
     check_config,
     geometry,
     get_config,
     operand,
 )
-from floorline.kernels.quant_int4 import _join_slots, _load_x
 from floorline.kernels.quant_packing import unpack_nf4
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
@@ -97,14 +101,9 @@ def _nf4_gemv_kernel(
     base, offset, mbase = _row_state(base_ptr, off_ptr, map_ptr, rn_w, NESTED)
     rb = tl.arange(0, NB)
     if USE_DOT:
-        # one tl.dot per tile: the slots joined and permuted to column order, x a plain tile (quant_int4)
-        rj = tl.arange(0, 8)
-        woff = rb[:, None] * 8 + rj[None, :]  # [NB, 8] words
-        q_ptrs = q_ptr + rn64[:, None, None] * stride_qn + (k_start // 8 + woff)[None, :, :]
-        rm = tl.arange(0, BLOCK_M)
-        xoff = tl.arange(0, BLOCK_K)[None, :]
-        x_ptrs = x_ptr + rm[:, None] * stride_xm + k_start + xoff  # [BM, BK]
-        m_mask = (rm < M)[:, None]
+        # One tl.dot per tile (quant_common's _slot_dot): the eight slots as code * absmax; 8 words a block.
+        q_ptrs, x_ptrs, xoff, m_mask = _slot_dot_pointers(q_ptr, x_ptr, rn64, M, stride_qn, stride_xm, k_start,
+                                                          NB, 8, BLOCK_M, BLOCK_K)
         table = nf4_lane_table(tl.zeros([BLOCK_N, NB, 8], dtype=tl.int32), LOOKUP)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
@@ -112,34 +111,20 @@ def _nf4_gemv_kernel(
             kb_mask = kb < KB
             absmax = _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, KB, kb_mask, NESTED,
                                    not EVEN_K)[:, :, None]
-            if EVEN_K:
-                w = tl.load(q_ptrs, eviction_policy="evict_first")
-                xs = _load_x(x_ptrs, m_mask, K, X_SILU_MUL)
-            else:
-                w = tl.load(q_ptrs, mask=kb_mask[None, :, None], other=0, eviction_policy="evict_first")
-                xs = _load_x(x_ptrs, m_mask & (k + xoff < K), K, X_SILU_MUL)
-            w = w.to(tl.uint32, bitcast=True)
-            wt = _join_slots(nf4_code_of(w, 0, code_ptr, table, LOOKUP) * absmax,
-                             nf4_code_of(w, 1, code_ptr, table, LOOKUP) * absmax,
-                             nf4_code_of(w, 2, code_ptr, table, LOOKUP) * absmax,
-                             nf4_code_of(w, 3, code_ptr, table, LOOKUP) * absmax,
-                             nf4_code_of(w, 4, code_ptr, table, LOOKUP) * absmax,
-                             nf4_code_of(w, 5, code_ptr, table, LOOKUP) * absmax,
-                             nf4_code_of(w, 6, code_ptr, table, LOOKUP) * absmax,
-                             nf4_code_of(w, 7, code_ptr, table, LOOKUP) * absmax)
-            wt = tl.permute(tl.reshape(wt, (BLOCK_N, NB, 8, 8)), (0, 1, 3, 2))  # to column order
-            wt = tl.reshape(wt, (BLOCK_N, BLOCK_K)).to(xs.dtype)
-            if DOT_IEEE:
-                acc = tl.dot(xs, tl.trans(wt), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(xs, tl.trans(wt), acc)
+            w, xs = _slot_dot_load(q_ptrs, x_ptrs, kb_mask, m_mask, k, xoff, K, EVEN_K, X_SILU_MUL)
+            acc = _slot_dot(acc, xs,
+                            nf4_code_of(w, 0, code_ptr, table, LOOKUP) * absmax,
+                            nf4_code_of(w, 1, code_ptr, table, LOOKUP) * absmax,
+                            nf4_code_of(w, 2, code_ptr, table, LOOKUP) * absmax,
+                            nf4_code_of(w, 3, code_ptr, table, LOOKUP) * absmax,
+                            nf4_code_of(w, 4, code_ptr, table, LOOKUP) * absmax,
+                            nf4_code_of(w, 5, code_ptr, table, LOOKUP) * absmax,
+                            nf4_code_of(w, 6, code_ptr, table, LOOKUP) * absmax,
+                            nf4_code_of(w, 7, code_ptr, table, LOOKUP) * absmax,
+                            BLOCK_N, NB, 8, BLOCK_K, DOT_IEEE)
             q_ptrs += BLOCK_K // 8
             x_ptrs += BLOCK_K
-        rm2 = tl.arange(0, BLOCK_M)
-        c_offs = rm2[:, None] * N + rn[None, :]
-        mask = (rm2 < M)[:, None] & (rn[None, :] < N)
-        _epilogue(acc, c_offs, rn[None, :], mask, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split,
-                  num_splits, N, M * N, False, SPLIT)
+        _slot_dot_epilogue(acc, rn, M, N, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, BLOCK_M, SPLIT)
     else:
         # [2, NB, BN, 4] tiles (half of a block, block, row, word): K axes first, so that lanes run along
         # K and each thread keeps several rows, which share its x elements (see quant_int4).
