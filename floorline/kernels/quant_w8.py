@@ -22,12 +22,13 @@ from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
     DOT_BLOCK_M,
     QuantGemvConfig,
+    _load_x,
     check_config,
     geometry,
     get_config,
     operand,
 )
-from floorline.kernels.skinny_gemm import _epilogue, _silu_mul
+from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
 
 K_UNIT = 16  # block_k granularity
@@ -100,9 +101,7 @@ def _w8_gemv_kernel(
                 k_mask = (k + rk) < K
                 a_mask = m_mask[:, None] & k_mask[None, :]
                 b = tl.load(w_ptrs, mask=k_mask[:, None], other=0, eviction_policy="evict_first")
-            a = tl.load(x_ptrs, mask=a_mask, other=0.0)
-            if X_SILU_MUL:
-                a = _silu_mul(a, tl.load(x_ptrs + K, mask=a_mask, other=0.0))
+            a = _load_x(x_ptrs, a_mask, K, X_SILU_MUL)
             if FP8_AS_FP16:
                 wt = _bytes_to_dequant(b, FP8)  # value / 256 in fp16, exact
             else:
@@ -124,15 +123,11 @@ def _w8_gemv_kernel(
         acc2 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
             if EVEN_K:
-                xk = tl.load(x_ptrs)
-                if X_SILU_MUL:
-                    xk = _silu_mul(xk, tl.load(x_ptrs + K))
+                xk = _load_x(x_ptrs, None, K, X_SILU_MUL, False)
                 b = tl.load(w_ptrs, eviction_policy="evict_first")
             else:
                 k_mask = (k + rk) < K
-                xk = tl.load(x_ptrs, mask=k_mask, other=0.0)
-                if X_SILU_MUL:
-                    xk = _silu_mul(xk, tl.load(x_ptrs + K, mask=k_mask, other=0.0))
+                xk = _load_x(x_ptrs, k_mask, K, X_SILU_MUL)
                 b = tl.load(w_ptrs, mask=k_mask[None, :], other=0, eviction_policy="evict_first")
             acc2 += _bytes_to_float(b, FP8).to(tl.float32) * xk.to(tl.float32)[None, :]
             x_ptrs += BLOCK_K
