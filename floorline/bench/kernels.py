@@ -24,14 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from floorline.kernels.skinny_gemm import (
-    SkinnyConfig,
-    auto_split_k,
-    get_config,
-    m_bucket,
-    num_sms_of,
-    skinny_gemm_triton,
-)
+from floorline.kernels.decode_attention import num_sms_of
+from floorline.kernels.skinny_gemm import skinny_gemm_triton
+from floorline.kernels.skinny_gemm_configs import SkinnyConfig, auto_split_k, get_config, m_bucket
 
 SHAPES: dict[str, tuple[int, int]] = {  # name -> (K, N) of Llama-3.1-8B at tensor parallelism 1
     "qkv": (4096, 6144),

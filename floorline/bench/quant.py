@@ -30,12 +30,9 @@ import torch.nn.functional as F
 from floorline.bench import bnb
 from floorline.bench.kernels import SHAPES, read_bandwidth, rel_error, split_variants, time_per_call
 from floorline.kernels.quant_common import QuantGemvConfig, get_config
-from floorline.kernels.skinny_gemm import (
-    auto_split_k,
-    m_bucket,
-    num_sms_of,
-    skinny_gemm_triton,
-)
+from floorline.kernels.decode_attention import num_sms_of
+from floorline.kernels.skinny_gemm import skinny_gemm_triton
+from floorline.kernels.skinny_gemm_configs import auto_split_k, m_bucket
 
 LAYER_SHAPES = ("qkv", "o_proj", "gate_up", "down")
 NUM_LAYERS = 32

@@ -21,17 +21,8 @@ from pathlib import Path
 import torch
 
 from floorline.kernels.decode_attention import num_sms_of
-from floorline.kernels.skinny_gemm import (  # noqa: F401  (DOT_BLOCK_M, MAX_M re-exported to the kernels)
-    DOT_BLOCK_M,
-    M_BUCKETS,
-    MAX_M,
-    SkinnyConfig,
-    _dot,
-    _epilogue,
-    _operand,
-    auto_split_k,
-    m_bucket,
-)
+from floorline.kernels.skinny_gemm import DOT_BLOCK_M, _dot, _epilogue, _operand  # noqa: F401 (DOT_BLOCK_M re-exported)
+from floorline.kernels.skinny_gemm_configs import M_BUCKETS, MAX_M, SkinnyConfig, auto_split_k, m_bucket  # noqa: F401
 from floorline.kernels.tickets import tickets
 from floorline.kernels.triton_compat import tl, triton
 

@@ -42,20 +42,7 @@ from floorline.kernels.triton_compat import tl, triton
 from floorline.kernels.pdl import early_launch_args, gdc_launch_dependents, gdc_wait
 from floorline.kernels.tickets import tickets
 
-from floorline.kernels.decode_attention import num_sms_of  # noqa: F401  (re-exported to the benchmarks)
-from floorline.kernels.skinny_gemm_configs import (  # noqa: F401  (re-exported: the kernels' public config API)
-    H200_CONFIGS,
-    M_BUCKETS,
-    MAX_M,
-    TUNED_CONFIGS,
-    SkinnyConfig,
-    auto_split_k,
-    get_config,
-    heuristic_config,
-    load_tuned_configs,
-    m_bucket,
-    set_tuned_config,
-)
+from floorline.kernels.skinny_gemm_configs import MAX_M, SkinnyConfig, get_config
 
 DOT_BLOCK_M = 16  # tl.dot needs >= 16 rows; rows past M are masked and never fetched
 _FAST_DTYPES = (torch.float16, torch.bfloat16)

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 import floorline.kernels.skinny_gemm as sg
 import floorline.kernels.skinny_gemm_configs as sgc
-from floorline.kernels.skinny_gemm import (
+from floorline.kernels.skinny_gemm import shape_supported, skinny_gemm, skinny_gemm_ref, skinny_gemm_triton
+from floorline.kernels.skinny_gemm_configs import (
     SkinnyConfig,
     auto_split_k,
     get_config,
@@ -16,10 +17,6 @@ from floorline.kernels.skinny_gemm import (
     load_tuned_configs,
     m_bucket,
     set_tuned_config,
-    shape_supported,
-    skinny_gemm,
-    skinny_gemm_ref,
-    skinny_gemm_triton,
 )
 
 TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=2e-3, atol=2e-3)}
@@ -253,7 +250,7 @@ def test_gpu_cuda_graph_replay_matches_eager(m):
 def test_fused_silu_mul_operand(m, split_k, dtype):
     """x = gate | up: the kernel's operand is silu(gate) * up, rounded like the unfused op."""
     from floorline.kernels.activation import silu_and_mul_ref
-    from floorline.kernels.skinny_gemm import SkinnyConfig, skinny_gemm_silu_mul, skinny_gemm_triton
+    from floorline.kernels.skinny_gemm import skinny_gemm_silu_mul, skinny_gemm_triton
 
     k, n = 192, 40
     x = torch.randn(m, 2 * k, dtype=dtype)
