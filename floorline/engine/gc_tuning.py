@@ -2,10 +2,10 @@
 
 Each step allocates thousands of small container objects (scheduler outputs, per-request lists,
 outputs), so with Python's default first-generation threshold of 700 the collector runs several
-times a step and each run walks every young container. In a host-only run of the loop at 256
-sequences (the model replaced by random logits) that was 45% of the host time per step
-(3.74 -> 2.06 ms). The loop's objects die by reference counting; the collector is there for
-cycles, and it still finds them, only less often.
+times a step and each run walks every young container. On an H200 at 256 sequences (`bench
+throughput` against the same with FLOORLINE_GC_THRESHOLD=0) the output phase of a step went from
+3.71 to 1.37 ms and the device's idle share from 10.5% to 3.1%. The loop's objects die by
+reference counting; the collector is there for cycles, and it still finds them, only less often.
 """
 
 from __future__ import annotations
