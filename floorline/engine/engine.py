@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -102,8 +103,8 @@ class LLMEngine:
                                  else args.async_scheduling)
         self._inflight = None  # (SchedulerOutput, StepHandle) of a launched, unapplied step
         self._step_s = self._wait_s = 0.0
-        self._phase_s: dict[str, float] = {}  # host seconds by phase of the loop (see step_stats)
-        self._num_steps: dict[str, int] = {}  # launched steps by kind: graph | eager
+        self._phase_s: defaultdict[str, float] = defaultdict(float)  # host seconds by loop phase (step_stats)
+        self._num_steps: defaultdict[str, int] = defaultdict(int)  # launched steps by kind: graph | eager
         self.requests: dict[str, RequestState] = {}
         self._child_to_parent: dict[str, str] = {}
         self._ids = itertools.count()
@@ -193,7 +194,7 @@ class LLMEngine:
     def _timed(self, phase: str, fn, *args):
         t0 = time.perf_counter()
         result = fn(*args)
-        self._phase_s[phase] = self._phase_s.get(phase, 0.0) + time.perf_counter() - t0
+        self._phase_s[phase] += time.perf_counter() - t0
         return result
 
     def _launch(self, sched_out):
@@ -202,8 +203,8 @@ class LLMEngine:
         handle = self.runner.launch(sched_out)
         kind = self.runner.last_launch_kind
         if kind is not None:
-            self._phase_s["launch_" + kind] = self._phase_s.get("launch_" + kind, 0.0) + time.perf_counter() - t0
-            self._num_steps[kind] = self._num_steps.get(kind, 0) + 1
+            self._phase_s["launch_" + kind] += time.perf_counter() - t0
+            self._num_steps[kind] += 1
         return handle
 
     def _wait(self, handle):
@@ -215,7 +216,8 @@ class LLMEngine:
 
     def reset_step_stats(self) -> None:
         self._step_s = self._wait_s = 0.0
-        self._phase_s, self._num_steps = {}, {}
+        self._phase_s.clear()
+        self._num_steps.clear()
         self.runner.device_busy_s = 0.0
 
     def step_stats(self) -> dict:
