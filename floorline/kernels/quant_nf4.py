@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from floorline.kernels.nf4_lookup import LOOKUPS, NF4_CODE, lookup_id, nf4_code_of, nf4_lane_table  # noqa: F401 (re-exported)
+from floorline.kernels.nf4_lookup import NF4_CODE, lookup_id, nf4_code_of, nf4_lane_table
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
     DOT_BLOCK_M,

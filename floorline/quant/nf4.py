@@ -23,12 +23,12 @@ from floorline.errors import (
 from floorline.kernels.quant_nf4 import (
     BLOCK,
     NESTED_BLOCK,
-    NF4_CODE,
     nf4_code,
     nf4_dequantize_ref,
     nf4_dequantize_triton,
     nf4_gemv_triton,
 )
+from floorline.kernels.nf4_lookup import NF4_CODE
 from floorline.kernels.quant_packing import bytes_to_codes, codes_to_bytes, pack_nf4, unpack_nf4
 from floorline.quant.packed import PackedMethod, add_param, check_shape, copy_part
 
