@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -53,6 +54,7 @@ class Row:
     seconds: float = math.inf
     config: str = ""
     failure: str = ""
+    best: QuantGemvConfig | None = None  # the sweep's winner, if it beat the default
 
 
 def _method(fmt: str):
@@ -160,7 +162,7 @@ def check_format(fmt: str, layer, w: torch.Tensor, ms: tuple[int, ...]) -> list[
     return failures
 
 
-def sweep_candidates(fmt: str, m: int) -> list[QuantGemvConfig]:
+def sweep_candidates(fmt: str, m: int, k: int = 4096) -> list[QuantGemvConfig]:
     four_bit = fmt in ("int4", "nf4")
     if m > 1:
         if four_bit:
@@ -169,9 +171,19 @@ def sweep_candidates(fmt: str, m: int) -> list[QuantGemvConfig]:
             tiles = ((32, 256, 4, 4), (16, 256, 2, 4), (64, 128, 4, 4), (32, 512, 4, 3), (64, 256, 8, 3))
         return [QuantGemvConfig(bn, bk, 1, w, s, True) for bn, bk, w, s in tiles]
     if four_bit:  # long K tiles: lanes along K, rows per thread (kernels/quant_int4.py)
-        tiles = ((16, 4096, 4, 1), (8, 4096, 4, 1), (16, 2048, 4, 2), (8, 2048, 4, 1), (8, 4096, 2, 1))
-    else:
-        tiles = ((16, 512, 4, 3), (8, 512, 4, 3), (16, 1024, 8, 2), (32, 256, 4, 3), (32, 512, 8, 3), (8, 1024, 4, 2))
+        tiles = ((16, 4096, 4, 1), (8, 4096, 4, 1))
+        # persistent kernels (rows, K tile, warps, programs per SM, prefetch); 2 warps on a 4096 tile give
+        # each thread two groups (half the cross-lane sums a weight); K > 4096 also takes one whole-K tile
+        persistent = [(16, 4096, 4, 4, False), (16, 4096, 4, 5, False), (8, 4096, 4, 4, True),
+                      (8, 4096, 4, 6, False), (4, 4096, 4, 6, True), (4, 4096, 4, 8, True),
+                      (4, 4096, 2, 6, True), (4, 4096, 2, 8, False), (8, 2048, 2, 8, True)]
+        if k > 4096:
+            whole = 1 << (k - 1).bit_length()
+            persistent += [(8, whole, whole // 1024, 1, True), (4, whole, whole // 1024, 1, True),
+                           (4, whole, whole // 2048, 2, True), (8, whole // 2, whole // 2048, 2, True)]
+        return ([QuantGemvConfig(bn, bk, 1, w, s, False) for bn, bk, w, s in tiles]
+                + [QuantGemvConfig(bn, bk, 1, w, 1, False, pps, pf) for bn, bk, w, pps, pf in persistent])
+    tiles = ((16, 512, 4, 3), (8, 512, 4, 3), (16, 1024, 8, 2), (32, 256, 4, 3), (32, 512, 8, 3), (8, 1024, 4, 2))
     return [QuantGemvConfig(bn, bk, 1, w, s, False) for bn, bk, w, s in tiles]
 
 
@@ -203,7 +215,7 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
             if sweep:
                 sms = num_sms_of(device)
                 cands = [dataclasses.replace(c, split_k=auto_split_k(n, k, c.block_n, c.block_k, sms))
-                         for c in sweep_candidates(kernel_fmt, m)]
+                         for c in sweep_candidates(kernel_fmt, m, k)]
                 tried = set()
                 while cands:
                     cand = cands.pop(0)
@@ -220,10 +232,12 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
                     except Exception as e:  # noqa: BLE001 - a config the compiler rejects is skipped
                         print(f"    {fmt} {name} M={m} {_short(cand)}: {type(e).__name__}", flush=True)
                         continue
+                    print(f"    {fmt} {name} M={m} {_short(cand)}: {secs * 1e6:.1f} us", flush=True)
                     if secs < row.seconds:
-                        row.seconds, row.config = secs, _short(cand) + " (swept)"
+                        row.seconds, row.config, row.best = secs, _short(cand) + " (swept)", cand
                         print(f"    ({kernel_fmt!r}, {n}, {k}, {m_bucket(m)}): {cand!r},", flush=True)
-                        cands += split_variants(cand, n, k)  # the winner at other split counts
+                        if not cand.programs_per_sm:  # persistent kernels take one K tile per split
+                            cands += split_variants(cand, n, k)  # the winner at other split counts
         rows.append(row)
         print(f"  {fmt:<10} {name:<8} M={m:<2} {row.seconds * 1e6:8.1f} us", flush=True)
     del layers
@@ -233,7 +247,18 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
 
 
 def _short(c: QuantGemvConfig) -> str:
-    return f"{'dot' if c.use_dot else 'fma'} n{c.block_n} k{c.block_k} s{c.split_k} w{c.num_warps} st{c.num_stages}"
+    kind = "dot" if c.use_dot else f"persistent x{c.programs_per_sm}{' pf' if c.prefetch else ''}" \
+        if c.programs_per_sm else "fma"
+    return f"{kind} n{c.block_n} k{c.block_k} s{c.split_k} w{c.num_warps} st{c.num_stages}"
+
+
+def write_json(rows: list[Row], path: str) -> None:
+    """The swept winners, in the format `load_tuned_configs` (and FLOORLINE_QUANT_CONFIGS) reads."""
+    entries = [dict(format="nf4" if r.fmt in NF4_LOOKUP else r.fmt, n=r.n, k=r.k, m_bucket=m_bucket(r.m),
+                    config=r.best.as_dict(), us=round(r.seconds * 1e6, 2))
+               for r in rows if r.best is not None and r.fmt not in ("nf4-gather", "nf4-select")]
+    with open(path, "w") as f:
+        json.dump({"configs": entries}, f, indent=1)
 
 
 def print_tables(rows: list[Row], bw: float, lm_head: dict[int, float]) -> None:
@@ -297,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--m", nargs="+", type=int, default=[1, 4, 16], help="row counts, 1..16")
     p.add_argument("--sweep", action="store_true", help="also time a few configs per row; prints table lines")
     p.add_argument("--budget-s", type=float, default=300.0, help="sweep time budget")
+    p.add_argument("--out", help="with --sweep: write the winners as JSON (load with FLOORLINE_QUANT_CONFIGS=path)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("floorline.bench.quant: needs a CUDA GPU (none is visible)", file=sys.stderr)
@@ -336,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{len(failures)} check(s) failed:")
         for f in failures:
             print("  " + f)
+    if args.sweep and args.out:
+        write_json(rows, args.out)
     print()
     print(header)
     print_tables(rows, bw, lm_head)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,15 +31,21 @@ FORMATS = ("int8", "fp8", "int4", "nf4")
 DOT_MIN_K = 128  # 4-bit dot paths: one tl.dot per slot of BLOCK_K / 8 columns, which must be >= 16
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-# The quantized kernels take the bf16 skinny GEMM's launch configs: the same fields and meaning,
-# except that block_k counts weights (not bytes) and is a multiple of the format's group.
-QuantGemvConfig = SkinnyConfig
+@dataclass(frozen=True)
+class QuantGemvConfig(SkinnyConfig):
+    """The bf16 skinny GEMM's launch config (block_k counts weights, a multiple of the format's group),
+    plus the persistent M = 1 kernels' fields: `programs_per_sm` > 0 launches that many programs per SM,
+    each owning one K tile (split = K / block_k) and walking row tiles; `prefetch` loads the next row
+    tile's weights while the current one is summed."""
+
+    programs_per_sm: int = 0
+    prefetch: bool = False
 
 
 # (format, N, K, M-bucket) -> config: the lines `python -m floorline.bench.quant --sweep` prints.
-# Llama-3.1-8B decode shapes, swept on an NVIDIA H200 (torch 2.11, triton 3.6), 2026-12-01 (int8/fp8 and
-# int4 M = 1: first sweep; int4 M > 1: second; nf4: third, same kernel code as the second). Shapes and
-# M-buckets missing here take `heuristic_config`. benchmarks/quant_h200_notes.md has the tables.
+# Llama-3.1-8B decode shapes, swept on an NVIDIA H200 (torch 2.11, triton 3.6), 2026-12-01 (int8/fp8: first
+# sweep; int4 M > 1: second; nf4 M > 1: third; 4-bit M = 1: a later session's, with the persistent kernels).
+# Shapes and M-buckets missing here take `heuristic_config`. benchmarks/quant_h200_notes.md has the tables.
 TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
     ('int8', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=False),
     ('int8', 6144, 4096, 4): QuantGemvConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=4, use_dot=True),
@@ -53,44 +60,48 @@ TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
     ('fp8', 4096, 14336, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=False),
     ('fp8', 4096, 14336, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
     ('fp8', 4096, 14336, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
-    ('int4', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
-    ('int4', 4096, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
-    ('int4', 28672, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
     ('int4', 28672, 4096, 16): QuantGemvConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=3, use_dot=True),
-    ('int4', 4096, 14336, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
     ('int4', 4096, 14336, 16): QuantGemvConfig(block_n=32, block_k=256, split_k=4, num_warps=4, num_stages=3, use_dot=True),
     ('int4', 4096, 14336, 4): QuantGemvConfig(block_n=64, block_k=256, split_k=4, num_warps=4, num_stages=3, use_dot=True),
     ('int4', 6144, 4096, 4): QuantGemvConfig(block_n=64, block_k=256, split_k=4, num_warps=4, num_stages=3, use_dot=True),
-    ('nf4', 28672, 4096, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
     ('nf4', 28672, 4096, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=2, num_warps=4, num_stages=4, use_dot=True),
     ('nf4', 28672, 4096, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=2, num_warps=4, num_stages=4, use_dot=True),
-    ('nf4', 4096, 14336, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
     ('nf4', 4096, 14336, 16): QuantGemvConfig(block_n=64, block_k=256, split_k=4, num_warps=4, num_stages=3, use_dot=True),
     ('nf4', 4096, 14336, 4): QuantGemvConfig(block_n=64, block_k=256, split_k=4, num_warps=4, num_stages=3, use_dot=True),
-    ('nf4', 4096, 4096, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
     ('nf4', 4096, 4096, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=8, num_warps=4, num_stages=4, use_dot=True),
     ('nf4', 4096, 4096, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=8, num_warps=4, num_stages=4, use_dot=True),
-    ('nf4', 6144, 4096, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
     ('nf4', 6144, 4096, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
     ('nf4', 6144, 4096, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
+    # M = 1 4-bit: the persistent kernels where they won (third H200 session, 2026-12-01, sweep of run 2)
+    ('int4', 6144, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False),
+    ('int4', 4096, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False),
+    ('int4', 28672, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False),
+    ('int4', 4096, 14336, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
+    ('nf4', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False, programs_per_sm=5, prefetch=False),
+    ('nf4', 4096, 4096, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False, programs_per_sm=6, prefetch=False),
+    ('nf4', 28672, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False),
+    ('nf4', 4096, 14336, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
 }
 
 
-def _base_config(fmt: str, n: int, m: int) -> QuantGemvConfig:
-    """Untuned defaults. 4-bit M = 1 tiles are long in K so that each thread holds 8-16 rows of the same
-    x elements (x is loaded and converted once per thread for all of them)."""
+def _base_config(fmt: str, n: int, k: int, m: int) -> QuantGemvConfig:
+    """Untuned defaults. 4-bit M = 1 tiles are long in K: each thread's x elements serve all its rows.
+    Where one 4096-wide tile covers K, the persistent kernel (x loaded once per program) won every shape
+    of the H200 sweep; longer K keeps the K loop, since a persistent split-K pays a ticket per row tile."""
     if m > 1:
         return QuantGemvConfig(block_n=32, block_k=256, num_warps=4, num_stages=3, use_dot=True)
     if fmt in ("int8", "fp8"):  # 1 byte a weight: bf16's 512-wide tiles hold the same bytes at 1024
         if n >= 16384:
             return QuantGemvConfig(block_n=16, block_k=1024, num_warps=8, num_stages=2)
         return QuantGemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=3)
-    return QuantGemvConfig(block_n=16, block_k=4096, num_warps=4, num_stages=1)  # the H200 sweep's M = 1 winner
+    if k <= 4096:
+        return QuantGemvConfig(block_n=4, block_k=4096, num_warps=2, num_stages=1, programs_per_sm=8)
+    return QuantGemvConfig(block_n=8, block_k=4096, num_warps=4, num_stages=1)
 
 
 def heuristic_config(fmt: str, n: int, k: int, m: int, k_unit: int, num_sms: int = 132) -> QuantGemvConfig:
     """Default config: tiles shrunk to small problems, block_k a multiple of `k_unit`, split-K to fill SMs."""
-    base = _base_config(fmt, n, m)
+    base = _base_config(fmt, n, k, m)
     unit = max(k_unit, DOT_MIN_K) if base.use_dot and fmt in ("int4", "nf4") else k_unit
     block_k = max(unit, min(base.block_k, triton.next_power_of_2(k)))
     block_n = max(16 if base.use_dot else 1, min(base.block_n, triton.next_power_of_2(n)))
@@ -98,8 +109,22 @@ def heuristic_config(fmt: str, n: int, k: int, m: int, k_unit: int, num_sms: int
     return dataclasses.replace(base, block_n=block_n, block_k=block_k, split_k=split)
 
 
+def _load_env_configs() -> None:
+    """Once per process: FLOORLINE_QUANT_CONFIGS=path (the JSON of `bench.quant --sweep --out`) over the table."""
+    global _ENV_LOADED
+    if not _ENV_LOADED:
+        _ENV_LOADED = True
+        path = os.environ.get("FLOORLINE_QUANT_CONFIGS")
+        if path:
+            load_tuned_configs(path)
+
+
+_ENV_LOADED = False
+
+
 def get_config(fmt: str, n: int, k: int, m: int, k_unit: int, device: torch.device | str = "cuda") -> QuantGemvConfig:
     """The tuned table entry for (format, N, K, M-bucket), else the heuristic."""
+    _load_env_configs()
     tuned = TUNED_CONFIGS.get((fmt, n, k, m_bucket(m)))
     if tuned is not None and (tuned.use_dot or m == 1):
         return tuned
@@ -120,9 +145,9 @@ def load_tuned_configs(path: str | Path) -> int:
     """Loads the JSON `python -m floorline.bench.quant --sweep --out f.json` writes; returns the count."""
     entries = json.loads(Path(path).read_text())["configs"]
     fields = {f.name for f in dataclasses.fields(QuantGemvConfig)}
-    for e in entries:
+    for e in entries:  # files written before a field existed take its default
         set_tuned_config(e["format"], e["n"], e["k"], e["m_bucket"],
-                         QuantGemvConfig(**{f: e["config"][f] for f in fields}))
+                         QuantGemvConfig(**{f: e["config"][f] for f in fields if f in e["config"]}))
     return len(entries)
 
 
@@ -159,6 +184,27 @@ def geometry(cfg: QuantGemvConfig, m: int, n: int, k: int, out: torch.Tensor) ->
         return Geometry(tiles, 1, per_split, out, out)  # dummies: SPLIT=False never touches them
     ws = torch.empty((splits, m, n), dtype=torch.float32, device=out.device)
     return Geometry(tiles, splits, per_split, ws, tickets(out.device, tiles, "quant_gemv"))
+
+
+@dataclass
+class PersistentGeometry:
+    """Grid of a persistent M = 1 launch: `programs` = splits x programs per split."""
+
+    programs: int
+    tiles: int
+    splits: int
+    ws: torch.Tensor
+    tickets: torch.Tensor
+
+
+def persistent_geometry(cfg: QuantGemvConfig, n: int, k: int, out: torch.Tensor) -> PersistentGeometry:
+    tiles = triton.cdiv(n, cfg.block_n)
+    splits = triton.cdiv(k, cfg.block_k)
+    per_split = max(1, min(tiles, triton.cdiv(cfg.programs_per_sm * num_sms_of(out.device), splits)))
+    if splits == 1:
+        return PersistentGeometry(per_split, tiles, 1, out, out)
+    ws = torch.empty((splits, 1, n), dtype=torch.float32, device=out.device)
+    return PersistentGeometry(per_split * splits, tiles, splits, ws, tickets(out.device, tiles, "quant_gemv"))
 
 
 def operand(x: torch.Tensor, k: int, silu_mul: bool, name: str) -> torch.Tensor:
@@ -260,3 +306,23 @@ def _slot_dot_epilogue(acc, rn, M, N, out_ptr, ws_ptr, cnt_ptr, tile, split, num
     mask = (rm < M)[:, None] & (rn[None, :] < N)
     _epilogue(acc, c_offs, rn[None, :], mask, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split,
               num_splits, N, M * N, False, SPLIT)
+
+
+@triton.jit
+def _slot_x(x_ptrs, kx, K, S: tl.constexpr, GW: tl.constexpr, EVEN_K: tl.constexpr, X_SILU_MUL: tl.constexpr):
+    """fp32 x elements of slot S (columns kx + S * GW), zero past K."""
+    if EVEN_K:
+        return _load_x(x_ptrs + S * GW, None, K, X_SILU_MUL, False).to(tl.float32)
+    return _load_x(x_ptrs + S * GW, kx + S * GW < K, K, X_SILU_MUL).to(tl.float32)
+
+
+@triton.jit
+def _row_words(q_ptr, rn_w, stride_qn, woff, g_ok, EVEN_K: tl.constexpr):
+    """Persistent M = 1 kernels: words [.., NB, BN, 4] (uint32) of rows rn_w at word offsets woff [.., NB, 1, 4];
+    groups (blocks) where g_ok [NB, 1] is false read 0 unless EVEN_K."""
+    ptrs = q_ptr + rn_w.to(tl.int64)[None, None, :, None] * stride_qn + woff
+    if EVEN_K:
+        w = tl.load(ptrs, eviction_policy="evict_first")
+    else:
+        w = tl.load(ptrs, mask=g_ok[None, :, :, None], other=0, eviction_policy="evict_first")
+    return w.to(tl.uint32, bitcast=True)

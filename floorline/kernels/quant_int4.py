@@ -27,14 +27,17 @@ from floorline.kernels.quant_common import (
     DOT_MIN_K,
     QuantGemvConfig,
     _load_x,
+    _row_words,
     _slot_dot,
     _slot_dot_epilogue,
     _slot_dot_load,
     _slot_dot_pointers,
+    _slot_x,
     check_config,
     geometry,
     get_config,
     operand,
+    persistent_geometry,
 )
 from floorline.kernels.quant_packing import unpack_int4
 from floorline.kernels.skinny_gemm import _epilogue
@@ -201,6 +204,89 @@ def _int4_gemv_kernel(
 
 
 @triton.jit
+def _int4_dot_slots(w, x0, x1, x2, x3, x4, x5, x6, x7, one, sixteen):
+    """sum_S f_S(w) * x_S over the eight slots of words w (fp32; `_int4_slot`'s floats f)."""
+    t = _int4_slot(w, 0, one, sixteen) * x0
+    t += _int4_slot(w, 1, one, sixteen) * x1
+    t += _int4_slot(w, 2, one, sixteen) * x2
+    t += _int4_slot(w, 3, one, sixteen) * x3
+    t += _int4_slot(w, 4, one, sixteen) * x4
+    t += _int4_slot(w, 5, one, sixteen) * x5
+    t += _int4_slot(w, 6, one, sixteen) * x6
+    t += _int4_slot(w, 7, one, sixteen) * x7
+    return t
+
+
+@triton.jit(do_not_specialize=["num_tiles", "num_splits"])
+def _int4_gemv_m1_kernel(
+    x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr,
+    N, K, num_groups, stride_qn, num_tiles, num_splits, one_bits, sixteen_bits,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr, NUM_STAGES: tl.constexpr,
+    EVEN_K: tl.constexpr, SPLIT: tl.constexpr, X_SILU_MUL: tl.constexpr, PREFETCH: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
+):
+    """Persistent M = 1 GEMV: program p owns K tile p % num_splits and walks row tiles with a stride.
+
+    Its x elements (and their sums, `_int4_fma_tile`'s C and X) are loaded once per program, not once
+    per row tile, so the loop body is the weights' loads and FMAs; with PREFETCH the next tile's words
+    are in flight while the current one is summed.
+    """
+    GW: tl.constexpr = GROUP // 8
+    NB: tl.constexpr = BLOCK_K // GROUP
+    NC: tl.constexpr = GW // 4
+    one = one_bits.to(tl.uint32, bitcast=True)
+    sixteen = sixteen_bits.to(tl.uint32, bitcast=True)
+    pid = tl.program_id(0)
+    split = pid % num_splits
+    step = tl.num_programs(0) // num_splits
+    k_start = split * BLOCK_K
+    rc = tl.arange(0, NC)[:, None, None, None]
+    rg = tl.arange(0, NB)
+    rg4 = rg[None, :, None, None]
+    re = tl.arange(0, 4)[None, None, None, :]
+    woff = k_start // 8 + rc * 4 + rg4 * GW + re  # [NC, NB, 1, 4]
+    xoff = rc * 4 + rg4 * GROUP + re
+    g = k_start // GROUP + rg
+    g_ok = (g < num_groups)[:, None]  # [NB, 1]
+    rb = tl.arange(0, BLOCK_N)
+    first = pid // num_splits
+    rn_w = tl.minimum(first * BLOCK_N + rb, N - 1)
+    if PREFETCH:  # weights never depend on the previous kernel: load them before waiting for it
+        w = _row_words(q_ptr, rn_w, stride_qn, woff, g_ok, EVEN_K)
+    if USE_PDL:
+        gdc_wait()
+    x_ptrs = x_ptr + k_start + xoff
+    kx = k_start + xoff
+    x0 = _slot_x(x_ptrs, kx, K, 0, GW, EVEN_K, X_SILU_MUL)
+    x1 = _slot_x(x_ptrs, kx, K, 1, GW, EVEN_K, X_SILU_MUL)
+    x2 = _slot_x(x_ptrs, kx, K, 2, GW, EVEN_K, X_SILU_MUL)
+    x3 = _slot_x(x_ptrs, kx, K, 3, GW, EVEN_K, X_SILU_MUL)
+    x4 = _slot_x(x_ptrs, kx, K, 4, GW, EVEN_K, X_SILU_MUL)
+    x5 = _slot_x(x_ptrs, kx, K, 5, GW, EVEN_K, X_SILU_MUL)
+    x6 = _slot_x(x_ptrs, kx, K, 6, GW, EVEN_K, X_SILU_MUL)
+    x7 = _slot_x(x_ptrs, kx, K, 7, GW, EVEN_K, X_SILU_MUL)
+    # C = sum of x times the floats' offsets (1 for even slots, 16 for odd), X / 16 = sum of x / 16
+    c = tl.sum((x0 + x2 + x4 + x6) + 16.0 * (x1 + x3 + x5 + x7), axis=3)  # [NC, NB, 1]
+    xs = tl.sum(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, axis=3) * 0.0625
+    for tile in tl.range(first, num_tiles, step, num_stages=NUM_STAGES):
+        rn = tile * BLOCK_N + rb
+        rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
+        if PREFETCH:
+            nxt = tl.minimum(rn + step * BLOCK_N, N - 1)  # the last tile re-reads rows it already has
+            w_next = _row_words(q_ptr, nxt, stride_qn, woff, g_ok, EVEN_K)
+        else:
+            w = _row_words(q_ptr, rn_w, stride_qn, woff, g_ok, EVEN_K)
+        s, z = _load_group_params(s_ptr, z_ptr, g[:, None] * N + rn_w[None, :], g_ok, not EVEN_K)  # [NB, BN]
+        t = tl.sum(_int4_dot_slots(w, x0, x1, x2, x3, x4, x5, x6, x7, one, sixteen), axis=3)  # [NC, NB, BN]
+        part = (s * 16.0)[None, :, :] * (t - c - z[None, :, :] * xs)
+        out = tl.sum(tl.sum(part, axis=0), axis=0)
+        _epilogue(out, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
+                  False, SPLIT)
+        if PREFETCH:
+            w = w_next
+
+
+@triton.jit
 def _int4_dequant_kernel(q_ptr, s_ptr, z_ptr, out_ptr, N, K, num_groups, stride_qn, one_bits, sixteen_bits,
                          BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
     """One group of BLOCK_N rows per program: the eight slots stored at their columns."""
@@ -266,6 +352,8 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
         return out.zero_()
     cfg = config or get_config("int4", n, k, m, group, x.device)
     check_config(cfg, m, group, "quant_int4", dot_min_k=DOT_MIN_K)
+    if not cfg.use_dot and cfg.programs_per_sm:
+        return _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out)
     geo = geometry(cfg, m, n, kp, out)
     _int4_gemv_kernel[(geo.tiles, geo.splits)](
         x, qweight, scales, zeros, out, geo.ws, geo.tickets,
@@ -273,6 +361,20 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
         BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
         DOT_IEEE=x.dtype == torch.float32, X_SILU_MUL=silu_mul,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
+    )
+    return out
+
+
+def _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out):
+    """The persistent M = 1 kernel: one K tile per program, `programs_per_sm` programs per SM in all."""
+    n, kp = qweight.shape[0], 8 * qweight.shape[1]
+    geo = persistent_geometry(cfg, n, kp, out)
+    _int4_gemv_m1_kernel[(geo.programs,)](
+        x, qweight, scales, zeros, out, geo.ws, geo.tickets,
+        n, k, kp // group, qweight.stride(0), geo.tiles, geo.splits, *MAGIC,
+        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group, NUM_STAGES=cfg.num_stages,
+        EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1, X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
     )
     return out

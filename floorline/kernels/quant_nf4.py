@@ -28,14 +28,17 @@ from floorline.kernels.quant_common import (
     DOT_MIN_K,
     QuantGemvConfig,
     _load_x,
+    _row_words,
     _slot_dot,
     _slot_dot_epilogue,
     _slot_dot_load,
     _slot_dot_pointers,
+    _slot_x,
     check_config,
     geometry,
     get_config,
     operand,
+    persistent_geometry,
 )
 from floorline.kernels.quant_packing import unpack_nf4
 from floorline.kernels.skinny_gemm import _epilogue
@@ -163,6 +166,81 @@ def _nf4_gemv_kernel(
 
 
 @triton.jit
+def _nf4_dot_slots(w, x0, x1, x2, x3, x4, x5, x6, x7, code_ptr, table, LOOKUP: tl.constexpr):
+    """sum_S CODE[slot S of w] * x_S over the eight slots of words w (fp32)."""
+    t = nf4_code_of(w, 0, code_ptr, table, LOOKUP) * x0
+    t += nf4_code_of(w, 1, code_ptr, table, LOOKUP) * x1
+    t += nf4_code_of(w, 2, code_ptr, table, LOOKUP) * x2
+    t += nf4_code_of(w, 3, code_ptr, table, LOOKUP) * x3
+    t += nf4_code_of(w, 4, code_ptr, table, LOOKUP) * x4
+    t += nf4_code_of(w, 5, code_ptr, table, LOOKUP) * x5
+    t += nf4_code_of(w, 6, code_ptr, table, LOOKUP) * x6
+    t += nf4_code_of(w, 7, code_ptr, table, LOOKUP) * x7
+    return t
+
+
+@triton.jit(do_not_specialize=["num_tiles", "num_splits"])
+def _nf4_gemv_m1_kernel(
+    x_ptr, q_ptr, a_ptr, nabs_ptr, nmap_ptr, base_ptr, off_ptr, map_ptr, code_ptr, out_ptr, ws_ptr, cnt_ptr,
+    N, K, stride_qn, num_tiles, num_splits,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr, EVEN_K: tl.constexpr,
+    SPLIT: tl.constexpr, NESTED: tl.constexpr, LOOKUP: tl.constexpr, X_SILU_MUL: tl.constexpr,
+    PREFETCH: tl.constexpr, USE_PDL: tl.constexpr = False,
+):
+    """Persistent M = 1 GEMV (quant_int4's `_int4_gemv_m1_kernel`, with NF4 codes and block absmax):
+    program p owns K tile p % num_splits, loads its x once and walks row tiles with a stride."""
+    NB: tl.constexpr = BLOCK_K // 64
+    KB = K // 64
+    pid = tl.program_id(0)
+    split = pid % num_splits
+    step = tl.num_programs(0) // num_splits
+    k_start = split * BLOCK_K
+    # [2, NB, BN, 4] tiles (half of a block, block, row, word), as in `_nf4_gemv_kernel`
+    rc = tl.arange(0, 2)[:, None, None, None]
+    rb = tl.arange(0, NB)
+    rb4 = rb[None, :, None, None]
+    re = tl.arange(0, 4)[None, None, None, :]
+    woff = k_start // 8 + rc * 4 + rb4 * 8 + re  # [2, NB, 1, 4]
+    xoff = rc * 4 + rb4 * 64 + re
+    kb = k_start // 64 + rb
+    kb_mask = kb < KB
+    rr = tl.arange(0, BLOCK_N)
+    first = pid // num_splits
+    if PREFETCH:  # weights never depend on the previous kernel: load them before waiting for it
+        w = _row_words(q_ptr, tl.minimum(first * BLOCK_N + rr, N - 1), stride_qn, woff, kb_mask[:, None], EVEN_K)
+    if USE_PDL:
+        gdc_wait()
+    table = nf4_lane_table(tl.zeros([2, NB, BLOCK_N, 4], dtype=tl.int32), LOOKUP)
+    x_ptrs = x_ptr + k_start + xoff
+    kx = k_start + xoff
+    x0 = _slot_x(x_ptrs, kx, K, 0, 8, EVEN_K, X_SILU_MUL)
+    x1 = _slot_x(x_ptrs, kx, K, 1, 8, EVEN_K, X_SILU_MUL)
+    x2 = _slot_x(x_ptrs, kx, K, 2, 8, EVEN_K, X_SILU_MUL)
+    x3 = _slot_x(x_ptrs, kx, K, 3, 8, EVEN_K, X_SILU_MUL)
+    x4 = _slot_x(x_ptrs, kx, K, 4, 8, EVEN_K, X_SILU_MUL)
+    x5 = _slot_x(x_ptrs, kx, K, 5, 8, EVEN_K, X_SILU_MUL)
+    x6 = _slot_x(x_ptrs, kx, K, 6, 8, EVEN_K, X_SILU_MUL)
+    x7 = _slot_x(x_ptrs, kx, K, 7, 8, EVEN_K, X_SILU_MUL)
+    for tile in tl.range(first, num_tiles, step, num_stages=NUM_STAGES):
+        rn = tile * BLOCK_N + rr
+        rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
+        if PREFETCH:
+            nxt = tl.minimum(rn + step * BLOCK_N, N - 1)  # the last tile re-reads rows it already has
+            w_next = _row_words(q_ptr, nxt, stride_qn, woff, kb_mask[:, None], EVEN_K)
+        else:
+            w = _row_words(q_ptr, rn_w, stride_qn, woff, kb_mask[:, None], EVEN_K)
+        base, offset, mbase = _row_state(base_ptr, off_ptr, map_ptr, rn_w, NESTED)
+        absmax = _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, KB, kb_mask, NESTED,
+                               not EVEN_K)  # [BN, NB]
+        t = tl.sum(_nf4_dot_slots(w, x0, x1, x2, x3, x4, x5, x6, x7, code_ptr, table, LOOKUP), axis=3)
+        out = tl.sum(tl.sum(tl.trans(absmax)[None, :, :] * t, axis=0), axis=0)
+        _epilogue(out, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
+                  False, SPLIT)
+        if PREFETCH:
+            w = w_next
+
+
+@triton.jit
 def _nf4_dequant_kernel(q_ptr, a_ptr, nabs_ptr, nmap_ptr, base_ptr, off_ptr, map_ptr, code_ptr, out_ptr, N, K,
                         stride_qn, BLOCK_N: tl.constexpr, NB: tl.constexpr, NESTED: tl.constexpr,
                         LOOKUP: tl.constexpr):
@@ -257,6 +335,16 @@ def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor
         return out.zero_()
     cfg = config or get_config("nf4", n, k, m, BLOCK, x.device)
     check_config(cfg, m, BLOCK, "quant_nf4", dot_min_k=DOT_MIN_K)
+    if not cfg.use_dot and cfg.programs_per_sm:
+        geo = persistent_geometry(cfg, n, k, out)
+        _nf4_gemv_m1_kernel[(geo.programs,)](
+            x, qweight, absmax, *_nested_args(absmax, nested), code, out, geo.ws, geo.tickets,
+            n, k, qweight.stride(0), geo.tiles, geo.splits,
+            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, NUM_STAGES=cfg.num_stages, EVEN_K=k % cfg.block_k == 0,
+            SPLIT=geo.splits > 1, NESTED=nested is not None, LOOKUP=lookup_id(lookup, x.device),
+            X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **pdl_args(x.device))
+        return out
     geo = geometry(cfg, m, n, k, out)
     _nf4_gemv_kernel[(geo.tiles, geo.splits)](
         x, qweight, absmax, *_nested_args(absmax, nested), code, out, geo.ws, geo.tickets,

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from floorline.kernels.activation import silu_and_mul
+from floorline.kernels.quant_common import QuantGemvConfig
 from floorline.layers.linear import Linear
 from floorline.quant.fp8 import Fp8Method, w8a8_ref, w8a8_supported
 from floorline.quant.int4 import Int4Method
@@ -45,6 +46,36 @@ def test_gpu_gemv_matches_reference_in_bf16(fmt, k, n):
         assert out.dtype == torch.bfloat16 and _rel(out, F.linear(x.float(), w)) < 1e-2
     x2 = torch.randn(4, 2 * k, device="cuda", dtype=torch.bfloat16)  # fused SiLU-and-mul operand
     assert _rel(layer.quant_method.gemv(layer, x2, True), F.linear(silu_and_mul(x2).float(), w)) < 1e-2
+
+
+PERSISTENT = [QuantGemvConfig(16, 4096, num_warps=4, num_stages=1, programs_per_sm=4),
+              QuantGemvConfig(8, 2048, num_warps=2, num_stages=1, programs_per_sm=8, prefetch=True),
+              QuantGemvConfig(8, 4096, num_warps=4, num_stages=2, programs_per_sm=6)]
+
+
+@pytest.mark.parametrize("fmt", ["int4", "nf4"])
+@pytest.mark.parametrize("k,n", [(4096, 6144), (14336, 4096), (576, 1536)])
+@pytest.mark.parametrize("cfg", PERSISTENT, ids=["x4", "x8-prefetch-split", "x6-pipelined"])
+def test_gpu_persistent_m1_kernels_match_reference(fmt, k, n, cfg):
+    if fmt == "nf4" and k % 64:
+        pytest.skip("NF4 needs K % 64 == 0")
+    layer, w = _layer(fmt, k, n)
+    for silu in (False, True):
+        x = torch.randn(1, 2 * k if silu else k, device="cuda", dtype=torch.bfloat16)
+        ref = F.linear((silu_and_mul(x) if silu else x).float(), w)
+        assert _rel(_gemv_with_config(fmt, layer, x, cfg, silu), ref) < 1e-2
+
+
+def _gemv_with_config(fmt, layer, x, cfg, silu):
+    from floorline.kernels.quant_int4 import int4_gemv_triton
+    from floorline.kernels.quant_nf4 import nf4_gemv_triton
+
+    method = layer.quant_method
+    if fmt == "int4":
+        return int4_gemv_triton(x, layer.qweight, layer.scales, layer.zeros, layer.in_features, method.group,
+                                silu_mul=silu, config=cfg)
+    return nf4_gemv_triton(x, layer.qweight, layer.absmax, method._nested(layer), layer.code, silu_mul=silu,
+                           config=cfg)
 
 
 @pytest.mark.parametrize("fmt", list(METHODS))

@@ -99,6 +99,25 @@ def test_int4_gemv_configs_and_split_k(use_dot, m, split_k, k, block_k, seed):
     _close(int4_gemv_triton(x, qw, s, z, k, 64, config=cfg), int4_gemm_ref(x, qw, s, z, k, 64), torch.float32, seed)
 
 
+# persistent M = 1 kernels: several row tiles per program (2 programs "per SM" on the CPU's few), one K
+# tile per program (K > block_k: split partials and tickets), masked K tails, prefetch and pipelining
+PERSISTENT = [QuantGemvConfig(block_n=4, block_k=128, num_warps=2, num_stages=1, programs_per_sm=1),
+              QuantGemvConfig(block_n=8, block_k=256, num_warps=2, num_stages=1, programs_per_sm=2, prefetch=True),
+              QuantGemvConfig(block_n=16, block_k=128, num_warps=1, num_stages=2, programs_per_sm=1)]
+
+
+@pytest.mark.parametrize("cfg", PERSISTENT, ids=["split", "prefetch", "pipelined"])
+@pytest.mark.parametrize("n,k,group", [(72, 256, 64), (40, 300, 32), (24, 128, 128)])
+@pytest.mark.parametrize("silu", [False, True])
+def test_int4_persistent_m1_kernel(cfg, n, k, group, silu, seed):
+    if cfg.block_k % group:
+        pytest.skip("block_k must be a multiple of the group")
+    qw, s, z = _int4(n, k, group)
+    x, xr = _x(1, k, torch.float32, silu)
+    out = int4_gemv_triton(x, qw, s, z, k, group, silu_mul=silu, config=cfg)
+    _close(out, int4_gemm_ref(xr, qw, s, z, k, group), torch.float32, seed)
+
+
 @pytest.mark.parametrize("n,k,group", [(40, 192, 64), (33, 100, 32), (64, 256, 128)])
 def test_int4_dequantize_kernel(n, k, group):
     qw, s, z = _int4(n, k, group)
@@ -128,6 +147,16 @@ def test_nf4_gemv_silu_lookup_split(lookup, use_dot, m, split_k, seed):
     x, xr = _x(m, k, torch.float32, True)
     cfg = QuantGemvConfig(block_n=16, block_k=128, split_k=split_k, use_dot=use_dot)
     out = nf4_gemv_triton(x, qw, a, nest, nf4_code(), silu_mul=True, lookup=lookup, config=cfg)
+    _close(out, nf4_gemm_ref(xr, qw, a, nest), torch.float32, seed)
+
+
+@pytest.mark.parametrize("cfg", PERSISTENT, ids=["split", "prefetch", "pipelined"])
+@pytest.mark.parametrize("nested,silu", [(True, False), (False, True)])
+def test_nf4_persistent_m1_kernel(cfg, nested, silu, seed):
+    k = 320  # not a multiple of either block_k: a masked last K tile
+    qw, a, nest = _nf4(40, k, nested)
+    x, xr = _x(1, k, torch.float32, silu)
+    out = nf4_gemv_triton(x, qw, a, nest, nf4_code(), silu_mul=silu, config=cfg)
     _close(out, nf4_gemm_ref(xr, qw, a, nest), torch.float32, seed)
 
 
@@ -202,6 +231,8 @@ def test_launchers_reject_bad_inputs():
 
 def test_config_table_and_heuristic(monkeypatch, tmp_path):
     assert not heuristic_config("int4", 4096, 4096, 1, 128).use_dot
+    assert heuristic_config("int4", 4096, 4096, 1, 128).programs_per_sm  # one K tile: persistent
+    assert not heuristic_config("nf4", 4096, 14336, 1, 64).programs_per_sm  # longer K: the K loop
     dot = heuristic_config("nf4", 4096, 4096, 4, 64)
     assert dot.use_dot and dot.block_k % 64 == 0
     small = heuristic_config("int4", 40, 64, 1, 128, num_sms=4)
@@ -216,3 +247,17 @@ def test_config_table_and_heuristic(monkeypatch, tmp_path):
     assert get_config("nf4", 4096, 4096, 3, 64, "cpu") != tuned
     with pytest.raises(ValueError, match="M == 1 only"):
         qc.set_tuned_config("int4", 1, 1, 2, QuantGemvConfig(16, 128))
+
+
+def test_swept_configs_load_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setattr(qc, "TUNED_CONFIGS", {})
+    monkeypatch.setattr(qc, "_ENV_LOADED", False)
+    swept = QuantGemvConfig(block_n=4, block_k=4096, num_warps=2, num_stages=1, programs_per_sm=8)
+    path = tmp_path / "swept.json"
+    old_entry = {"format": "nf4", "n": 64, "k": 4096, "m_bucket": 1,  # written before programs_per_sm existed
+                 "config": {f: v for f, v in swept.as_dict().items() if f not in ("programs_per_sm", "prefetch")}}
+    entry = {"format": "int4", "n": 6144, "k": 4096, "m_bucket": 1, "config": swept.as_dict()}
+    path.write_text(json.dumps({"configs": [entry, old_entry]}))
+    monkeypatch.setenv("FLOORLINE_QUANT_CONFIGS", str(path))
+    assert get_config("int4", 6144, 4096, 1, 128, "cpu") == swept
+    assert get_config("nf4", 64, 4096, 1, 64, "cpu").programs_per_sm == 0
