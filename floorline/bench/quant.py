@@ -177,13 +177,15 @@ def sweep_candidates(fmt: str, m: int, k: int = 4096) -> list[QuantGemvConfig]:
         persistent = [(16, 4096, 4, 4, False), (16, 4096, 4, 5, False), (8, 4096, 4, 4, True),
                       (8, 4096, 4, 6, False), (4, 4096, 4, 6, True), (4, 4096, 4, 8, True),
                       (4, 4096, 2, 6, True), (4, 4096, 2, 8, False), (8, 2048, 2, 8, True)]
-        if k > 4096:
+        if k > 4096:  # the K loop with 2-warp tiles (two groups a thread), and one whole-K tile
+            tiles += ((4, 4096, 2, 1), (8, 4096, 2, 1), (8, 2048, 2, 1))
             whole = 1 << (k - 1).bit_length()
             persistent += [(8, whole, whole // 1024, 1, True), (4, whole, whole // 1024, 1, True),
                            (4, whole, whole // 2048, 2, True), (8, whole // 2, whole // 2048, 2, True)]
         return ([QuantGemvConfig(bn, bk, 1, w, s, False) for bn, bk, w, s in tiles]
                 + [QuantGemvConfig(bn, bk, 1, w, 1, False, pps, pf) for bn, bk, w, pps, pf in persistent])
-    tiles = ((16, 512, 4, 3), (8, 512, 4, 3), (16, 1024, 8, 2), (32, 256, 4, 3), (32, 512, 8, 3), (8, 1024, 4, 2))
+    tiles = ((16, 512, 4, 3), (8, 512, 4, 3), (16, 1024, 8, 2), (32, 256, 4, 3), (32, 512, 8, 3), (8, 1024, 4, 2),
+             (8, 1024, 4, 3), (16, 512, 4, 4), (16, 256, 4, 4), (16, 512, 8, 3), (32, 256, 8, 4))
     return [QuantGemvConfig(bn, bk, 1, w, s, False) for bn, bk, w, s in tiles]
 
 
