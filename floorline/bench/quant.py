@@ -12,7 +12,9 @@ relative error >= 1e-2 or NaN fails the row and the run. Times are medians over 
 of back-to-back launches rotating over enough weight copies to exceed L2 (as in bench.kernels), so
 every launch streams its weights from HBM. The floor of a row is (weight bytes as stored: codes plus
 scales + x + y) / the read bandwidth measured in the same run. "per token" sums 32 layers of
-qkv + o + gate_up + down, plus the bf16 LM head (never quantized) once.
+qkv + o + gate_up + down, plus the bf16 LM head (never quantized) once. `down` runs as decode runs it:
+with the SiLU-and-mul fused into its x loads (x is gate | up, [M, 2K]), except for bitsandbytes and
+FP8 W8A8, whose GEMVs take a plain x (their rows leave that elementwise kernel out).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ FORMATS = ("bf16", "int8", "fp8", "int4", "nf4", "nf4-gather", "nf4-select", "fp
 DEFAULT_FORMATS = ("bf16", "int8", "fp8", "int4", "nf4", "fp8-w8a8", "bnb-nf4")  # the slow NF4 lookups on request
 NF4_LOOKUP = {"nf4": None, "nf4-gather": "gather", "nf4-select": "select"}  # None: the kernel's default (shfl)
 MAX_REL_ERROR = 1e-2
+UNFUSED = ("bnb-nf4", "fp8-w8a8")  # formats whose GEMV takes no fused SiLU-and-mul operand
 
 
 @dataclasses.dataclass
@@ -108,22 +111,22 @@ def _call(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig | None = None, 
     method = layer.quant_method
     if cfg is None:
         return method.gemv(layer, x, silu_mul)
-    return _gemv_with_config(fmt, layer, x, cfg)
+    return _gemv_with_config(fmt, layer, x, cfg, silu_mul)
 
 
-def _gemv_with_config(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig):
+def _gemv_with_config(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig, silu_mul: bool = False):
     from floorline.kernels.quant_int4 import int4_gemv_triton
     from floorline.kernels.quant_nf4 import nf4_gemv_triton
     from floorline.kernels.quant_w8 import w8_gemv_triton
 
     method = layer.quant_method
     if fmt in ("int8", "fp8"):
-        return w8_gemv_triton(x, layer.qweight, layer.scale, fmt == "fp8", config=cfg)
+        return w8_gemv_triton(x, layer.qweight, layer.scale, fmt == "fp8", silu_mul=silu_mul, config=cfg)
     if fmt == "int4":
         return int4_gemv_triton(x, layer.qweight, layer.scales, layer.zeros, layer.in_features, method.group,
-                                config=cfg)
-    return nf4_gemv_triton(x, layer.qweight, layer.absmax, method._nested(layer), layer.code, config=cfg,
-                           lookup=method.lookup)
+                                silu_mul=silu_mul, config=cfg)
+    return nf4_gemv_triton(x, layer.qweight, layer.absmax, method._nested(layer), layer.code, silu_mul=silu_mul,
+                           config=cfg, lookup=method.lookup)
 
 
 def _reference_weight(fmt: str, layer, w: torch.Tensor) -> torch.Tensor:
@@ -142,7 +145,7 @@ def check_format(fmt: str, layer, w: torch.Tensor, ms: tuple[int, ...]) -> list[
     cases = [(m, False) for m in ms] + [(4, True)] + ([(64, False)] if fmt != "bf16" else [])
     for m, silu in cases:
         x = torch.randn(m, 2 * k if silu else k, device=w.device).to(w.dtype)
-        if fmt in ("fp8-w8a8", "bnb-nf4") and silu:
+        if fmt in UNFUSED and silu:
             continue
         if m > 16:
             out = layer(x)  # prefill: the dequantized weight (or W8A8, or bitsandbytes) and cuBLAS
@@ -197,14 +200,16 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
     layers, w, nbytes = build_layers(fmt, k, n, device, l2, dtype)
     failures = check_format(fmt, layers[0], w, ms)
     rows = []
+    silu = name == "down" and fmt not in UNFUSED  # the down projection as decode runs it
     for m in ms:
-        row = Row(fmt, name, k, n, m, nbytes + w.element_size() * m * (k + n))
+        xk = 2 * k if silu else k
+        row = Row(fmt, name, k, n, m, nbytes + w.element_size() * m * (xk + n))
         if failures:
             row.failure = "check failed"
             rows.append(row)
             continue
-        x = torch.randn(m, k, device=device).to(dtype)
-        calls = [lambda l=l, x=x: _call(fmt, l, x) for l in layers]
+        x = torch.randn(m, xk, device=device).to(dtype)
+        calls = [lambda l=l, x=x: _call(fmt, l, x, silu_mul=silu) for l in layers]
         if fmt == "bnb-nf4":
             row.seconds, how = bnb.time_calls(calls, time_per_call)
             row.config = f"bitsandbytes {bnb.version()} matmul_4bit, timed by {how}"
@@ -227,10 +232,10 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
                         continue
                     tried.add(cand)
                     try:
-                        out = _call(fmt, layers[0], x, cand)
-                        if not rel_error(out, _call(fmt, layers[0], x)) < 1e-3:
+                        out = _call(fmt, layers[0], x, cand, silu)
+                        if not rel_error(out, _call(fmt, layers[0], x, silu_mul=silu)) < 1e-3:
                             continue
-                        secs = time_per_call([lambda l=l, c=cand, x=x: _call(fmt, l, x, c) for l in layers])
+                        secs = time_per_call([lambda l=l, c=cand, x=x: _call(fmt, l, x, c, silu) for l in layers])
                     except Exception as e:  # noqa: BLE001 - a config the compiler rejects is skipped
                         print(f"    {fmt} {name} M={m} {_short(cand)}: {type(e).__name__}", flush=True)
                         continue

@@ -43,21 +43,22 @@ class QuantGemvConfig(SkinnyConfig):
 
 
 # (format, N, K, M-bucket) -> config: the lines `python -m floorline.bench.quant --sweep` prints.
-# Llama-3.1-8B decode shapes, swept on an NVIDIA H200 (torch 2.11, triton 3.6), 2026-12-01 (int8/fp8: first
-# sweep; int4 M > 1: second; nf4 M > 1: third; 4-bit M = 1: a later session's, with the persistent kernels).
+# Llama-3.1-8B decode shapes, swept on an NVIDIA H200 (torch 2.11, triton 3.6), 2026-12-01 (int8/fp8 M > 1:
+# first sweep; int4 M > 1: second; nf4 M > 1: third; every M = 1 entry: a later session's sweeps, with the
+# persistent 4-bit kernels; int4 o_proj takes prefetch, which won end to end, -0.01 ms a token).
 # Shapes and M-buckets missing here take `heuristic_config`. benchmarks/quant_h200_notes.md has the tables.
 TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
     ('int8', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=False),
     ('int8', 6144, 4096, 4): QuantGemvConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=4, use_dot=True),
-    ('int8', 28672, 4096, 1): QuantGemvConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=3, use_dot=False),
+    ('int8', 28672, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=4, use_dot=False),
     ('int8', 28672, 4096, 4): QuantGemvConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=4, use_dot=True),
     ('int8', 28672, 4096, 16): QuantGemvConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=4, use_dot=True),
     ('int8', 4096, 14336, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
     ('int8', 4096, 14336, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
     ('fp8', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=False),
-    ('fp8', 4096, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=False),
-    ('fp8', 28672, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=False),
-    ('fp8', 4096, 14336, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=False),
+    ('fp8', 4096, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=4, use_dot=False),
+    ('fp8', 28672, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=4, use_dot=False),
+    ('fp8', 4096, 14336, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=4, use_dot=False),
     ('fp8', 4096, 14336, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
     ('fp8', 4096, 14336, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
     ('int4', 28672, 4096, 16): QuantGemvConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=3, use_dot=True),
@@ -72,11 +73,13 @@ TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
     ('nf4', 4096, 4096, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=8, num_warps=4, num_stages=4, use_dot=True),
     ('nf4', 6144, 4096, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
     ('nf4', 6144, 4096, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
+    ('int8', 4096, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=4, use_dot=False),
+    ('int8', 4096, 14336, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=4, use_dot=False),
     # M = 1 4-bit: the persistent kernels where they won (third H200 session, 2026-12-01, sweep of run 2)
     ('int4', 6144, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False),
-    ('int4', 4096, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False),
+    ('int4', 4096, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=6, prefetch=True),
     ('int4', 28672, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False),
-    ('int4', 4096, 14336, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
+    ('int4', 4096, 14336, 1): QuantGemvConfig(block_n=8, block_k=2048, split_k=2, num_warps=2, num_stages=1, use_dot=False),
     ('nf4', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False, programs_per_sm=5, prefetch=False),
     ('nf4', 4096, 4096, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False, programs_per_sm=6, prefetch=False),
     ('nf4', 28672, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False),
@@ -207,6 +210,18 @@ def persistent_geometry(cfg: QuantGemvConfig, n: int, k: int, out: torch.Tensor)
     return PersistentGeometry(per_split * splits, tiles, splits, ws, tickets(out.device, tiles, "quant_gemv"))
 
 
+def unfused_silu(x: torch.Tensor, silu_mul: bool, cfg: QuantGemvConfig) -> tuple[torch.Tensor, bool]:
+    """(x, silu_mul) for the launch: the SiLU-and-mul stays in the GEMV's x loads only in the persistent
+    M = 1 kernels, which load x once per program. The others load x once per row tile, so each tile
+    would recompute it; one activation kernel first costs less (H200, down projection at M = 1: int8
+    24.2 us fused against 16.6 us unfused plus the activation, int4 21.1 against 14.0)."""
+    if silu_mul and not (cfg.programs_per_sm and not cfg.use_dot):
+        from floorline.kernels.activation import silu_and_mul
+
+        return silu_and_mul(x), False
+    return x, silu_mul
+
+
 def operand(x: torch.Tensor, k: int, silu_mul: bool, name: str) -> torch.Tensor:
     """Checks x [M, K] (or [M, 2K] gate | up with `silu_mul`) and returns it with a unit last stride."""
     width = 2 * k if silu_mul else k
@@ -274,15 +289,15 @@ def _slot_dot_pointers(q_ptr, x_ptr, rn64, M, stride_qn, stride_xm, k_start, NB:
 
 
 @triton.jit
-def _slot_dot_load(q_ptrs, x_ptrs, group_ok, m_mask, k, xoff, K, EVEN_K: tl.constexpr, X_SILU_MUL: tl.constexpr):
+def _slot_dot_load(q_ptrs, x_ptrs, group_ok, m_mask, k, xoff, K, EVEN_K: tl.constexpr):
     """4-bit dot path, the tile at k: words [BN, NB, GW] as uint32 (groups past the end, `group_ok` [NB]
     false, read as 0 unless EVEN_K) and x [BM, BK]."""
     if EVEN_K:
         w = tl.load(q_ptrs, eviction_policy="evict_first")
-        xs = _load_x(x_ptrs, m_mask, K, X_SILU_MUL)
+        xs = _load_x(x_ptrs, m_mask, K, False)
     else:
         w = tl.load(q_ptrs, mask=group_ok[None, :, None], other=0, eviction_policy="evict_first")
-        xs = _load_x(x_ptrs, m_mask & (k + xoff < K), K, X_SILU_MUL)
+        xs = _load_x(x_ptrs, m_mask & (k + xoff < K), K, False)
     return w.to(tl.uint32, bitcast=True), xs
 
 

@@ -38,6 +38,7 @@ from floorline.kernels.quant_common import (
     get_config,
     operand,
     persistent_geometry,
+    unfused_silu,
 )
 from floorline.kernels.quant_packing import unpack_int4
 from floorline.kernels.skinny_gemm import _epilogue
@@ -98,7 +99,7 @@ def _int4_fma_load(q_ptrs, s_ptr, z_ptr, k, rg, rn_w, N, num_groups, GROUP: tl.c
 
 @triton.jit
 def _int4_fma_tile(acc, w, s, z, x_ptrs, k, xoff, K, one, sixteen,
-                   GROUP: tl.constexpr, EVEN_K: tl.constexpr, X_SILU_MUL: tl.constexpr):
+                   GROUP: tl.constexpr, EVEN_K: tl.constexpr):
     """One K tile of the M = 1 path: acc [NC, NB, BN] += 16 s (T - C - z X / 16) (module docstring).
 
     Tiles are [NC, NB, BN, 4] (chunk of a group, group, row, word): with the K axes first, Triton
@@ -111,9 +112,9 @@ def _int4_fma_tile(acc, w, s, z, x_ptrs, k, xoff, K, one, sixteen,
     xsum = tl.zeros(xoff.shape, dtype=tl.float32)
     for S in tl.static_range(8):
         if EVEN_K:
-            xs = _load_x(x_ptrs + S * GW, None, K, X_SILU_MUL, False).to(tl.float32)
+            xs = _load_x(x_ptrs + S * GW, None, K, False, False).to(tl.float32)
         else:
-            xs = _load_x(x_ptrs + S * GW, k + xoff + S * GW < K, K, X_SILU_MUL).to(tl.float32)
+            xs = _load_x(x_ptrs + S * GW, k + xoff + S * GW < K, K, False).to(tl.float32)
         t += _int4_slot(w, S, one, sixteen) * xs
         if S % 2 == 0:
             c += xs
@@ -148,7 +149,7 @@ def _int4_gemv_kernel(
     M, N, K, Kp, num_groups, stride_xm, stride_qn, k_blocks_per_split, num_splits, one_bits, sixteen_bits,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     NUM_STAGES: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr,
-    DOT_IEEE: tl.constexpr, X_SILU_MUL: tl.constexpr, USE_PDL: tl.constexpr = False,
+    DOT_IEEE: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
     if USE_PDL:
         gdc_wait()
@@ -173,7 +174,7 @@ def _int4_gemv_kernel(
             g = k // GROUP + rg
             s, z = _load_group_params(s_ptr, z_ptr, g[None, :] * N + rn_w[:, None], (g < num_groups)[None, :],
                                       not EVEN_K)
-            w, xs = _slot_dot_load(q_ptrs, x_ptrs, g < num_groups, m_mask, k, xoff, K, EVEN_K, X_SILU_MUL)
+            w, xs = _slot_dot_load(q_ptrs, x_ptrs, g < num_groups, m_mask, k, xoff, K, EVEN_K)
             acc = _slot_dot(acc, xs,
                             _int4_slot_weights(w, s, z, 0, one, sixteen), _int4_slot_weights(w, s, z, 1, one, sixteen),
                             _int4_slot_weights(w, s, z, 2, one, sixteen), _int4_slot_weights(w, s, z, 3, one, sixteen),
@@ -195,7 +196,7 @@ def _int4_gemv_kernel(
         acc = tl.zeros([NC, NB, BLOCK_N], dtype=tl.float32)
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
             w, s, z = _int4_fma_load(q_ptrs, s_ptr, z_ptr, k, rg, rn_w, N, num_groups, GROUP, not EVEN_K)
-            acc = _int4_fma_tile(acc, w, s, z, x_ptrs, k, xoff, K, one, sixteen, GROUP, EVEN_K, X_SILU_MUL)
+            acc = _int4_fma_tile(acc, w, s, z, x_ptrs, k, xoff, K, one, sixteen, GROUP, EVEN_K)
             q_ptrs += BLOCK_K // 8
             x_ptrs += BLOCK_K
         out = tl.sum(tl.sum(acc, axis=0), axis=0)
@@ -352,6 +353,7 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
         return out.zero_()
     cfg = config or get_config("int4", n, k, m, group, x.device)
     check_config(cfg, m, group, "quant_int4", dot_min_k=DOT_MIN_K)
+    x, silu_mul = unfused_silu(x, silu_mul, cfg)
     if not cfg.use_dot and cfg.programs_per_sm:
         return _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out)
     geo = geometry(cfg, m, n, kp, out)
@@ -360,7 +362,7 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
         m, n, k, kp, kp // group, x.stride(0), qweight.stride(0), geo.blocks_per_split, geo.splits, *MAGIC,
         BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
-        DOT_IEEE=x.dtype == torch.float32, X_SILU_MUL=silu_mul,
+        DOT_IEEE=x.dtype == torch.float32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
     )
     return out

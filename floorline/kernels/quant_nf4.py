@@ -39,6 +39,7 @@ from floorline.kernels.quant_common import (
     get_config,
     operand,
     persistent_geometry,
+    unfused_silu,
 )
 from floorline.kernels.quant_packing import unpack_nf4
 from floorline.kernels.skinny_gemm import _epilogue
@@ -88,7 +89,7 @@ def _nf4_gemv_kernel(
     M, N, K, stride_xm, stride_qn, k_blocks_per_split, num_splits,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr, DOT_IEEE: tl.constexpr,
-    NESTED: tl.constexpr, LOOKUP: tl.constexpr, X_SILU_MUL: tl.constexpr, USE_PDL: tl.constexpr = False,
+    NESTED: tl.constexpr, LOOKUP: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
     if USE_PDL:
         gdc_wait()
@@ -114,7 +115,7 @@ def _nf4_gemv_kernel(
             kb_mask = kb < KB
             absmax = _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, KB, kb_mask, NESTED,
                                    not EVEN_K)[:, :, None]
-            w, xs = _slot_dot_load(q_ptrs, x_ptrs, kb_mask, m_mask, k, xoff, K, EVEN_K, X_SILU_MUL)
+            w, xs = _slot_dot_load(q_ptrs, x_ptrs, kb_mask, m_mask, k, xoff, K, EVEN_K)
             acc = _slot_dot(acc, xs,
                             nf4_code_of(w, 0, code_ptr, table, LOOKUP) * absmax,
                             nf4_code_of(w, 1, code_ptr, table, LOOKUP) * absmax,
@@ -153,9 +154,9 @@ def _nf4_gemv_kernel(
             t = tl.zeros(w.shape, dtype=tl.float32)
             for S in tl.static_range(8):
                 if EVEN_K:
-                    xs = _load_x(x_ptrs + S * 8, None, K, X_SILU_MUL, False)
+                    xs = _load_x(x_ptrs + S * 8, None, K, False, False)
                 else:
-                    xs = _load_x(x_ptrs + S * 8, kb_mask[None, :, None, None], K, X_SILU_MUL)
+                    xs = _load_x(x_ptrs + S * 8, kb_mask[None, :, None, None], K, False)
                 t += nf4_code_of(w, S, code_ptr, table, LOOKUP) * xs.to(tl.float32)
             acc += tl.trans(absmax)[None, :, :] * tl.sum(t, axis=3)  # the block's absmax, once per 4 words
             q_ptrs += BLOCK_K // 8
@@ -335,6 +336,7 @@ def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor
         return out.zero_()
     cfg = config or get_config("nf4", n, k, m, BLOCK, x.device)
     check_config(cfg, m, BLOCK, "quant_nf4", dot_min_k=DOT_MIN_K)
+    x, silu_mul = unfused_silu(x, silu_mul, cfg)
     if not cfg.use_dot and cfg.programs_per_sm:
         geo = persistent_geometry(cfg, n, k, out)
         _nf4_gemv_m1_kernel[(geo.programs,)](
@@ -352,7 +354,7 @@ def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor
         BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
         DOT_IEEE=x.dtype == torch.float32, NESTED=nested is not None, LOOKUP=lookup_id(lookup, x.device),
-        X_SILU_MUL=silu_mul, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
     )
     return out
 

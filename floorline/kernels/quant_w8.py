@@ -27,6 +27,7 @@ from floorline.kernels.quant_common import (
     geometry,
     get_config,
     operand,
+    unfused_silu,
 )
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
@@ -70,7 +71,7 @@ def _w8_gemv_kernel(
     M, N, K, stride_xm, stride_wn, k_blocks_per_split, num_splits,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr, DOT_IEEE: tl.constexpr,
-    FP8: tl.constexpr, X_SILU_MUL: tl.constexpr, FP16_X: tl.constexpr = False, USE_PDL: tl.constexpr = False,
+    FP8: tl.constexpr, FP16_X: tl.constexpr = False, USE_PDL: tl.constexpr = False,
 ):
     if USE_PDL:
         gdc_wait()
@@ -101,7 +102,7 @@ def _w8_gemv_kernel(
                 k_mask = (k + rk) < K
                 a_mask = m_mask[:, None] & k_mask[None, :]
                 b = tl.load(w_ptrs, mask=k_mask[:, None], other=0, eviction_policy="evict_first")
-            a = _load_x(x_ptrs, a_mask, K, X_SILU_MUL)
+            a = _load_x(x_ptrs, a_mask, K, False)
             if FP8_AS_FP16:
                 wt = _bytes_to_dequant(b, FP8)  # value / 256 in fp16, exact
             else:
@@ -123,11 +124,11 @@ def _w8_gemv_kernel(
         acc2 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
             if EVEN_K:
-                xk = _load_x(x_ptrs, None, K, X_SILU_MUL, False)
+                xk = _load_x(x_ptrs, None, K, False, False)
                 b = tl.load(w_ptrs, eviction_policy="evict_first")
             else:
                 k_mask = (k + rk) < K
-                xk = _load_x(x_ptrs, k_mask, K, X_SILU_MUL)
+                xk = _load_x(x_ptrs, k_mask, K, False)
                 b = tl.load(w_ptrs, mask=k_mask[None, :], other=0, eviction_policy="evict_first")
             acc2 += _bytes_to_float(b, FP8).to(tl.float32) * xk.to(tl.float32)[None, :]
             x_ptrs += BLOCK_K
@@ -194,13 +195,14 @@ def w8_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, 
         return out.zero_()
     cfg = config or get_config("fp8" if fp8 else "int8", n, k, m, K_UNIT, x.device)
     check_config(cfg, m, K_UNIT, "quant_w8")
+    x, _ = unfused_silu(x, silu_mul, cfg)  # no persistent 8-bit kernel: always a plain x
     geo = geometry(cfg, m, n, k, out)
     _w8_gemv_kernel[(geo.tiles, geo.splits)](
         x, qweight, scale, out, geo.ws, geo.tickets, m, n, k, x.stride(0), qweight.stride(0),
         geo.blocks_per_split, geo.splits,
         BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
-        DOT_IEEE=x.dtype == torch.float32, FP8=fp8, X_SILU_MUL=silu_mul, FP16_X=x.dtype == torch.float16,
+        DOT_IEEE=x.dtype == torch.float32, FP8=fp8, FP16_X=x.dtype == torch.float16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
     )
     return out
