@@ -3,6 +3,8 @@
 The kernels follow `skinny_gemm`: one program owns BLOCK_N output rows and walks K in BLOCK_K steps
 (a multiple of the format's group), reading the packed weights once and dequantizing in registers;
 M == 1 takes an FMA path, M in 2..16 a tensor-core dot path, split-K fills the SMs on short grids.
+The 4-bit formats also have persistent M == 1 kernels (configs with `programs_per_sm`): a fixed grid
+whose programs each own one K tile, load its x once, and walk row tiles with a stride.
 Configs come from a table keyed by (format, N, K, M-bucket) that `python -m floorline.bench.quant
 --sweep` prints, else from `heuristic_config`; nothing is autotuned at run time.
 
