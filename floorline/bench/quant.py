@@ -13,8 +13,8 @@ of back-to-back launches rotating over enough weight copies to exceed L2 (as in 
 every launch streams its weights from HBM. The floor of a row is (weight bytes as stored: codes plus
 scales + x + y) / the read bandwidth measured in the same run. "per token" sums 32 layers of
 qkv + o + gate_up + down, plus the bf16 LM head (never quantized) once. `down` runs as decode runs it:
-with the SiLU-and-mul fused into its x loads (x is gate | up, [M, 2K]), except for bitsandbytes and
-FP8 W8A8, whose GEMVs take a plain x (their rows leave that elementwise kernel out).
+on gate | up ([M, 2K]), the launcher fusing the SiLU-and-mul or running the activation kernel first,
+except for bitsandbytes and FP8 W8A8, whose GEMVs take a plain x (their rows leave it out).
 """
 
 from __future__ import annotations
