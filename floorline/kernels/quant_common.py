@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from floorline.errors import FloorlineError
 from floorline.kernels.decode_attention import num_sms_of
 from floorline.kernels.skinny_gemm import DOT_BLOCK_M, _dot, _epilogue, _operand  # noqa: F401 (DOT_BLOCK_M re-exported)
 from floorline.kernels.skinny_gemm_configs import M_BUCKETS, MAX_M, SkinnyConfig, auto_split_k, m_bucket  # noqa: F401
@@ -121,7 +122,12 @@ def _load_env_configs() -> None:
         _ENV_LOADED = True
         path = os.environ.get("FLOORLINE_QUANT_CONFIGS")
         if path:
-            load_tuned_configs(path)
+            try:
+                load_tuned_configs(path)
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise FloorlineError(
+                    f"FLOORLINE_QUANT_CONFIGS={path}: cannot use it ({type(e).__name__}: {e}); expected the "
+                    "JSON that `python -m floorline.bench.quant --sweep --out FILE` writes") from e
 
 
 _ENV_LOADED = False

@@ -261,3 +261,18 @@ def test_swept_configs_load_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("FLOORLINE_QUANT_CONFIGS", str(path))
     assert get_config("int4", 6144, 4096, 1, 128, "cpu") == swept
     assert get_config("nf4", 64, 4096, 1, 64, "cpu").programs_per_sm == 0
+
+
+@pytest.mark.parametrize("content", [None, "not json", '{"configs": [{"format": "int4"}]}',
+                                     '{"configs": [{"format": "int9", "n": 1, "k": 1, "m_bucket": 1, "config": {}}]}'])
+def test_a_bad_config_file_names_the_variable(monkeypatch, tmp_path, content):
+    from floorline.errors import FloorlineError
+
+    path = tmp_path / "swept.json"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setattr(qc, "TUNED_CONFIGS", dict(qc.TUNED_CONFIGS))
+    monkeypatch.setattr(qc, "_ENV_LOADED", False)
+    monkeypatch.setenv("FLOORLINE_QUANT_CONFIGS", str(path))
+    with pytest.raises(FloorlineError, match="FLOORLINE_QUANT_CONFIGS=.*bench.quant --sweep --out"):
+        get_config("int4", 6144, 4096, 1, 128, "cpu")
