@@ -331,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=300.0, help="sweep time budget")
     p.add_argument("--out", help="with --sweep: write the winners as JSON (load with FLOORLINE_QUANT_CONFIGS=path)")
     args = p.parse_args(argv)
+    if args.out and not args.sweep:
+        print("floorline.bench.quant: --out writes the sweep's winners; add --sweep", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("floorline.bench.quant: needs a CUDA GPU (none is visible)", file=sys.stderr)
         return 2

@@ -74,3 +74,23 @@ def test_benchmark_logic_runs_in_the_interpreter(monkeypatch, capsys):
     assert not failures and len(rows) == 12 and all(math.isfinite(r.seconds) for r in rows)
     bench.print_tables(rows, 1e12, {1: 1e-5, 4: 1e-5})
     assert "nf4-select" in capsys.readouterr().out
+
+
+def test_benchmark_down_rows_take_gate_up_and_the_sweep_writes_loadable_json(monkeypatch, tmp_path):
+    import floorline.bench.quant as bench
+    import floorline.kernels.quant_common as qc
+
+    monkeypatch.setattr(bench, "time_per_call", lambda calls: [c() for c in calls] and 1e-5)
+    rows, failures = bench.bench_shape("int8", "down", (1,), torch.device("cpu"), 0, sweep=False,
+                                       deadline=math.inf, kn=(128, 32), dtype=torch.float32)
+    assert not failures and rows[0].nbytes > 2 * 128 * 4  # x is gate | up: [1, 2K]
+    times = iter([2e-5] + [1e-5] * 100)  # the default config first, then every candidate is faster
+    monkeypatch.setattr(bench, "time_per_call", lambda calls: [c() for c in calls] and next(times))
+    rows, failures = bench.bench_shape("int8", "qkv", (1,), torch.device("cpu"), 0, sweep=True,
+                                       deadline=math.inf, kn=(128, 32), dtype=torch.float32)
+    assert not failures and rows[0].best is not None
+    out = tmp_path / "swept.json"
+    bench.write_json(rows, str(out))
+    monkeypatch.setattr(qc, "TUNED_CONFIGS", {})
+    assert qc.load_tuned_configs(out) == 1 and qc.TUNED_CONFIGS[("int8", 32, 128, 1)] == rows[0].best
+    assert bench.main(["--out", str(out)]) == 2  # --out without --sweep
