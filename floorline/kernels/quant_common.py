@@ -340,6 +340,15 @@ def _slot_x(x_ptrs, kx, K, S: tl.constexpr, GW: tl.constexpr, EVEN_K: tl.constex
 
 
 @triton.jit
+def _slot_xs(x_ptrs, kx, K, GW: tl.constexpr, EVEN_K: tl.constexpr, X_SILU_MUL: tl.constexpr):
+    """The eight slots' fp32 x elements (`_slot_x` for S = 0..7), as a tuple."""
+    return (_slot_x(x_ptrs, kx, K, 0, GW, EVEN_K, X_SILU_MUL), _slot_x(x_ptrs, kx, K, 1, GW, EVEN_K, X_SILU_MUL),
+            _slot_x(x_ptrs, kx, K, 2, GW, EVEN_K, X_SILU_MUL), _slot_x(x_ptrs, kx, K, 3, GW, EVEN_K, X_SILU_MUL),
+            _slot_x(x_ptrs, kx, K, 4, GW, EVEN_K, X_SILU_MUL), _slot_x(x_ptrs, kx, K, 5, GW, EVEN_K, X_SILU_MUL),
+            _slot_x(x_ptrs, kx, K, 6, GW, EVEN_K, X_SILU_MUL), _slot_x(x_ptrs, kx, K, 7, GW, EVEN_K, X_SILU_MUL))
+
+
+@triton.jit
 def _row_words(q_ptr, rn_w, stride_qn, woff, g_ok, EVEN_K: tl.constexpr):
     """Persistent M = 1 kernels: words [.., NB, BN, 4] (uint32) of rows rn_w at word offsets woff [.., NB, 1, 4];
     groups (blocks) where g_ok [NB, 1] is false read 0 unless EVEN_K."""

@@ -32,7 +32,7 @@ from floorline.kernels.quant_common import (
     _slot_dot_epilogue,
     _slot_dot_load,
     _slot_dot_pointers,
-    _slot_x,
+    _slot_xs,
     check_config,
     geometry,
     get_config,
@@ -258,14 +258,7 @@ def _int4_gemv_m1_kernel(
         gdc_wait()
     x_ptrs = x_ptr + k_start + xoff
     kx = k_start + xoff
-    x0 = _slot_x(x_ptrs, kx, K, 0, GW, EVEN_K, X_SILU_MUL)
-    x1 = _slot_x(x_ptrs, kx, K, 1, GW, EVEN_K, X_SILU_MUL)
-    x2 = _slot_x(x_ptrs, kx, K, 2, GW, EVEN_K, X_SILU_MUL)
-    x3 = _slot_x(x_ptrs, kx, K, 3, GW, EVEN_K, X_SILU_MUL)
-    x4 = _slot_x(x_ptrs, kx, K, 4, GW, EVEN_K, X_SILU_MUL)
-    x5 = _slot_x(x_ptrs, kx, K, 5, GW, EVEN_K, X_SILU_MUL)
-    x6 = _slot_x(x_ptrs, kx, K, 6, GW, EVEN_K, X_SILU_MUL)
-    x7 = _slot_x(x_ptrs, kx, K, 7, GW, EVEN_K, X_SILU_MUL)
+    x0, x1, x2, x3, x4, x5, x6, x7 = _slot_xs(x_ptrs, kx, K, GW, EVEN_K, X_SILU_MUL)
     # C = sum of x times the floats' offsets (1 for even slots, 16 for odd), X / 16 = sum of x / 16
     c = tl.sum((x0 + x2 + x4 + x6) + 16.0 * (x1 + x3 + x5 + x7), axis=3)  # [NC, NB, 1]
     xs = tl.sum(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, axis=3) * 0.0625

@@ -33,7 +33,7 @@ from floorline.kernels.quant_common import (
     _slot_dot_epilogue,
     _slot_dot_load,
     _slot_dot_pointers,
-    _slot_x,
+    _slot_xs,
     check_config,
     geometry,
     get_config,
@@ -214,14 +214,7 @@ def _nf4_gemv_m1_kernel(
     table = nf4_lane_table(tl.zeros([2, NB, BLOCK_N, 4], dtype=tl.int32), LOOKUP)
     x_ptrs = x_ptr + k_start + xoff
     kx = k_start + xoff
-    x0 = _slot_x(x_ptrs, kx, K, 0, 8, EVEN_K, X_SILU_MUL)
-    x1 = _slot_x(x_ptrs, kx, K, 1, 8, EVEN_K, X_SILU_MUL)
-    x2 = _slot_x(x_ptrs, kx, K, 2, 8, EVEN_K, X_SILU_MUL)
-    x3 = _slot_x(x_ptrs, kx, K, 3, 8, EVEN_K, X_SILU_MUL)
-    x4 = _slot_x(x_ptrs, kx, K, 4, 8, EVEN_K, X_SILU_MUL)
-    x5 = _slot_x(x_ptrs, kx, K, 5, 8, EVEN_K, X_SILU_MUL)
-    x6 = _slot_x(x_ptrs, kx, K, 6, 8, EVEN_K, X_SILU_MUL)
-    x7 = _slot_x(x_ptrs, kx, K, 7, 8, EVEN_K, X_SILU_MUL)
+    x0, x1, x2, x3, x4, x5, x6, x7 = _slot_xs(x_ptrs, kx, K, 8, EVEN_K, X_SILU_MUL)
     for tile in tl.range(first, num_tiles, step, num_stages=NUM_STAGES):
         rn = tile * BLOCK_N + rr
         rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
