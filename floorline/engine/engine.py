@@ -201,7 +201,7 @@ class LLMEngine:
         """runner.launch, its host time kept apart for graph replays and eager forwards."""
         t0 = time.perf_counter()
         handle = self.runner.launch(sched_out)
-        kind = self.runner.last_launch_kind
+        kind = handle.kind
         if kind is not None:
             self._phase_s["launch_" + kind] += time.perf_counter() - t0
             self._num_steps[kind] += 1

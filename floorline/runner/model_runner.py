@@ -56,6 +56,7 @@ class StepHandle:
     top_values: torch.Tensor | None = None
     event: torch.cuda.Event | None = None  # recorded after sampling: the tokens are ready
     start_event: torch.cuda.Event | None = None  # recorded before the step's first kernel
+    kind: str | None = None  # "graph" | "eager"; None: nothing ran (for host-time reports)
 
     def result(self) -> RunnerOutput:
         if self.event is not None:
@@ -80,7 +81,6 @@ class ModelRunner:
         self._last_sampled: torch.Tensor | None = None  # [num_sampled] token ids of the last launched step
         self._last_rows: dict[str, int] = {}  # request id -> row of _last_sampled
         self.device_busy_s = 0.0  # device time of resolved steps (CUDA events), for idle-share reports
-        self.last_launch_kind: str | None = None  # "graph" | "eager" | None (nothing ran), for host-time reports
 
     def capture_cuda_graphs(self, max_batch: int, max_model_len: int) -> float:
         """Captures decode graphs for batch buckets up to `max_batch`; returns the seconds it took."""
@@ -180,7 +180,6 @@ class ModelRunner:
     def launch(self, out: SchedulerOutput) -> StepHandle:
         """Queues one step on the device and returns without waiting for it (async scheduling)."""
         self._update_states(out)
-        self.last_launch_kind = None
         if out.is_empty:
             return StepHandle(self)
         start_event = None
@@ -196,18 +195,16 @@ class ModelRunner:
         num_seqs = inputs.meta.num_seqs
         if (self.graphs is not None and inputs.meta.is_decode_only and len(inputs.sampled_request_ids) == num_seqs
                 and self.graphs.can_run(num_seqs, inputs.meta.max_seq_len)):
-            self.last_launch_kind = "graph"
             logits = self.graphs.run(inputs.input_ids, inputs.positions, inputs.meta)
-            return self._sample(logits, inputs.sampled_request_ids)
-        self.last_launch_kind = "eager"
+            return self._sample(logits, inputs.sampled_request_ids, "graph")
         with forward_context(inputs.meta):
             hidden = self.model(inputs.input_ids, inputs.positions)  # [num_tokens, hidden]
         if not inputs.sampled_request_ids:
-            return StepHandle(self)
+            return StepHandle(self, kind="eager")
         logits = self.model.compute_logits(hidden[inputs.logits_indices])  # [num_sampled, vocab] fp32
-        return self._sample(logits, inputs.sampled_request_ids)
+        return self._sample(logits, inputs.sampled_request_ids, "eager")
 
-    def _sample(self, logits: torch.Tensor, request_ids: list[str]) -> StepHandle:
+    def _sample(self, logits: torch.Tensor, request_ids: list[str], kind: str) -> StepHandle:
         """Samples on the device and starts copying the tokens back; the next step reads them there."""
         states = [self.requests[rid] for rid in request_ids]
         for state in states:
@@ -233,7 +230,7 @@ class ModelRunner:
         self._last_rows = {rid: i for i, rid in enumerate(request_ids)}
         for state in states:
             state.num_unresolved += 1
-        handle = StepHandle(self, request_ids)
+        handle = StepHandle(self, request_ids, kind=kind)
         want_logprobs = any(s.params.logprobs is not None for s in states)
         handle.token_ids = _to_host(result.token_ids)
         if want_logprobs:
