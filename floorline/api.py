@@ -54,10 +54,13 @@ class LLM:
             raise InvalidRequestError(f"{len(params_list)} sampling params for {len(prompts)} prompts")
         results: dict[str, RequestOutput] = {}
         order: list[str] = []
+        final_only: dict[int, SamplingParams] = {}  # one copy per distinct params object, not per prompt
         for prompt, p in zip(prompts, params_list):
             try:
                 # Only finished outputs are kept: the engine need not snapshot every request each step.
-                order.append(self.engine.add_request(prompt, dataclasses.replace(p, output_kind="final_only")))
+                if id(p) not in final_only:
+                    final_only[id(p)] = dataclasses.replace(p, output_kind="final_only")
+                order.append(self.engine.add_request(prompt, final_only[id(p)]))
             except InvalidRequestError as e:
                 rid = f"refused-{len(order)}"
                 order.append(rid)
