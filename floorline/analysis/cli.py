@@ -23,10 +23,6 @@ def load_shape(model: str | None) -> ShapeSummary:
     from floorline.weights.resolve import load_hf_config, resolve_model
 
     source = resolve_model(model)
-    if source.kind == "gguf":
-        from floorline.weights.gguf import GGUFFile, gguf_to_hf_config
-
-        return summarize_hf_config(gguf_to_hf_config(GGUFFile(source.path)), source.name)
     return summarize_hf_config(load_hf_config(source), source.name)
 
 

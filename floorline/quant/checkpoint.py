@@ -40,7 +40,7 @@ def quantize_checkpoint(model: str | None, quantization: str, output: str | Path
     source = resolve_model(model)
     if not source.has_weights:
         raise FloorlineError(f"{source.name} is a shipped config without weights; quantize needs a checkpoint")
-    hf_cfg = _hf_config(source)
+    hf_cfg = load_hf_config(source)
     if hf_cfg.get("quantization_config"):
         method = hf_cfg["quantization_config"].get("quant_method")
         raise FloorlineError(f"{source.name} is already quantized ({method})")
@@ -69,14 +69,6 @@ def quantize_checkpoint(model: str | None, quantization: str, output: str | Path
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _hf_config(source: ModelSource) -> dict:
-    if source.kind == "gguf":
-        from floorline.weights.gguf import GGUFFile, gguf_to_hf_config
-
-        return gguf_to_hf_config(GGUFFile(source.path))
-    return load_hf_config(source)
 
 
 def _save_dtype(dtype: str, cfg: ModelConfig) -> torch.dtype:

@@ -21,11 +21,6 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
 
 
 def load_model_config(source: ModelSource) -> ModelConfig:
-    if source.kind == "gguf":
-        from floorline.weights.gguf_config import gguf_to_hf_config
-        from floorline.weights.gguf_file import GGUFFile
-
-        return ModelConfig.from_hf_dict(gguf_to_hf_config(GGUFFile(source.path)), name=source.name)
     return ModelConfig.from_hf_dict(load_hf_config(source), name=source.name)
 
 

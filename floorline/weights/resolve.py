@@ -57,6 +57,12 @@ def resolve_model(spec: str | None) -> ModelSource:
 
 
 def load_hf_config(source: ModelSource) -> dict[str, Any]:
+    """The source's Hugging Face config: its config.json, or for a GGUF file the one its metadata gives."""
+    if source.kind == "gguf":
+        from floorline.weights.gguf_config import gguf_to_hf_config
+        from floorline.weights.gguf_file import GGUFFile
+
+        return gguf_to_hf_config(GGUFFile(source.path))
     path = source.path if source.kind == "config" else source.path / "config.json"
     try:
         return json.loads(path.read_text())
