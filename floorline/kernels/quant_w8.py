@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from floorline.kernels.activation import silu_and_mul
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
     DOT_BLOCK_M,
@@ -28,7 +29,6 @@ from floorline.kernels.quant_common import (
     geometry,
     get_config,
     operand,
-    unfused_silu,
 )
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
@@ -206,7 +206,8 @@ def w8_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, 
         return out.zero_()
     cfg = config or get_config("fp8" if fp8 else "int8", n, k, m, K_UNIT, x.device)
     check_config(cfg, m, K_UNIT, "quant_w8")
-    x, _ = unfused_silu(x, silu_mul, cfg)  # no persistent 8-bit kernel: always a plain x
+    if silu_mul:  # no 8-bit kernel fuses it (quant_common.unfused_silu says why)
+        x = silu_and_mul(x)
     geo = geometry(cfg, m, n, k, out)
     _w8_gemv_kernel[(geo.tiles, geo.splits)](
         x, qweight, scale, out, geo.ws, geo.tickets, m, n, k, x.stride(0), qweight.stride(0),
