@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from floorline.bench import bnb
 from floorline.bench.kernels import SHAPES, read_bandwidth, rel_error, split_variants, time_per_call
+from floorline.kernels.quant_common import FORMATS as QUANT_FORMATS
 from floorline.kernels.quant_common import QuantGemvConfig, get_config
 from floorline.kernels.decode_attention import num_sms_of
 from floorline.kernels.skinny_gemm import skinny_gemm_triton
@@ -216,35 +217,11 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
         else:
             row.seconds = time_per_call(calls)
         kernel_fmt = "nf4" if fmt in NF4_LOOKUP else fmt
-        if kernel_fmt in ("int8", "fp8", "int4", "nf4"):
+        if kernel_fmt in QUANT_FORMATS:
             unit = {"int4": getattr(layers[0].quant_method, "group", 128), "nf4": 64}.get(kernel_fmt, 16)
             row.config = _short(get_config(kernel_fmt, n, k, m, unit, device))
             if sweep:
-                sms = num_sms_of(device)
-                cands = [dataclasses.replace(c, split_k=auto_split_k(n, k, c.block_n, c.block_k, sms))
-                         for c in sweep_candidates(kernel_fmt, m, k)]
-                tried = set()
-                while cands:
-                    cand = cands.pop(0)
-                    if time.monotonic() > deadline:
-                        break
-                    if cand in tried:
-                        continue
-                    tried.add(cand)
-                    try:
-                        out = _call(fmt, layers[0], x, cand, silu)
-                        if not rel_error(out, _call(fmt, layers[0], x, silu_mul=silu)) < 1e-3:
-                            continue
-                        secs = time_per_call([lambda l=l, c=cand, x=x: _call(fmt, l, x, c, silu) for l in layers])
-                    except Exception as e:  # noqa: BLE001 - a config the compiler rejects is skipped
-                        print(f"    {fmt} {name} M={m} {_short(cand)}: {type(e).__name__}", flush=True)
-                        continue
-                    print(f"    {fmt} {name} M={m} {_short(cand)}: {secs * 1e6:.1f} us", flush=True)
-                    if secs < row.seconds:
-                        row.seconds, row.config, row.best = secs, _short(cand) + " (swept)", cand
-                        print(f"    ({kernel_fmt!r}, {n}, {k}, {m_bucket(m)}): {cand!r},", flush=True)
-                        if not cand.programs_per_sm:  # persistent kernels take one K tile per split
-                            cands += split_variants(cand, n, k)  # the winner at other split counts
+                _sweep(row, fmt, kernel_fmt, layers, x, silu, device, deadline)
         rows.append(row)
         print(f"  {fmt:<10} {name:<8} M={m:<2} {row.seconds * 1e6:8.1f} us", flush=True)
     del layers
@@ -253,17 +230,51 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
     return rows, failures
 
 
+def _sweep(row: Row, fmt: str, kernel_fmt: str, layers: list, x: torch.Tensor, silu: bool, device: torch.device,
+           deadline: float) -> None:
+    """Times the sweep's candidates for `row` (each checked against the default config first), printing
+    every one; the fastest goes into `row` when it beats the default, and the winner of the K-loop
+    kernels is tried again at other split counts."""
+    m, n, k = row.m, row.n, row.k
+    sms = num_sms_of(device)
+    cands = [dataclasses.replace(c, split_k=auto_split_k(n, k, c.block_n, c.block_k, sms))
+             for c in sweep_candidates(kernel_fmt, m, k)]
+    tried = set()
+    while cands and time.monotonic() <= deadline:
+        cand = cands.pop(0)
+        if cand in tried:
+            continue
+        tried.add(cand)
+        try:
+            if not rel_error(_call(fmt, layers[0], x, cand, silu), _call(fmt, layers[0], x, silu_mul=silu)) < 1e-3:
+                continue
+            secs = time_per_call([lambda l=l, c=cand: _call(fmt, l, x, c, silu) for l in layers])
+        except Exception as e:  # noqa: BLE001 - a config the compiler rejects is skipped
+            print(f"    {fmt} {row.shape} M={m} {_short(cand)}: {type(e).__name__}", flush=True)
+            continue
+        print(f"    {fmt} {row.shape} M={m} {_short(cand)}: {secs * 1e6:.1f} us", flush=True)
+        if secs < row.seconds:
+            row.seconds, row.config, row.best = secs, _short(cand) + " (swept)", cand
+            print(f"    ({kernel_fmt!r}, {n}, {k}, {m_bucket(m)}): {cand!r},", flush=True)
+            if not cand.programs_per_sm:  # persistent kernels take one K tile per split
+                cands += split_variants(cand, n, k)
+
+
 def _short(c: QuantGemvConfig) -> str:
-    kind = "dot" if c.use_dot else f"persistent x{c.programs_per_sm}{' pf' if c.prefetch else ''}" \
-        if c.programs_per_sm else "fma"
+    if c.use_dot:
+        kind = "dot"
+    elif c.programs_per_sm:
+        kind = f"persistent x{c.programs_per_sm}" + (" pf" if c.prefetch else "")
+    else:
+        kind = "fma"
     return f"{kind} n{c.block_n} k{c.block_k} s{c.split_k} w{c.num_warps} st{c.num_stages}"
 
 
 def write_json(rows: list[Row], path: str) -> None:
     """The swept winners, in the format `load_tuned_configs` (and FLOORLINE_QUANT_CONFIGS) reads."""
-    entries = [dict(format="nf4" if r.fmt in NF4_LOOKUP else r.fmt, n=r.n, k=r.k, m_bucket=m_bucket(r.m),
-                    config=r.best.as_dict(), us=round(r.seconds * 1e6, 2))
-               for r in rows if r.best is not None and r.fmt not in ("nf4-gather", "nf4-select")]
+    entries = [dict(format=r.fmt, n=r.n, k=r.k, m_bucket=m_bucket(r.m), config=r.best.as_dict(),
+                    us=round(r.seconds * 1e6, 2))
+               for r in rows if r.best is not None and r.fmt in QUANT_FORMATS]  # not nf4-gather / -select
     with open(path, "w") as f:
         json.dump({"configs": entries}, f, indent=1)
 
