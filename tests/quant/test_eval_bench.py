@@ -81,14 +81,15 @@ def test_benchmark_down_rows_take_gate_up_and_the_sweep_writes_loadable_json(mon
     import floorline.kernels.quant_common as qc
 
     monkeypatch.setattr(bench, "time_per_call", lambda calls: [c() for c in calls] and 1e-5)
-    rows, failures = bench.bench_shape("int8", "down", (1,), torch.device("cpu"), 0, sweep=False,
+    down, failures = bench.bench_shape("int8", "down", (1,), torch.device("cpu"), 0, sweep=False,
                                        deadline=math.inf, kn=(128, 32), dtype=torch.float32)
-    assert not failures and rows[0].nbytes > 2 * 128 * 4  # x is gate | up: [1, 2K]
+    assert not failures
     times = iter([2e-5] + [1e-5] * 100)  # the default config first, then every candidate is faster
     monkeypatch.setattr(bench, "time_per_call", lambda calls: [c() for c in calls] and next(times))
     rows, failures = bench.bench_shape("int8", "qkv", (1,), torch.device("cpu"), 0, sweep=True,
                                        deadline=math.inf, kn=(128, 32), dtype=torch.float32)
     assert not failures and rows[0].best is not None
+    assert down[0].nbytes - rows[0].nbytes == 4 * 128  # same weights; down's x is gate | up, [1, 2K] fp32
     out = tmp_path / "swept.json"
     bench.write_json(rows, str(out))
     monkeypatch.setattr(qc, "TUNED_CONFIGS", {})

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from floorline.kernels.activation import silu_and_mul
+from floorline.bench.quant import _gemv_with_config
 from floorline.kernels.quant_common import QuantGemvConfig
 from floorline.layers.linear import Linear
 from floorline.quant.fp8 import Fp8Method, w8a8_ref, w8a8_supported
@@ -64,18 +65,6 @@ def test_gpu_persistent_m1_kernels_match_reference(fmt, k, n, cfg):
         x = torch.randn(1, 2 * k if silu else k, device="cuda", dtype=torch.bfloat16)
         ref = F.linear((silu_and_mul(x) if silu else x).float(), w)
         assert _rel(_gemv_with_config(fmt, layer, x, cfg, silu), ref) < 1e-2
-
-
-def _gemv_with_config(fmt, layer, x, cfg, silu):
-    from floorline.kernels.quant_int4 import int4_gemv_triton
-    from floorline.kernels.quant_nf4 import nf4_gemv_triton
-
-    method = layer.quant_method
-    if fmt == "int4":
-        return int4_gemv_triton(x, layer.qweight, layer.scales, layer.zeros, layer.in_features, method.group,
-                                silu_mul=silu, config=cfg)
-    return nf4_gemv_triton(x, layer.qweight, layer.absmax, method._nested(layer), layer.code, silu_mul=silu,
-                           config=cfg)
 
 
 @pytest.mark.parametrize("fmt", list(METHODS))
