@@ -56,6 +56,8 @@ TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
     ('int8', 28672, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=4, use_dot=False),
     ('int8', 28672, 4096, 4): QuantGemvConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=4, use_dot=True),
     ('int8', 28672, 4096, 16): QuantGemvConfig(block_n=32, block_k=256, split_k=1, num_warps=4, num_stages=4, use_dot=True),
+    ('int8', 4096, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=4, use_dot=False),
+    ('int8', 4096, 14336, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=4, use_dot=False),
     ('int8', 4096, 14336, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
     ('int8', 4096, 14336, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
     ('fp8', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=False),
@@ -76,9 +78,7 @@ TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
     ('nf4', 4096, 4096, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=8, num_warps=4, num_stages=4, use_dot=True),
     ('nf4', 6144, 4096, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
     ('nf4', 6144, 4096, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
-    ('int8', 4096, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=4, use_dot=False),
-    ('int8', 4096, 14336, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=4, use_dot=False),
-    # M = 1 4-bit: the persistent kernels where they won (third H200 session, 2026-12-01, sweep of run 2)
+    # M = 1 4-bit: the persistent kernels where they won (third H200 session, 2026-12-01, runs 2-3)
     ('int4', 6144, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False),
     ('int4', 4096, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=6, prefetch=True),
     ('int4', 28672, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False),
