@@ -53,8 +53,9 @@ def _bytes_to_float(b, FP8: tl.constexpr):
 @triton.jit
 def _bytes_to_fma_float(b, FP8: tl.constexpr):
     """The M = 1 path's exact fp32 weights: int8 q as `_bytes_to_float` makes it; fp8 as its value, by
-    the hardware e4m3x2 -> f16x2 conversion and a full-rate f16 -> f32 (sm_90 SASS: 3.7 instructions a
-    weight in the loop instead of 6.0 for the bit trick, whose 2**-120 the FMA path then skips)."""
+    the hardware e4m3x2 -> f16x2 conversion and a full-rate f16 -> f32 (sm_90 SASS, `scripts/sass_count.py
+    w8 --fp8`: 3.7 instructions a weight in the loop instead of 6.0 for the bit trick, whose 2**-120 the
+    FMA path then skips)."""
     if FP8:
         return b.to(tl.float8e4nv, bitcast=True).to(tl.float32)
     return _bytes_to_float(b, FP8)
