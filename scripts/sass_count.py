@@ -1,6 +1,7 @@
 """Offline sm_90 compile of a quantized GEMV kernel: registers, stack, and SASS instructions a weight.
 
     python scripts/sass_count.py int4-m1                      # the persistent int4 kernel, table config
+    python scripts/sass_count.py int4-m1 --half2              # ... with the packed fp16x2 loop
     python scripts/sass_count.py nf4-m1 --block-n 8 --warps 4
     python scripts/sass_count.py w8 --fp8                      # the 8-bit M = 1 FMA path
     python scripts/sass_count.py int4-dot --block-n 64 --block-k 256 --stages 3
@@ -40,7 +41,7 @@ def _kernel(name: str, a: argparse.Namespace):
         from floorline.kernels.quant_int4 import _int4_gemv_m1_kernel as fn
 
         cx = dict(BLOCK_N=a.block_n, BLOCK_K=a.block_k, GROUP=128, NUM_STAGES=a.stages, EVEN_K=True, SPLIT=False,
-                  X_SILU_MUL=a.silu, PREFETCH=a.prefetch, USE_PDL=False)
+                  X_SILU_MUL=a.silu, PREFETCH=a.prefetch, HALF2=a.half2, EMULATE=False, USE_PDL=False)
         return fn, {**_4BIT, "s_ptr": "*fp16", "z_ptr": "*fp16"}, cx, a.block_n * a.block_k / threads
     if name == "nf4-m1":
         from floorline.kernels.quant_nf4 import _nf4_gemv_m1_kernel as fn
@@ -48,7 +49,7 @@ def _kernel(name: str, a: argparse.Namespace):
         ptrs = {**_4BIT, "a_ptr": "*u8", "nabs_ptr": "*fp32", "nmap_ptr": "*fp32", "base_ptr": "*i32",
                 "off_ptr": "*fp32", "map_ptr": "*i32", "code_ptr": "*fp32"}
         cx = dict(BLOCK_N=a.block_n, BLOCK_K=a.block_k, NUM_STAGES=a.stages, EVEN_K=True, SPLIT=False, NESTED=True,
-                  LOOKUP=2, X_SILU_MUL=a.silu, PREFETCH=a.prefetch, USE_PDL=False)
+                  LOOKUP=2, X_SILU_MUL=a.silu, PREFETCH=a.prefetch, HALF2=a.half2, USE_PDL=False)
         return fn, ptrs, cx, a.block_n * a.block_k / threads
     if name == "int4-dot":
         from floorline.kernels.quant_int4 import _int4_gemv_kernel as fn
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefetch", action="store_true")
     p.add_argument("--silu", action="store_true", help="x is gate | up (persistent kernels)")
     p.add_argument("--fp8", action="store_true", help="w8: fp8 instead of int8")
+    p.add_argument("--half2", action="store_true", help="persistent kernels: the packed fp16x2 loop")
     a = p.parse_args(argv)
     w8, dot = a.kernel == "w8", a.kernel == "int4-dot"
     a.block_n = a.block_n or (16 if w8 else 4)

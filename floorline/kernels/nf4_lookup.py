@@ -33,17 +33,24 @@ def _bits(v: float) -> str:
     return hex(struct.unpack("<I", struct.pack("<f", v))[0])
 
 
-def _table_asm() -> str:
-    """PTX: $0 = bits of CODE[laneid % 16] ($1 is a dummy operand giving the result its shape)."""
+def _half2_bits(v: float) -> str:
+    """fp16 bits of v in both halves of a 32-bit word."""
+    h = struct.unpack("<H", struct.pack("<e", v))[0]
+    return hex(h | h << 16)
+
+
+def _table_asm(bits=_bits) -> str:
+    """PTX: $0 = bits(CODE[laneid % 16]) ($1 is a dummy operand giving the result its shape)."""
     lines = ["{", ".reg .u32 %nf4l;", ".reg .pred %nf4p;", "mov.u32 %nf4l, %laneid;", "and.b32 %nf4l, %nf4l, 15;",
-             f"mov.b32 $0, {_bits(NF4_CODE[0])};"]
+             f"mov.b32 $0, {bits(NF4_CODE[0])};"]
     for i, v in enumerate(NF4_CODE[1:], start=1):
-        lines += [f"setp.eq.u32 %nf4p, %nf4l, {i};", f"@%nf4p mov.b32 $0, {_bits(v)};"]
+        lines += [f"setp.eq.u32 %nf4p, %nf4l, {i};", f"@%nf4p mov.b32 $0, {bits(v)};"]
     return "\n".join(lines + ["}"])
 
 
 # constexpr globals: jitted functions may read them (the plain strings serve CPU-only installs)
 TABLE_ASM = tl.constexpr(_table_asm()) if HAS_TRITON else _table_asm()
+HALF2_TABLE_ASM = tl.constexpr(_table_asm(_half2_bits)) if HAS_TRITON else _table_asm(_half2_bits)
 SHFL_ASM = tl.constexpr("shfl.sync.idx.b32 $0, $1, $2, 31, -1;") if HAS_TRITON else ""
 
 
@@ -63,6 +70,16 @@ def nf4_lane_table(like, LOOKUP: tl.constexpr):
     """int32 tensor shaped like `like` whose every element in lane l is the bits of CODE[l % 16] ("shfl")."""
     if LOOKUP == 2:
         t = tl.inline_asm_elementwise(TABLE_ASM, "=r,r", [like], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        t = like
+    return t
+
+
+@triton.jit
+def nf4_half2_table(like, LOOKUP: tl.constexpr):
+    """As `nf4_lane_table`, with CODE[l % 16] as fp16 in both halves (`quant_half2`'s NF4 MAC)."""
+    if LOOKUP == 2:
+        t = tl.inline_asm_elementwise(HALF2_TABLE_ASM, "=r,r", [like], dtype=tl.int32, is_pure=True, pack=1)
     else:
         t = like
     return t

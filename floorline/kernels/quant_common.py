@@ -39,16 +39,18 @@ class QuantGemvConfig(SkinnyConfig):
     """The bf16 skinny GEMM's launch config (block_k counts weights, a multiple of the format's group),
     plus the persistent M = 1 kernels' fields: `programs_per_sm` > 0 launches that many programs per SM,
     each owning one K tile (split = K / block_k) and walking row tiles; `prefetch` loads the next row
-    tile's weights while the current one is summed."""
+    tile's weights while the current one is summed; `half2` runs the persistent loop in packed fp16x2
+    (`quant_half2`) for fp16 / bf16 activations."""
 
     programs_per_sm: int = 0
     prefetch: bool = False
+    half2: bool = False
 
 
 # (format, N, K, M-bucket) -> config: the lines `python -m floorline.bench.quant --sweep` prints.
 # Llama-3.1-8B decode shapes, swept on an NVIDIA H200 (torch 2.11, triton 3.6), 2026-12-01 (int8/fp8 M > 1:
-# first sweep; int4 M > 1: second; nf4 M > 1: third; every M = 1 entry: a later session's sweeps, with the
-# persistent 4-bit kernels; int4 o_proj takes prefetch, which won end to end, -0.01 ms a token).
+# first sweep; int4 M > 1: second; nf4 M > 1: third; every M = 1 entry: later sessions' sweeps, with the
+# persistent 4-bit kernels).
 # Shapes and M-buckets missing here take `heuristic_config`. benchmarks/quant_h200_notes.md has the tables.
 TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
     ('int8', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=3, use_dot=False),
@@ -78,14 +80,15 @@ TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
     ('nf4', 4096, 4096, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=8, num_warps=4, num_stages=4, use_dot=True),
     ('nf4', 6144, 4096, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
     ('nf4', 6144, 4096, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
-    # M = 1 4-bit: the persistent kernels where they won (third H200 session, 2026-12-01, runs 2-3)
-    ('int4', 6144, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False),
-    ('int4', 4096, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=6, prefetch=True),
-    ('int4', 28672, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False),
+    # M = 1 4-bit: the persistent kernels where they won (third H200 session, 2026-12-01, runs 2-3; the fp16x2
+    # "half2" entries and int4 o_proj from the fourth session's sweeps, same day, runs 1-2)
+    ('int4', 6144, 4096, 1): QuantGemvConfig(block_n=2, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=True, half2=True),
+    ('int4', 4096, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False),
+    ('int4', 28672, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=10, prefetch=False, half2=True),
     ('int4', 4096, 14336, 1): QuantGemvConfig(block_n=8, block_k=2048, split_k=2, num_warps=2, num_stages=1, use_dot=False),
     ('nf4', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False, programs_per_sm=5, prefetch=False),
     ('nf4', 4096, 4096, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False, programs_per_sm=6, prefetch=False),
-    ('nf4', 28672, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False),
+    ('nf4', 28672, 4096, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False, half2=True),
     ('nf4', 4096, 14336, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
 }
 
@@ -93,14 +96,17 @@ TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
 def _base_config(fmt: str, n: int, k: int, m: int) -> QuantGemvConfig:
     """Untuned defaults. 4-bit M = 1 tiles are long in K: each thread's x elements serve all its rows.
     Where one 4096-wide tile covers K, the persistent kernel (x loaded once per program) won every shape
-    of the H200 sweep; longer K keeps the K loop, since a persistent split-K pays a ticket per row tile."""
+    of the H200 sweep; longer K keeps the K loop: a persistent split-K (one ticket a program, 2048-wide
+    K tiles) measured 16.7 us against 14.7 for the int4 down projection (too few row tiles a program)."""
     if m > 1:
         return QuantGemvConfig(block_n=32, block_k=256, num_warps=4, num_stages=3, use_dot=True)
     if fmt in ("int8", "fp8"):  # 1 byte a weight: bf16's 512-wide tiles hold the same bytes at 1024
         if n >= 16384:
             return QuantGemvConfig(block_n=16, block_k=1024, num_warps=8, num_stages=2)
         return QuantGemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=3)
-    if k <= 4096:
+    if k <= 4096 and fmt == "int4":  # the fp16x2 loop: it won the long shape (gate_up) and tied qkv
+        return QuantGemvConfig(block_n=4, block_k=4096, num_warps=2, num_stages=1, programs_per_sm=10, half2=True)
+    if k <= 4096:  # NF4's loop is bound by its shuffles, which fp16x2 does not reduce
         return QuantGemvConfig(block_n=4, block_k=4096, num_warps=2, num_stages=1, programs_per_sm=8)
     return QuantGemvConfig(block_n=8, block_k=4096, num_warps=4, num_stages=1)
 
@@ -216,6 +222,12 @@ def persistent_geometry(cfg: QuantGemvConfig, n: int, k: int, out: torch.Tensor)
         return PersistentGeometry(per_split, tiles, 1, out, out)
     ws = torch.empty((splits, 1, n), dtype=torch.float32, device=out.device)
     return PersistentGeometry(per_split * splits, tiles, splits, ws, tickets(out.device, tiles, "quant_gemv"))
+
+
+def half2_ok(cfg: QuantGemvConfig, x: torch.Tensor) -> bool:
+    """Whether a persistent launch takes the fp16x2 loop: asked for, and 16-bit activations (fp32 ones
+    keep the fp32 loop, whose results their tolerances expect)."""
+    return cfg.half2 and x.dtype in (torch.float16, torch.bfloat16)
 
 
 def unfused_silu(x: torch.Tensor, silu_mul: bool, cfg: QuantGemvConfig) -> tuple[torch.Tensor, bool]:
@@ -350,11 +362,47 @@ def _slot_xs(x_ptrs, kx, K, GW: tl.constexpr, EVEN_K: tl.constexpr, X_SILU_MUL: 
 
 
 @triton.jit
-def _row_words(q_ptr, rn_w, stride_qn, woff, g_ok, EVEN_K: tl.constexpr):
+def _persistent_store(out, rn, N, out_ptr, ws_ptr, split, SPLIT: tl.constexpr):
+    """Persistent M = 1 kernels, one row tile's result: the output, or with SPLIT its fp32 partial
+    (summed by `_persistent_reduce` once every split of the program's rows is done)."""
+    if SPLIT:
+        tl.store(ws_ptr + split * N + rn, out, mask=rn < N)
+    else:
+        tl.store(out_ptr + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
+
+
+@triton.jit
+def _persistent_reduce(out_ptr, ws_ptr, cnt_ptr, group, num_tiles, step, num_splits, N, BLOCK_N: tl.constexpr):
+    """After its last row tile: the programs of one row group (one per split, all walking the same
+    tiles) take one ticket each, and the last sums every tile's partials in split order (deterministic).
+
+    One ticket per program, not per tile: a ticket is a round trip to L2 that the program must wait
+    for, which per tile cost the split kernel more than its x loads saved."""
+    tl.debug_barrier()  # every thread's partials issued before the (release) ticket
+    ticket = tl.atomic_add(cnt_ptr + group, 1, sem="acq_rel", scope="gpu")
+    if ticket == num_splits - 1:
+        rb = tl.arange(0, BLOCK_N)
+        for tile in range(group, num_tiles, step):
+            rn = tile * BLOCK_N + rb
+            total = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for s in range(num_splits):  # .cg: from L2, where the other SMs' partials are
+                total += tl.load(ws_ptr + s * N + rn, mask=rn < N, other=0.0, cache_modifier=".cg")
+            tl.store(out_ptr + rn, total.to(out_ptr.dtype.element_ty), mask=rn < N)
+        tl.store(cnt_ptr + group, 0)  # ready for the next launch (or graph replay)
+
+
+@triton.jit
+def _row_words(q_ptr, rn_w, stride_qn, woff, g_ok, EVEN_K: tl.constexpr, tile=None, num_tiles=None):
     """Persistent M = 1 kernels: words [.., NB, BN, 4] (uint32) of rows rn_w at word offsets woff [.., NB, 1, 4];
-    groups (blocks) where g_ok [NB, 1] is false read 0 unless EVEN_K."""
+    groups (blocks) where g_ok [NB, 1] is false read 0 unless EVEN_K; with `tile`, nothing is read unless
+    tile < num_tiles (a prefetch past the program's last tile)."""
     ptrs = q_ptr + rn_w.to(tl.int64)[None, None, :, None] * stride_qn + woff
-    if EVEN_K:
+    if tile is not None:
+        ok = woff * 0 + tile < num_tiles  # as a tensor: a scalar mask is not one
+        if not EVEN_K:
+            ok = ok & g_ok[None, :, :, None]
+        w = tl.load(ptrs, mask=ok, other=0, eviction_policy="evict_first")
+    elif EVEN_K:
         w = tl.load(ptrs, eviction_policy="evict_first")
     else:
         w = tl.load(ptrs, mask=g_ok[None, :, :, None], other=0, eviction_policy="evict_first")

@@ -27,6 +27,8 @@ from floorline.kernels.quant_common import (
     DOT_MIN_K,
     QuantGemvConfig,
     _load_x,
+    _persistent_reduce,
+    _persistent_store,
     _row_words,
     _slot_dot,
     _slot_dot_epilogue,
@@ -36,10 +38,12 @@ from floorline.kernels.quant_common import (
     check_config,
     geometry,
     get_config,
+    half2_ok,
     operand,
     persistent_geometry,
     unfused_silu,
 )
+from floorline.kernels.quant_half2 import int4_mac4, int4_x_pairs, x_scale, x_sums
 from floorline.kernels.quant_packing import unpack_int4
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
@@ -224,13 +228,14 @@ def _int4_gemv_m1_kernel(
     N, K, num_groups, stride_qn, num_tiles, num_splits, one_bits, sixteen_bits,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr, NUM_STAGES: tl.constexpr,
     EVEN_K: tl.constexpr, SPLIT: tl.constexpr, X_SILU_MUL: tl.constexpr, PREFETCH: tl.constexpr,
-    USE_PDL: tl.constexpr = False,
+    HALF2: tl.constexpr = False, EMULATE: tl.constexpr = False, USE_PDL: tl.constexpr = False,
 ):
     """Persistent M = 1 GEMV: program p owns K tile p % num_splits and walks row tiles with a stride.
 
     Its x elements (and their sums, `_int4_fma_tile`'s C and X) are loaded once per program, not once
     per row tile, so the loop body is the weights' loads and FMAs; with PREFETCH the next tile's words
-    are in flight while the current one is summed.
+    are in flight while the current one is summed. HALF2: the packed fp16x2 loop of `quant_half2`
+    (EMULATE: in Triton ops, for the interpreter).
     """
     GW: tl.constexpr = GROUP // 8
     NB: tl.constexpr = BLOCK_K // GROUP
@@ -259,25 +264,36 @@ def _int4_gemv_m1_kernel(
     x_ptrs = x_ptr + k_start + xoff
     kx = k_start + xoff
     x0, x1, x2, x3, x4, x5, x6, x7 = _slot_xs(x_ptrs, kx, K, GW, EVEN_K, X_SILU_MUL)
-    # C = sum of x times the floats' offsets (1 for even slots, 16 for odd), X / 16 = sum of x / 16
-    c = tl.sum((x0 + x2 + x4 + x6) + 16.0 * (x1 + x3 + x5 + x7), axis=3)  # [NC, NB, 1]
-    xs = tl.sum(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, axis=3) * 0.0625
+    if HALF2:  # x as scaled fp16 pairs (quant_half2)
+        scale, inv_scale = x_scale(x0, x1, x2, x3, x4, x5, x6, x7)
+        xp = int4_x_pairs(x0, x1, x2, x3, x4, x5, x6, x7, scale, NC, NB)
+        xsum = x_sums(xp, NC, NB)  # [NC, NB, 1]
+    else:
+        # C = sum of x times the floats' offsets (1 for even slots, 16 for odd), X / 16 = sum of x / 16
+        c = tl.sum((x0 + x2 + x4 + x6) + 16.0 * (x1 + x3 + x5 + x7), axis=3)  # [NC, NB, 1]
+        xs = tl.sum(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, axis=3) * 0.0625
     for tile in tl.range(first, num_tiles, step, num_stages=NUM_STAGES):
         rn = tile * BLOCK_N + rb
         rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
         if PREFETCH:
-            nxt = tl.minimum(rn + step * BLOCK_N, N - 1)  # the last tile re-reads rows it already has
-            w_next = _row_words(q_ptr, nxt, stride_qn, woff, g_ok, EVEN_K)
+            nxt = tl.minimum(rn + step * BLOCK_N, N - 1)
+            w_next = _row_words(q_ptr, nxt, stride_qn, woff, g_ok, EVEN_K, tile + step, num_tiles)
         else:
             w = _row_words(q_ptr, rn_w, stride_qn, woff, g_ok, EVEN_K)
         s, z = _load_group_params(s_ptr, z_ptr, g[:, None] * N + rn_w[None, :], g_ok, not EVEN_K)  # [NB, BN]
-        t = tl.sum(_int4_dot_slots(w, x0, x1, x2, x3, x4, x5, x6, x7, one, sixteen), axis=3)  # [NC, NB, BN]
-        part = (s * 16.0)[None, :, :] * (t - c - z[None, :, :] * xs)
-        out = tl.sum(tl.sum(part, axis=0), axis=0)
-        _epilogue(out, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
-                  False, SPLIT)
+        if HALF2:
+            t = int4_mac4(w, xp, NC, NB, BLOCK_N, EMULATE)  # [NC, NB, BN]
+            part = s[None, :, :] * (t + (8.0 - z[None, :, :]) * xsum)
+            out = tl.sum(tl.reshape(part, (NC * NB, BLOCK_N)), axis=0) * inv_scale
+        else:
+            t = tl.sum(_int4_dot_slots(w, x0, x1, x2, x3, x4, x5, x6, x7, one, sixteen), axis=3)  # [NC, NB, BN]
+            part = (s * 16.0)[None, :, :] * (t - c - z[None, :, :] * xs)
+            out = tl.sum(tl.sum(part, axis=0), axis=0)
+        _persistent_store(out, rn, N, out_ptr, ws_ptr, split, SPLIT)
         if PREFETCH:
             w = w_next
+    if SPLIT:
+        _persistent_reduce(out_ptr, ws_ptr, cnt_ptr, first, num_tiles, step, num_splits, N, BLOCK_N)
 
 
 @triton.jit
@@ -370,6 +386,7 @@ def _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out):
         n, k, kp // group, qweight.stride(0), geo.tiles, geo.splits, *MAGIC,
         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group, NUM_STAGES=cfg.num_stages,
         EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1, X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch,
+        HALF2=half2_ok(cfg, x), EMULATE=x.device.type != "cuda",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
     )
     return out

@@ -21,13 +21,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from floorline.kernels.nf4_lookup import NF4_CODE, lookup_id, nf4_code_of, nf4_lane_table
+from floorline.kernels.nf4_lookup import NF4_CODE, lookup_id, nf4_code_of, nf4_half2_table, nf4_lane_table
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
     DOT_BLOCK_M,
     DOT_MIN_K,
     QuantGemvConfig,
     _load_x,
+    _persistent_reduce,
+    _persistent_store,
     _row_words,
     _slot_dot,
     _slot_dot_epilogue,
@@ -37,10 +39,12 @@ from floorline.kernels.quant_common import (
     check_config,
     geometry,
     get_config,
+    half2_ok,
     operand,
     persistent_geometry,
     unfused_silu,
 )
+from floorline.kernels.quant_half2 import nf4_mac4, nf4_x_pairs, x_scale
 from floorline.kernels.quant_packing import unpack_nf4
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
@@ -186,10 +190,11 @@ def _nf4_gemv_m1_kernel(
     N, K, stride_qn, num_tiles, num_splits,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr, EVEN_K: tl.constexpr,
     SPLIT: tl.constexpr, NESTED: tl.constexpr, LOOKUP: tl.constexpr, X_SILU_MUL: tl.constexpr,
-    PREFETCH: tl.constexpr, USE_PDL: tl.constexpr = False,
+    PREFETCH: tl.constexpr, HALF2: tl.constexpr = False, USE_PDL: tl.constexpr = False,
 ):
     """Persistent M = 1 GEMV (quant_int4's `_int4_gemv_m1_kernel`, with NF4 codes and block absmax):
-    program p owns K tile p % num_splits, loads its x once and walks row tiles with a stride."""
+    program p owns K tile p % num_splits, loads its x once and walks row tiles with a stride. HALF2:
+    the packed fp16x2 loop of `quant_half2` (emulated in Triton ops unless LOOKUP is the shuffle)."""
     NB: tl.constexpr = BLOCK_K // 64
     KB = K // 64
     pid = tl.program_id(0)
@@ -211,27 +216,37 @@ def _nf4_gemv_m1_kernel(
         w = _row_words(q_ptr, tl.minimum(first * BLOCK_N + rr, N - 1), stride_qn, woff, kb_mask[:, None], EVEN_K)
     if USE_PDL:
         gdc_wait()
-    table = nf4_lane_table(tl.zeros([2, NB, BLOCK_N, 4], dtype=tl.int32), LOOKUP)
     x_ptrs = x_ptr + k_start + xoff
     kx = k_start + xoff
     x0, x1, x2, x3, x4, x5, x6, x7 = _slot_xs(x_ptrs, kx, K, 8, EVEN_K, X_SILU_MUL)
+    if HALF2:  # x as scaled fp16 pairs (quant_half2)
+        table = nf4_half2_table(tl.zeros([2, NB, BLOCK_N], dtype=tl.int32), LOOKUP)
+        scale, inv_scale = x_scale(x0, x1, x2, x3, x4, x5, x6, x7)
+        xp = nf4_x_pairs(x0, x1, x2, x3, x4, x5, x6, x7, scale, 2, NB)
+    else:
+        table = nf4_lane_table(tl.zeros([2, NB, BLOCK_N, 4], dtype=tl.int32), LOOKUP)
     for tile in tl.range(first, num_tiles, step, num_stages=NUM_STAGES):
         rn = tile * BLOCK_N + rr
         rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
         if PREFETCH:
-            nxt = tl.minimum(rn + step * BLOCK_N, N - 1)  # the last tile re-reads rows it already has
-            w_next = _row_words(q_ptr, nxt, stride_qn, woff, kb_mask[:, None], EVEN_K)
+            nxt = tl.minimum(rn + step * BLOCK_N, N - 1)
+            w_next = _row_words(q_ptr, nxt, stride_qn, woff, kb_mask[:, None], EVEN_K, tile + step, num_tiles)
         else:
             w = _row_words(q_ptr, rn_w, stride_qn, woff, kb_mask[:, None], EVEN_K)
         base, offset, mbase = _row_state(base_ptr, off_ptr, map_ptr, rn_w, NESTED)
         absmax = _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, KB, kb_mask, NESTED,
                                not EVEN_K)  # [BN, NB]
-        t = tl.sum(_nf4_dot_slots(w, x0, x1, x2, x3, x4, x5, x6, x7, code_ptr, table, LOOKUP), axis=3)
-        out = tl.sum(tl.sum(tl.trans(absmax)[None, :, :] * t, axis=0), axis=0)
-        _epilogue(out, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
-                  False, SPLIT)
+        if HALF2:
+            t = nf4_mac4(w, xp, table, code_ptr, 2, NB, BLOCK_N, LOOKUP)  # [2, NB, BN]
+            out = tl.sum(tl.reshape(tl.trans(absmax)[None, :, :] * t, (2 * NB, BLOCK_N)), axis=0) * inv_scale
+        else:
+            t = tl.sum(_nf4_dot_slots(w, x0, x1, x2, x3, x4, x5, x6, x7, code_ptr, table, LOOKUP), axis=3)
+            out = tl.sum(tl.sum(tl.trans(absmax)[None, :, :] * t, axis=0), axis=0)
+        _persistent_store(out, rn, N, out_ptr, ws_ptr, split, SPLIT)
         if PREFETCH:
             w = w_next
+    if SPLIT:
+        _persistent_reduce(out_ptr, ws_ptr, cnt_ptr, first, num_tiles, step, num_splits, N, BLOCK_N)
 
 
 @triton.jit
@@ -337,7 +352,8 @@ def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor
             n, k, qweight.stride(0), geo.tiles, geo.splits,
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, NUM_STAGES=cfg.num_stages, EVEN_K=k % cfg.block_k == 0,
             SPLIT=geo.splits > 1, NESTED=nested is not None, LOOKUP=lookup_id(lookup, x.device),
-            X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch, HALF2=half2_ok(cfg, x), num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
             **pdl_args(x.device))
         return out
     geo = geometry(cfg, m, n, k, out)

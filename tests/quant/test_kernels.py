@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -118,6 +119,36 @@ def test_int4_persistent_m1_kernel(cfg, n, k, group, silu, seed):
     _close(out, int4_gemm_ref(xr, qw, s, z, k, group), torch.float32, seed)
 
 
+# the fp16x2 loop (quant_half2, emulated in Triton ops here) for 16-bit activations; fp32 ones keep the fp32 loop
+HALF2 = [dataclasses.replace(c, half2=True) for c in PERSISTENT[:2]]
+
+
+@pytest.mark.parametrize("cfg", HALF2, ids=["split", "prefetch"])
+@pytest.mark.parametrize("n,k,group", [(72, 256, 64), (40, 300, 32)])
+@pytest.mark.parametrize("silu", [False, True])
+def test_int4_half2_m1_kernel(cfg, n, k, group, silu, seed):
+    qw, s, z = _int4(n, k, group)
+    x, xr = _x(1, k, torch.float16, silu)
+    out = int4_gemv_triton(x, qw, s, z, k, group, silu_mul=silu, config=cfg)
+    _close(out, int4_gemm_ref(xr, qw, s, z, k, group), torch.float16, seed)
+
+
+def test_half2_loops_scale_x_past_the_fp16_range_and_keep_zero_x_exact():
+    """|x| near fp16's max (products past it) would overflow the fp16 partial sums unscaled; tiny x would
+    lose its precision to fp16 subnormals; all-zero x must give zeros, not NaN."""
+    qw, s, z = _int4(40, 256, 64)
+    qn, a, _ = _nf4(40, 256, False)
+    cfg = HALF2[0]
+    for scale in (5e3, 1e-5):
+        x = (torch.randn(1, 256) * scale).clamp(-6e4, 6e4).half()
+        rel = lambda out, ref: float((out.float() - ref.float()).norm() / ref.float().norm())  # noqa: E731
+        assert rel(int4_gemv_triton(x, qw, s, z, 256, 64, config=cfg), int4_gemm_ref(x, qw, s, z, 256, 64)) < 3e-3
+        assert rel(nf4_gemv_triton(x, qn, a, None, nf4_code(), config=cfg), nf4_gemm_ref(x, qn, a, None)) < 3e-3
+    zero = torch.zeros(1, 256, dtype=torch.float16)
+    assert torch.equal(int4_gemv_triton(zero, qw, s, z, 256, 64, config=cfg), torch.zeros(1, 40, dtype=torch.float16))
+    assert torch.equal(nf4_gemv_triton(zero, qn, a, None, nf4_code(), config=cfg), torch.zeros(1, 40, dtype=torch.float16))
+
+
 @pytest.mark.parametrize("n,k,group", [(40, 192, 64), (33, 100, 32), (64, 256, 128)])
 def test_int4_dequantize_kernel(n, k, group):
     qw, s, z = _int4(n, k, group)
@@ -158,6 +189,17 @@ def test_nf4_persistent_m1_kernel(cfg, nested, silu, seed):
     x, xr = _x(1, k, torch.float32, silu)
     out = nf4_gemv_triton(x, qw, a, nest, nf4_code(), silu_mul=silu, config=cfg)
     _close(out, nf4_gemm_ref(xr, qw, a, nest), torch.float32, seed)
+
+
+@pytest.mark.parametrize("cfg", HALF2, ids=["split", "prefetch"])
+@pytest.mark.parametrize("lookup", ["gather", "select"])
+@pytest.mark.parametrize("nested,silu", [(True, False), (False, True)])
+def test_nf4_half2_m1_kernel(cfg, lookup, nested, silu, seed):
+    k = 320
+    qw, a, nest = _nf4(40, k, nested)
+    x, xr = _x(1, k, torch.float16, silu)
+    out = nf4_gemv_triton(x, qw, a, nest, nf4_code(), silu_mul=silu, lookup=lookup, config=cfg)
+    _close(out, nf4_gemm_ref(xr, qw, a, nest), torch.float16, seed)
 
 
 def test_nf4_dequantize_kernel():
@@ -232,6 +274,8 @@ def test_launchers_reject_bad_inputs():
 def test_config_table_and_heuristic(monkeypatch, tmp_path):
     assert not heuristic_config("int4", 4096, 4096, 1, 128).use_dot
     assert heuristic_config("int4", 4096, 4096, 1, 128).programs_per_sm  # one K tile: persistent
+    assert heuristic_config("int4", 4096, 4096, 1, 128).half2  # int4's persistent loop in fp16x2, NF4's not
+    assert not heuristic_config("nf4", 4096, 4096, 1, 64).half2
     assert not heuristic_config("nf4", 4096, 14336, 1, 64).programs_per_sm  # longer K: the K loop
     dot = heuristic_config("nf4", 4096, 4096, 4, 64)
     assert dot.use_dot and dot.block_k % 64 == 0

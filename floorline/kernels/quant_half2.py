@@ -1,0 +1,235 @@
+"""Packed fp16x2 math for the persistent M = 1 4-bit GEMVs: two weights an instruction.
+
+The fp32 loops spend an integer op and an FMA on every weight (3.4 SASS instructions a weight with
+the shifts and sums), which on an H200 is about the issue budget of the 4-bit byte floor. Here one
+LOP3 turns two codes into an fp16x2 pair and one HFMA2 multiplies two weights, so the loop takes
+under two instructions a weight:
+
+* x is converted once per program: scaled by a power of two that puts max |x| in [32, 64) (so the
+  fp16 partial sums below cannot overflow, and the scale is undone exactly), rounded to fp16 and
+  packed in the pairs the codes come in.
+* int4 (quant_packing's bit positions): r = rotr(w, 3) puts slots (6, 0) at bits 0..3 | 16..19,
+  (3, 5) at 4..7 | 20..23, (2, 4) at 8..11 | 24..27 and (1, 7) at 12..15 | 28..31. OR-ed into
+  0x6400 (fp16 1024) the low nibbles give 1024 + q, the high ones 1024 + 16 q, exactly; one HSUB2
+  (or HFMA2 by 1/16) leaves q - 8 exactly, with immediate constants. The zero point enters once per
+  row and 4 words in fp32, as (8 - z) times the sum of those x (`x_sums`): per-row fp16x2 constants
+  cost more instructions than they save.
+* NF4: a lane table of fp16x2 codes (both halves alike) read by `shfl.idx`, two shuffles and a LOP3
+  a pair: the shuffle unit still does one lookup a weight, but everything around it halves.
+* Each call sums 4 words (32 weights) of one row in fp16 (16 products a half), then in fp32: an
+  fp16 sum of 16 terms carries ~1e-3 relative error, below the bf16 output's rounding.
+
+The Triton interpreter has no inline assembly: `EMULATE` runs the same bit manipulations and fp16
+arithmetic in Triton ops (fp16 multiply then add where the GPU fuses them), so the pairing of codes
+and x elements is tested on the CPU too.
+"""
+
+from __future__ import annotations
+
+from floorline.kernels.nf4_lookup import nf4_code_of
+from floorline.kernels.triton_compat import HAS_TRITON, tl, triton
+
+
+def _int4_mac4_asm() -> str:
+    """PTX: $0 = fp32 sum over 4 words ($1..$4) of x (q - 8); x pairs $5..$20 (word e: A, B, C, D at
+    5 + 4e..). The constants become immediates (ptxas folds them into LOP3 and HFMA2)."""
+    # fp16x2 operands must be registers: 1024, 1032, 1/16 and -72 in both halves
+    lines = ["{", ".reg .b32 %hr, %hs, %ht, %hacc, %hmg, %hc1, %hc2, %hc3;", ".reg .b16 %hlo, %hhi;",
+             ".reg .f32 %hflo, %hfhi;", "mov.b32 %hmg, 0x64006400;", "mov.b32 %hc1, 0x64086408;",
+             "mov.b32 %hc2, 0x2C002C00;", "mov.b32 %hc3, 0xD480D480;"]
+    sub = "sub.rn.f16x2 %ht, %ht, %hc1;"  # (1024 + q) - 1032 = q - 8
+    scale = "fma.rn.f16x2 %ht, %ht, %hc2, %hc3;"  # (1024 + 16 q) / 16 - 72 = q - 8
+    for e in range(4):
+        w, (xa, xb, xc, xd) = f"${1 + e}", (f"${5 + 4 * e + p}" for p in range(4))
+        first = f"mul.rn.f16x2 %hacc, %ht, {xa};" if e == 0 else f"fma.rn.f16x2 %hacc, %ht, {xa}, %hacc;"
+        lines += [f"shf.r.wrap.b32 %hr, {w}, {w}, 3;", "shr.u32 %hs, %hr, 8;",
+                  "lop3.b32 %ht, %hr, 0x000F000F, %hmg, 0xEA;", sub, first,
+                  "lop3.b32 %ht, %hr, 0x00F000F0, %hmg, 0xEA;", scale, f"fma.rn.f16x2 %hacc, %ht, {xb}, %hacc;",
+                  "lop3.b32 %ht, %hs, 0x000F000F, %hmg, 0xEA;", sub, f"fma.rn.f16x2 %hacc, %ht, {xc}, %hacc;",
+                  "lop3.b32 %ht, %hs, 0x00F000F0, %hmg, 0xEA;", scale, f"fma.rn.f16x2 %hacc, %ht, {xd}, %hacc;"]
+    lines += ["mov.b32 {%hlo, %hhi}, %hacc;", "cvt.f32.f16 %hflo, %hlo;", "cvt.f32.f16 %hfhi, %hhi;",
+              "add.f32 $0, %hflo, %hfhi;", "}"]
+    return "\n".join(lines)
+
+
+def _nf4_mac4_asm() -> str:
+    """PTX: $0 = fp32 sum over 4 words ($1..$4) of x CODE[q]; x pairs $5..$20 (word e: slots (0, 1),
+    (2, 3), (4, 5), (6, 7) at 5 + 4e..), $21 = the lane's fp16x2 code (`HALF2_TABLE_ASM`)."""
+    lines = ["{", ".reg .b32 %na, %nb, %nv, %np, %nacc, %nm;", ".reg .b16 %nlo, %nhi;", ".reg .f32 %nflo, %nfhi;",
+             "mov.b32 %nm, 0x0000FFFF;"]
+    for e in range(4):
+        w = f"${1 + e}"
+        for p in range(4):
+            lo = w if p == 0 else "%nv"
+            if p:
+                lines.append(f"shr.u32 %nv, {w}, {8 * p};")
+            lines += [f"shfl.sync.idx.b32 %na, $21, {lo}, 31, -1;", f"shr.u32 %nv, {w}, {8 * p + 4};",
+                      "shfl.sync.idx.b32 %nb, $21, %nv, 31, -1;",
+                      "lop3.b32 %np, %na, %nb, %nm, 0xE4;"]  # low half from a, high half from b
+            x = f"${5 + 4 * e + p}"
+            lines.append(f"mul.rn.f16x2 %nacc, %np, {x};" if e == p == 0 else f"fma.rn.f16x2 %nacc, %np, {x}, %nacc;")
+    lines += ["mov.b32 {%nlo, %nhi}, %nacc;", "cvt.f32.f16 %nflo, %nlo;", "cvt.f32.f16 %nfhi, %nhi;",
+              "add.f32 $0, %nflo, %nfhi;", "}"]
+    return "\n".join(lines)
+
+
+# constexpr globals: jitted functions may read them (the plain strings serve CPU-only installs)
+INT4_MAC4_ASM = tl.constexpr(_int4_mac4_asm()) if HAS_TRITON else _int4_mac4_asm()
+NF4_MAC4_ASM = tl.constexpr(_nf4_mac4_asm()) if HAS_TRITON else _nf4_mac4_asm()
+INT4_MAC4_CONSTRAINTS = tl.constexpr("=r," + ",".join(["r"] * 20)) if HAS_TRITON else ""
+NF4_MAC4_CONSTRAINTS = tl.constexpr("=r," + ",".join(["r"] * 21)) if HAS_TRITON else ""
+
+
+@triton.jit
+def x_scale(x0, x1, x2, x3, x4, x5, x6, x7):
+    """(scale, 1 / scale): the power of two that puts max |x| over the eight tensors in [32, 64).
+
+    One scale for the program, not one per thread's 4-word position: the per-position version (no
+    cross-thread max) freed 16 registers, and ptxas spent them on issuing the tile's weight loads one
+    by one instead of together; the H200 measured int4 gate_up 19.9 -> 23.7 us."""
+    amax = tl.max(tl.maximum(tl.maximum(tl.maximum(tl.abs(x0), tl.abs(x1)), tl.maximum(tl.abs(x2), tl.abs(x3))),
+                             tl.maximum(tl.maximum(tl.abs(x4), tl.abs(x5)), tl.maximum(tl.abs(x6), tl.abs(x7)))))
+    e = ((amax.to(tl.uint32, bitcast=True) >> 23) & 0xFF).to(tl.int32)
+    sb = tl.minimum(tl.maximum(259 - e, 1), 253)  # biased exponent of 2 ** (5 - (e - 127)), kept finite
+    return (sb << 23).to(tl.float32, bitcast=True), ((254 - sb) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _f16_bits(v):
+    return v.to(tl.float16).to(tl.uint16, bitcast=True).to(tl.uint32)
+
+
+@triton.jit
+def pack_half2(lo, hi):
+    """fp32 tensors -> uint32 words holding fp16(lo) in the low half and fp16(hi) in the high half."""
+    return _f16_bits(lo) | (_f16_bits(hi) << 16)
+
+
+@triton.jit
+def _halves(t):
+    """uint32 words -> (low, high) fp16 halves."""
+    return ((t & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True),
+            (t >> 16).to(tl.uint16).to(tl.float16, bitcast=True))
+
+
+@triton.jit
+def split4(t, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr):
+    """[D0, D1, D2, 4] -> its four [D0, D1, D2] slices along the last axis (a thread holds all four)."""
+    even, odd = tl.split(tl.reshape(t, (D0, D1, D2, 2, 2)))
+    e0, e2 = tl.split(even)
+    e1, e3 = tl.split(odd)
+    return e0, e1, e2, e3
+
+
+@triton.jit
+def int4_x_pairs(x0, x1, x2, x3, x4, x5, x6, x7, scale, D0: tl.constexpr, D1: tl.constexpr):
+    """The eight slots' x [D0, D1, 1, 4] -> 16 packed pairs [D0, D1, 1]: word e's (6, 0), (3, 5), (2, 4), (1, 7)."""
+    a0, a1, a2, a3 = split4(pack_half2(x6 * scale, x0 * scale), D0, D1, 1)
+    b0, b1, b2, b3 = split4(pack_half2(x3 * scale, x5 * scale), D0, D1, 1)
+    c0, c1, c2, c3 = split4(pack_half2(x2 * scale, x4 * scale), D0, D1, 1)
+    d0, d1, d2, d3 = split4(pack_half2(x1 * scale, x7 * scale), D0, D1, 1)
+    return a0, b0, c0, d0, a1, b1, c1, d1, a2, b2, c2, d2, a3, b3, c3, d3
+
+
+@triton.jit
+def nf4_x_pairs(x0, x1, x2, x3, x4, x5, x6, x7, scale, D0: tl.constexpr, D1: tl.constexpr):
+    """The eight slots' x [D0, D1, 1, 4] -> 16 packed pairs [D0, D1, 1]: word e's (0, 1), (2, 3), (4, 5), (6, 7)."""
+    a0, a1, a2, a3 = split4(pack_half2(x0 * scale, x1 * scale), D0, D1, 1)
+    b0, b1, b2, b3 = split4(pack_half2(x2 * scale, x3 * scale), D0, D1, 1)
+    c0, c1, c2, c3 = split4(pack_half2(x4 * scale, x5 * scale), D0, D1, 1)
+    d0, d1, d2, d3 = split4(pack_half2(x6 * scale, x7 * scale), D0, D1, 1)
+    return a0, b0, c0, d0, a1, b1, c1, d1, a2, b2, c2, d2, a3, b3, c3, d3
+
+
+@triton.jit
+def x_sums(xp, D0: tl.constexpr, D1: tl.constexpr):
+    """fp32 [D0, D1, 1]: the sum of the (rounded) x elements in the 16 pairs, for int4's zero-point term."""
+    t = tl.zeros((D0, D1, 1), dtype=tl.float32)
+    for i in tl.static_range(16):
+        lo, hi = _halves(xp[i])
+        t += lo.to(tl.float32) + hi.to(tl.float32)
+    return t
+
+
+@triton.jit
+def _emulated_int4_word(acc_lo, acc_hi, w, xa, xb, xc, xd):
+    """`INT4_MAC4_ASM` for one word in Triton ops (the interpreter's path)."""
+    r = (w >> 3) | (w << 29)
+    s = r >> 8
+    for P in tl.static_range(4):
+        src = r if P < 2 else s
+        if P % 2 == 0:
+            tl_, th = _halves((src & 0x000F000F) | 0x64006400)
+            dl, dh = tl_ - 1032.0, th - 1032.0
+        else:
+            tl_, th = _halves((src & 0x00F000F0) | 0x64006400)
+            dl, dh = tl_ * 0.0625 - 72.0, th * 0.0625 - 72.0
+        if P == 0:
+            xl, xh = _halves(xa)
+        elif P == 1:
+            xl, xh = _halves(xb)
+        elif P == 2:
+            xl, xh = _halves(xc)
+        else:
+            xl, xh = _halves(xd)
+        acc_lo += dl * xl
+        acc_hi += dh * xh
+    return acc_lo, acc_hi
+
+
+@triton.jit
+def int4_mac4(w, xp, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, EMULATE: tl.constexpr):
+    """fp32 [D0, D1, D2]: sum over the 4 words of w [D0, D1, D2, 4] of x (q - 8), x the 16 pairs
+    `int4_x_pairs` made (broadcast over D2). The caller adds (8 - z) times `x_sums`."""
+    w0, w1, w2, w3 = split4(w, D0, D1, D2)
+    if EMULATE:
+        lo = tl.zeros(w0.shape, dtype=tl.float16)
+        hi = tl.zeros(w0.shape, dtype=tl.float16)
+        lo, hi = _emulated_int4_word(lo, hi, w0, xp[0], xp[1], xp[2], xp[3])
+        lo, hi = _emulated_int4_word(lo, hi, w1, xp[4], xp[5], xp[6], xp[7])
+        lo, hi = _emulated_int4_word(lo, hi, w2, xp[8], xp[9], xp[10], xp[11])
+        lo, hi = _emulated_int4_word(lo, hi, w3, xp[12], xp[13], xp[14], xp[15])
+        return lo.to(tl.float32) + hi.to(tl.float32)
+    return tl.inline_asm_elementwise(
+        INT4_MAC4_ASM, INT4_MAC4_CONSTRAINTS,
+        [w0, w1, w2, w3, xp[0], xp[1], xp[2], xp[3], xp[4], xp[5], xp[6], xp[7], xp[8], xp[9], xp[10], xp[11],
+         xp[12], xp[13], xp[14], xp[15]],
+        dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _emulated_nf4_word(acc_lo, acc_hi, w, xa, xb, xc, xd, code_ptr, LOOKUP: tl.constexpr):
+    """`NF4_MAC4_ASM` for one word in Triton ops: codes from `nf4_code_of` (gather or select), as fp16."""
+    for P in tl.static_range(4):
+        if P == 0:
+            xl, xh = _halves(xa)
+        elif P == 1:
+            xl, xh = _halves(xb)
+        elif P == 2:
+            xl, xh = _halves(xc)
+        else:
+            xl, xh = _halves(xd)
+        acc_lo += nf4_code_of(w, 2 * P, code_ptr, w, LOOKUP).to(tl.float16) * xl
+        acc_hi += nf4_code_of(w, 2 * P + 1, code_ptr, w, LOOKUP).to(tl.float16) * xh
+    return acc_lo, acc_hi
+
+
+@triton.jit
+def nf4_mac4(w, xp, table, code_ptr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, LOOKUP: tl.constexpr):
+    """fp32 [D0, D1, D2]: sum over the 4 words of w [D0, D1, D2, 4] of x CODE[q], x the 16 pairs
+    `nf4_x_pairs` made; `table` from `nf4_lookup.nf4_half2_table` with the shuffle (LOOKUP 2), else the
+    emulation looks the codes up through `code_ptr`."""
+    w0, w1, w2, w3 = split4(w, D0, D1, D2)
+    if LOOKUP != 2:
+        lo = tl.zeros(w0.shape, dtype=tl.float16)
+        hi = tl.zeros(w0.shape, dtype=tl.float16)
+        lo, hi = _emulated_nf4_word(lo, hi, w0, xp[0], xp[1], xp[2], xp[3], code_ptr, LOOKUP)
+        lo, hi = _emulated_nf4_word(lo, hi, w1, xp[4], xp[5], xp[6], xp[7], code_ptr, LOOKUP)
+        lo, hi = _emulated_nf4_word(lo, hi, w2, xp[8], xp[9], xp[10], xp[11], code_ptr, LOOKUP)
+        lo, hi = _emulated_nf4_word(lo, hi, w3, xp[12], xp[13], xp[14], xp[15], code_ptr, LOOKUP)
+        return lo.to(tl.float32) + hi.to(tl.float32)
+    return tl.inline_asm_elementwise(
+        NF4_MAC4_ASM, NF4_MAC4_CONSTRAINTS,
+        [w0, w1, w2, w3, xp[0], xp[1], xp[2], xp[3], xp[4], xp[5], xp[6], xp[7], xp[8], xp[9], xp[10], xp[11],
+         xp[12], xp[13], xp[14], xp[15], table],
+        dtype=tl.float32, is_pure=True, pack=1)
