@@ -184,14 +184,18 @@ def sweep_candidates(fmt: str, m: int, k: int = 4096) -> list[QuantGemvConfig]:
                       (8, 4096, 2, 8, False, True), (8, 4096, 2, 10, False, True), (4, 4096, 2, 8, True, True),
                       (2, 4096, 2, 8, True, True), (2, 4096, 2, 10, True, True), (4, 4096, 1, 12, False, True),
                       (4, 4096, 1, 16, False, True)]
-        if k > 4096:  # the K loop with 2-warp tiles (two groups a thread)
+        splits = ()
+        if k > 4096:  # the K loop with 2-warp tiles (two groups a thread), pipelined or not, at given splits
             tiles += ((4, 4096, 2, 1), (8, 4096, 2, 1), (8, 2048, 2, 1))
+            splits = ((8, 2048, 2, 1, 2), (8, 1024, 2, 1, 2), (8, 1024, 1, 1, 2), (8, 2048, 2, 2, 2),
+                      (8, 1024, 2, 2, 2), (4, 2048, 2, 1, 4), (16, 1024, 2, 1, 2), (8, 1024, 2, 3, 2))
             # persistent split-K: one 2048-wide K tile a program (x loaded once), one ticket a program
             persistent = [(4, 2048, 2, 8, False, True), (4, 2048, 2, 10, False, True), (8, 2048, 2, 8, False, True),
                           (4, 2048, 1, 16, False, True), (2, 2048, 2, 8, True, True), (4, 2048, 2, 16, False, True),
                           (8, 2048, 2, 12, False, True),
                           (4, 4096, 2, 8, False, True), (4, 2048, 2, 8, False, False)]
         return ([QuantGemvConfig(bn, bk, 1, w, s, False) for bn, bk, w, s in tiles]
+                + [QuantGemvConfig(bn, bk, sk, w, s, False) for bn, bk, w, s, sk in splits]
                 + [QuantGemvConfig(bn, bk, 1, w, 1, False, pps, pf, h2) for bn, bk, w, pps, pf, h2 in persistent])
     tiles = ((16, 512, 4, 3), (8, 512, 4, 3), (16, 1024, 8, 2), (32, 256, 4, 3), (32, 512, 8, 3), (8, 1024, 4, 2),
              (8, 1024, 4, 3), (16, 512, 4, 4), (16, 256, 4, 4), (16, 512, 8, 3), (32, 256, 8, 4))
@@ -242,8 +246,8 @@ def _sweep(row: Row, fmt: str, kernel_fmt: str, layers: list, x: torch.Tensor, s
     kernels is tried again at other split counts."""
     m, n, k = row.m, row.n, row.k
     sms = num_sms_of(device)
-    cands = [dataclasses.replace(c, split_k=auto_split_k(n, k, c.block_n, c.block_k, sms))
-             for c in sweep_candidates(kernel_fmt, m, k)]
+    cands = [c if c.split_k > 1 else dataclasses.replace(c, split_k=auto_split_k(n, k, c.block_n, c.block_k, sms))
+             for c in sweep_candidates(kernel_fmt, m, k)]  # a candidate's own split count stands
     tried = set()
     while cands and time.monotonic() <= deadline:
         cand = cands.pop(0)
