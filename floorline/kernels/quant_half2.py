@@ -2,8 +2,9 @@
 
 The fp32 loops spend an integer op and an FMA on every weight (3.4 SASS instructions a weight with
 the shifts and sums), which on an H200 is about the issue budget of the 4-bit byte floor. Here one
-LOP3 turns two codes into an fp16x2 pair and one HFMA2 multiplies two weights, so the loop takes
-under two instructions a weight:
+LOP3 turns two codes into an fp16x2 pair and one HFMA2 multiplies two weights: the codes and MACs
+take 1.75 instructions a weight, the whole int4 loop 2.67 with its loads, sums and stores (offline
+sm_90, `scripts/sass_count.py int4-m1 --half2`):
 
 * x is converted once per program: scaled by a power of two that puts max |x| in [32, 64) (so the
   fp16 partial sums below cannot overflow, and the scale is undone exactly), rounded to fp16 and
@@ -15,7 +16,8 @@ under two instructions a weight:
   row and 4 words in fp32, as (8 - z) times the sum of those x (`x_sums`): per-row fp16x2 constants
   cost more instructions than they save.
 * NF4: a lane table of fp16x2 codes (both halves alike) read by `shfl.idx`, two shuffles and a LOP3
-  a pair: the shuffle unit still does one lookup a weight, but everything around it halves.
+  a pair. Only the FMAs halve: the shuffle a weight and its shift stay, so NF4's loop stays at ~3.9
+  instructions a weight and gains only registers.
 * Each call sums 4 words (32 weights) of one row in fp16 (16 products a half), then in fp32: an
   fp16 sum of 16 terms carries ~1e-3 relative error, below the bf16 output's rounding.
 
