@@ -40,7 +40,7 @@ def _kernel(name: str, a: argparse.Namespace):
     if name == "int4-m1":
         from floorline.kernels.quant_int4 import _int4_gemv_m1_kernel as fn
 
-        cx = dict(BLOCK_N=a.block_n, BLOCK_K=a.block_k, GROUP=128, NUM_STAGES=a.stages, EVEN_K=True, SPLIT=False,
+        cx = dict(BLOCK_N=a.block_n, BLOCK_K=a.block_k, GROUP=128, EVEN_K=True, SPLIT=False,
                   X_SILU_MUL=a.silu, PREFETCH=a.prefetch, HALF2=a.half2, EMULATE=False, USE_PDL=False)
         return fn, {**_4BIT, "s_ptr": "*fp16", "z_ptr": "*fp16"}, cx, a.block_n * a.block_k / threads
     if name == "nf4-m1":
@@ -48,7 +48,7 @@ def _kernel(name: str, a: argparse.Namespace):
 
         ptrs = {**_4BIT, "a_ptr": "*u8", "nabs_ptr": "*fp32", "nmap_ptr": "*fp32", "base_ptr": "*i32",
                 "off_ptr": "*fp32", "map_ptr": "*i32", "code_ptr": "*fp32"}
-        cx = dict(BLOCK_N=a.block_n, BLOCK_K=a.block_k, NUM_STAGES=a.stages, EVEN_K=True, SPLIT=False, NESTED=True,
+        cx = dict(BLOCK_N=a.block_n, BLOCK_K=a.block_k, EVEN_K=True, SPLIT=False, NESTED=True,
                   LOOKUP=2, X_SILU_MUL=a.silu, PREFETCH=a.prefetch, HALF2=a.half2, USE_PDL=False)
         return fn, ptrs, cx, a.block_n * a.block_k / threads
     if name == "int4-dot":

@@ -226,7 +226,7 @@ def _int4_dot_slots(w, x0, x1, x2, x3, x4, x5, x6, x7, one, sixteen):
 def _int4_gemv_m1_kernel(
     x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr,
     N, K, num_groups, stride_qn, num_tiles, num_splits, one_bits, sixteen_bits,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr, NUM_STAGES: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     EVEN_K: tl.constexpr, SPLIT: tl.constexpr, X_SILU_MUL: tl.constexpr, PREFETCH: tl.constexpr,
     HALF2: tl.constexpr = False, EMULATE: tl.constexpr = False, USE_PDL: tl.constexpr = False,
 ):
@@ -272,7 +272,7 @@ def _int4_gemv_m1_kernel(
         # C = sum of x times the floats' offsets (1 for even slots, 16 for odd), X / 16 = sum of x / 16
         c = tl.sum((x0 + x2 + x4 + x6) + 16.0 * (x1 + x3 + x5 + x7), axis=3)  # [NC, NB, 1]
         xs = tl.sum(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, axis=3) * 0.0625
-    for tile in tl.range(first, num_tiles, step, num_stages=NUM_STAGES):
+    for tile in tl.range(first, num_tiles, step, num_stages=1):  # never pipelined (quant_common.check_config)
         rn = tile * BLOCK_N + rb
         rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
         if PREFETCH:
@@ -384,7 +384,7 @@ def _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out):
     _int4_gemv_m1_kernel[(geo.programs,)](
         x, qweight, scales, zeros, out, geo.ws, geo.tickets,
         n, k, kp // group, qweight.stride(0), geo.tiles, geo.splits, *MAGIC,
-        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group, NUM_STAGES=cfg.num_stages,
+        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group,
         EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1, X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch,
         HALF2=half2_ok(cfg, x), EMULATE=x.device.type != "cuda",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),

@@ -188,7 +188,7 @@ def _nf4_dot_slots(w, x0, x1, x2, x3, x4, x5, x6, x7, code_ptr, table, LOOKUP: t
 def _nf4_gemv_m1_kernel(
     x_ptr, q_ptr, a_ptr, nabs_ptr, nmap_ptr, base_ptr, off_ptr, map_ptr, code_ptr, out_ptr, ws_ptr, cnt_ptr,
     N, K, stride_qn, num_tiles, num_splits,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr, EVEN_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     SPLIT: tl.constexpr, NESTED: tl.constexpr, LOOKUP: tl.constexpr, X_SILU_MUL: tl.constexpr,
     PREFETCH: tl.constexpr, HALF2: tl.constexpr = False, USE_PDL: tl.constexpr = False,
 ):
@@ -225,7 +225,7 @@ def _nf4_gemv_m1_kernel(
         xp = nf4_x_pairs(x0, x1, x2, x3, x4, x5, x6, x7, scale, 2, NB)
     else:
         table = nf4_lane_table(tl.zeros([2, NB, BLOCK_N, 4], dtype=tl.int32), LOOKUP)
-    for tile in tl.range(first, num_tiles, step, num_stages=NUM_STAGES):
+    for tile in tl.range(first, num_tiles, step, num_stages=1):  # never pipelined (quant_common.check_config)
         rn = tile * BLOCK_N + rr
         rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
         if PREFETCH:
@@ -350,7 +350,7 @@ def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor
         _nf4_gemv_m1_kernel[(geo.programs,)](
             x, qweight, absmax, *_nested_args(absmax, nested), code, out, geo.ws, geo.tickets,
             n, k, qweight.stride(0), geo.tiles, geo.splits,
-            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, NUM_STAGES=cfg.num_stages, EVEN_K=k % cfg.block_k == 0,
+            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
             SPLIT=geo.splits > 1, NESTED=nested is not None, LOOKUP=lookup_id(lookup, x.device),
             X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch, HALF2=half2_ok(cfg, x), num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,

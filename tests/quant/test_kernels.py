@@ -101,13 +101,13 @@ def test_int4_gemv_configs_and_split_k(use_dot, m, split_k, k, block_k, seed):
 
 
 # persistent M = 1 kernels: several row tiles per program (2 programs "per SM" on the CPU's few), one K
-# tile per program (K > block_k: split partials and tickets), masked K tails, prefetch and pipelining
+# tile per program (K > block_k: split partials and tickets), masked K tails, prefetch, one-warp programs
 PERSISTENT = [QuantGemvConfig(block_n=4, block_k=128, num_warps=2, num_stages=1, programs_per_sm=1),
               QuantGemvConfig(block_n=8, block_k=256, num_warps=2, num_stages=1, programs_per_sm=2, prefetch=True),
-              QuantGemvConfig(block_n=16, block_k=128, num_warps=1, num_stages=2, programs_per_sm=1)]
+              QuantGemvConfig(block_n=16, block_k=128, num_warps=1, num_stages=1, programs_per_sm=1)]
 
 
-@pytest.mark.parametrize("cfg", PERSISTENT, ids=["split", "prefetch", "pipelined"])
+@pytest.mark.parametrize("cfg", PERSISTENT, ids=["split", "prefetch", "one-warp"])
 @pytest.mark.parametrize("n,k,group", [(72, 256, 64), (40, 300, 32), (24, 128, 128)])
 @pytest.mark.parametrize("silu", [False, True])
 def test_int4_persistent_m1_kernel(cfg, n, k, group, silu, seed):
@@ -181,7 +181,7 @@ def test_nf4_gemv_silu_lookup_split(lookup, use_dot, m, split_k, seed):
     _close(out, nf4_gemm_ref(xr, qw, a, nest), torch.float32, seed)
 
 
-@pytest.mark.parametrize("cfg", PERSISTENT, ids=["split", "prefetch", "pipelined"])
+@pytest.mark.parametrize("cfg", PERSISTENT, ids=["split", "prefetch", "one-warp"])
 @pytest.mark.parametrize("nested,silu", [(True, False), (False, True)])
 def test_nf4_persistent_m1_kernel(cfg, nested, silu, seed):
     k = 320  # not a multiple of either block_k: a masked last K tile
@@ -269,6 +269,9 @@ def test_launchers_reject_bad_inputs():
     with pytest.raises(ValueError, match="absmax must be"):
         nf4_gemv_triton(torch.randn(1, 128), torch.zeros(8, 16, dtype=torch.int32), torch.zeros(8, 3), None,
                         nf4_code())
+    pipelined = QuantGemvConfig(4, 128, num_stages=2, programs_per_sm=1)
+    with pytest.raises(ValueError, match="persistent kernels .* take num_stages = 1"):
+        int4_gemv_triton(torch.randn(1, 128), qw, s, z, 128, 128, config=pipelined)
 
 
 def test_config_table_and_heuristic(monkeypatch, tmp_path):
