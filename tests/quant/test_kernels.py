@@ -133,6 +133,17 @@ def test_int4_half2_m1_kernel(cfg, n, k, group, silu, seed):
     _close(out, int4_gemm_ref(xr, qw, s, z, k, group), torch.float16, seed)
 
 
+def test_half2_configs_keep_the_fp32_loop_for_fp32_activations(seed):
+    """fp32 x with a half2 config runs the fp32 loop: fp32 tolerances hold (fp16 sums would not)."""
+    qw, s, z = _int4(40, 256, 64)
+    qn, a, _ = _nf4(40, 256, False)
+    x, _ = _x(1, 256, torch.float32, False)
+    _close(int4_gemv_triton(x, qw, s, z, 256, 64, config=HALF2[0]), int4_gemm_ref(x, qw, s, z, 256, 64),
+           torch.float32, seed)
+    _close(nf4_gemv_triton(x, qn, a, None, nf4_code(), config=HALF2[0]), nf4_gemm_ref(x, qn, a, None),
+           torch.float32, seed)
+
+
 def test_half2_loops_scale_x_past_the_fp16_range_and_keep_zero_x_exact():
     """|x| near fp16's max (products past it) would overflow the fp16 partial sums unscaled; small x is
     scaled up (3e-4, where the fp16 outputs stay normal: at 1e-5 they are fp16 subnormals, whose own
