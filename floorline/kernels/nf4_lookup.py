@@ -66,20 +66,12 @@ def lookup_id(name: str | None, device: torch.device) -> int:
 
 
 @triton.jit
-def nf4_lane_table(like, LOOKUP: tl.constexpr):
-    """int32 tensor shaped like `like` whose every element in lane l is the bits of CODE[l % 16] ("shfl")."""
+def nf4_lane_table(like, LOOKUP: tl.constexpr, HALF2: tl.constexpr = False):
+    """int32 tensor shaped like `like` whose every element in lane l is the bits of CODE[l % 16] ("shfl");
+    HALF2: CODE[l % 16] as fp16 in both halves (`quant_half2`'s NF4 MAC)."""
     if LOOKUP == 2:
-        t = tl.inline_asm_elementwise(TABLE_ASM, "=r,r", [like], dtype=tl.int32, is_pure=True, pack=1)
-    else:
-        t = like
-    return t
-
-
-@triton.jit
-def nf4_half2_table(like, LOOKUP: tl.constexpr):
-    """As `nf4_lane_table`, with CODE[l % 16] as fp16 in both halves (`quant_half2`'s NF4 MAC)."""
-    if LOOKUP == 2:
-        t = tl.inline_asm_elementwise(HALF2_TABLE_ASM, "=r,r", [like], dtype=tl.int32, is_pure=True, pack=1)
+        asm: tl.constexpr = HALF2_TABLE_ASM if HALF2 else TABLE_ASM
+        t = tl.inline_asm_elementwise(asm, "=r,r", [like], dtype=tl.int32, is_pure=True, pack=1)
     else:
         t = like
     return t

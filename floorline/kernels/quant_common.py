@@ -46,6 +46,11 @@ class QuantGemvConfig(SkinnyConfig):
     prefetch: bool = False
     half2: bool = False
 
+    @property
+    def persistent(self) -> bool:
+        """Whether this config launches a persistent M = 1 kernel (the dot path never does)."""
+        return self.programs_per_sm > 0 and not self.use_dot
+
 
 # (format, N, K, M-bucket) -> config: the lines `python -m floorline.bench.quant --sweep` prints.
 # Llama-3.1-8B decode shapes, swept on an NVIDIA H200 (torch 2.11, triton 3.6), 2026-12-01 (int8/fp8 M > 1:
@@ -179,7 +184,7 @@ def check_config(cfg: QuantGemvConfig, m: int, k_unit: int, name: str, dot_min_k
         raise ValueError(f"{name}: block_k must be a multiple of {k_unit}, got {cfg.block_k}")
     if cfg.use_dot and (cfg.block_n < 16 or cfg.block_k < dot_min_k):
         raise ValueError(f"{name}: the dot path needs block_n >= 16 and block_k >= {dot_min_k}")
-    if cfg.programs_per_sm and not cfg.use_dot and cfg.num_stages != 1:  # 2-3 stages doubled the H200 times
+    if cfg.persistent and cfg.num_stages != 1:  # 2-3 stages doubled the H200 times
         raise ValueError(f"{name}: the persistent kernels (programs_per_sm > 0) take num_stages = 1, got "
                          f"{cfg.num_stages}")
 
@@ -239,7 +244,7 @@ def unfused_silu(x: torch.Tensor, silu_mul: bool, cfg: QuantGemvConfig) -> tuple
     would recompute it; one activation kernel first costs less (H200, down projection at M = 1, same
     config fused / plain: int8 `fma n16 k512 st4` 25.1 / 16.6 us, int4 `fma n8 k4096` 22.6 / 17.3 us;
     the activation kernel adds ~1.3 us)."""
-    if silu_mul and not (cfg.programs_per_sm and not cfg.use_dot):
+    if silu_mul and not cfg.persistent:
         from floorline.kernels.activation import silu_and_mul
 
         return silu_and_mul(x), False
@@ -379,8 +384,9 @@ def _persistent_reduce(out_ptr, ws_ptr, cnt_ptr, group, num_tiles, step, num_spl
     """After its last row tile: the programs of one row group (one per split, all walking the same
     tiles) take one ticket each, and the last sums every tile's partials in split order (deterministic).
 
-    One ticket per program, not per tile: a ticket is a round trip to L2 that the program must wait
-    for, which per tile cost the split kernel more than its x loads saved."""
+    One ticket per program, not per tile: a ticket is a round trip to L2 that the program waits for.
+    No table entry splits a persistent kernel: on the down projection even this measured 16.7 us
+    against the K loop's 14.7 (benchmarks/quant_h200_notes.md); configs may still ask for it."""
     tl.debug_barrier()  # every thread's partials issued before the (release) ticket
     ticket = tl.atomic_add(cnt_ptr + group, 1, sem="acq_rel", scope="gpu")
     if ticket == num_splits - 1:

@@ -124,22 +124,14 @@ def split4(t, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr):
 
 
 @triton.jit
-def int4_x_pairs(x0, x1, x2, x3, x4, x5, x6, x7, scale, D0: tl.constexpr, D1: tl.constexpr):
-    """The eight slots' x [D0, D1, 1, 4] -> 16 packed pairs [D0, D1, 1]: word e's (6, 0), (3, 5), (2, 4), (1, 7)."""
-    a0, a1, a2, a3 = split4(pack_half2(x6 * scale, x0 * scale), D0, D1, 1)
-    b0, b1, b2, b3 = split4(pack_half2(x3 * scale, x5 * scale), D0, D1, 1)
-    c0, c1, c2, c3 = split4(pack_half2(x2 * scale, x4 * scale), D0, D1, 1)
-    d0, d1, d2, d3 = split4(pack_half2(x1 * scale, x7 * scale), D0, D1, 1)
-    return a0, b0, c0, d0, a1, b1, c1, d1, a2, b2, c2, d2, a3, b3, c3, d3
-
-
-@triton.jit
-def nf4_x_pairs(x0, x1, x2, x3, x4, x5, x6, x7, scale, D0: tl.constexpr, D1: tl.constexpr):
-    """The eight slots' x [D0, D1, 1, 4] -> 16 packed pairs [D0, D1, 1]: word e's (0, 1), (2, 3), (4, 5), (6, 7)."""
-    a0, a1, a2, a3 = split4(pack_half2(x0 * scale, x1 * scale), D0, D1, 1)
-    b0, b1, b2, b3 = split4(pack_half2(x2 * scale, x3 * scale), D0, D1, 1)
-    c0, c1, c2, c3 = split4(pack_half2(x4 * scale, x5 * scale), D0, D1, 1)
-    d0, d1, d2, d3 = split4(pack_half2(x6 * scale, x7 * scale), D0, D1, 1)
+def x_pairs(lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3, scale, D0: tl.constexpr, D1: tl.constexpr):
+    """The eight slots' x [D0, D1, 1, 4], given in the order the codes pair up, -> 16 packed pairs
+    [D0, D1, 1], word e's four at 4e..4e + 3. int4 pairs slots (6, 0), (3, 5), (2, 4), (1, 7); NF4
+    (0, 1), (2, 3), (4, 5), (6, 7)."""
+    a0, a1, a2, a3 = split4(pack_half2(lo0 * scale, hi0 * scale), D0, D1, 1)
+    b0, b1, b2, b3 = split4(pack_half2(lo1 * scale, hi1 * scale), D0, D1, 1)
+    c0, c1, c2, c3 = split4(pack_half2(lo2 * scale, hi2 * scale), D0, D1, 1)
+    d0, d1, d2, d3 = split4(pack_half2(lo3 * scale, hi3 * scale), D0, D1, 1)
     return a0, b0, c0, d0, a1, b1, c1, d1, a2, b2, c2, d2, a3, b3, c3, d3
 
 
@@ -154,84 +146,60 @@ def x_sums(xp, D0: tl.constexpr, D1: tl.constexpr):
 
 
 @triton.jit
-def _emulated_int4_word(acc_lo, acc_hi, w, xa, xb, xc, xd):
-    """`INT4_MAC4_ASM` for one word in Triton ops (the interpreter's path)."""
+def _int4_pair(w, P: tl.constexpr):
+    """Pair P of words w as `INT4_MAC4_ASM` builds it: the two codes' q - 8 as fp16 (low, high)."""
     r = (w >> 3) | (w << 29)
-    s = r >> 8
-    for P in tl.static_range(4):
-        src = r if P < 2 else s
-        if P % 2 == 0:
-            tl_, th = _halves((src & 0x000F000F) | 0x64006400)
-            dl, dh = tl_ - 1032.0, th - 1032.0
-        else:
-            tl_, th = _halves((src & 0x00F000F0) | 0x64006400)
-            dl, dh = tl_ * 0.0625 - 72.0, th * 0.0625 - 72.0
-        if P == 0:
-            xl, xh = _halves(xa)
-        elif P == 1:
-            xl, xh = _halves(xb)
-        elif P == 2:
-            xl, xh = _halves(xc)
-        else:
-            xl, xh = _halves(xd)
-        acc_lo += dl * xl
-        acc_hi += dh * xh
-    return acc_lo, acc_hi
+    src = r if P < 2 else r >> 8
+    if P % 2 == 0:
+        lo, hi = _halves((src & 0x000F000F) | 0x64006400)
+        return lo - 1032.0, hi - 1032.0
+    lo, hi = _halves((src & 0x00F000F0) | 0x64006400)
+    return lo * 0.0625 - 72.0, hi * 0.0625 - 72.0
+
+
+@triton.jit
+def _emulated_mac4(ws, xp, code_ptr, NF4: tl.constexpr, LOOKUP: tl.constexpr):
+    """The MAC blocks in Triton ops (the interpreter's path): fp16 products and sums, then fp32. NF4
+    codes come from `nf4_code_of` (gather or select) rounded to fp16, int4 ones from `_int4_pair`."""
+    lo = tl.zeros(ws[0].shape, dtype=tl.float16)
+    hi = tl.zeros(ws[0].shape, dtype=tl.float16)
+    for E in tl.static_range(4):
+        for P in tl.static_range(4):
+            if NF4:
+                dl = nf4_code_of(ws[E], 2 * P, code_ptr, ws[E], LOOKUP).to(tl.float16)
+                dh = nf4_code_of(ws[E], 2 * P + 1, code_ptr, ws[E], LOOKUP).to(tl.float16)
+            else:
+                dl, dh = _int4_pair(ws[E], P)
+            xl, xh = _halves(xp[4 * E + P])
+            lo += dl * xl
+            hi += dh * xh
+    return lo.to(tl.float32) + hi.to(tl.float32)
 
 
 @triton.jit
 def int4_mac4(w, xp, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, EMULATE: tl.constexpr):
     """fp32 [D0, D1, D2]: sum over the 4 words of w [D0, D1, D2, 4] of x (q - 8), x the 16 pairs
-    `int4_x_pairs` made (broadcast over D2). The caller adds (8 - z) times `x_sums`."""
-    w0, w1, w2, w3 = split4(w, D0, D1, D2)
+    `x_pairs` made (broadcast over D2). The caller adds (8 - z) times `x_sums`."""
+    ws = split4(w, D0, D1, D2)
     if EMULATE:
-        lo = tl.zeros(w0.shape, dtype=tl.float16)
-        hi = tl.zeros(w0.shape, dtype=tl.float16)
-        lo, hi = _emulated_int4_word(lo, hi, w0, xp[0], xp[1], xp[2], xp[3])
-        lo, hi = _emulated_int4_word(lo, hi, w1, xp[4], xp[5], xp[6], xp[7])
-        lo, hi = _emulated_int4_word(lo, hi, w2, xp[8], xp[9], xp[10], xp[11])
-        lo, hi = _emulated_int4_word(lo, hi, w3, xp[12], xp[13], xp[14], xp[15])
-        return lo.to(tl.float32) + hi.to(tl.float32)
+        return _emulated_mac4(ws, xp, w, False, 0)
     return tl.inline_asm_elementwise(
         INT4_MAC4_ASM, INT4_MAC4_CONSTRAINTS,
-        [w0, w1, w2, w3, xp[0], xp[1], xp[2], xp[3], xp[4], xp[5], xp[6], xp[7], xp[8], xp[9], xp[10], xp[11],
-         xp[12], xp[13], xp[14], xp[15]],
+        [ws[0], ws[1], ws[2], ws[3], xp[0], xp[1], xp[2], xp[3], xp[4], xp[5], xp[6], xp[7], xp[8], xp[9], xp[10],
+         xp[11], xp[12], xp[13], xp[14], xp[15]],
         dtype=tl.float32, is_pure=True, pack=1)
-
-
-@triton.jit
-def _emulated_nf4_word(acc_lo, acc_hi, w, xa, xb, xc, xd, code_ptr, LOOKUP: tl.constexpr):
-    """`NF4_MAC4_ASM` for one word in Triton ops: codes from `nf4_code_of` (gather or select), as fp16."""
-    for P in tl.static_range(4):
-        if P == 0:
-            xl, xh = _halves(xa)
-        elif P == 1:
-            xl, xh = _halves(xb)
-        elif P == 2:
-            xl, xh = _halves(xc)
-        else:
-            xl, xh = _halves(xd)
-        acc_lo += nf4_code_of(w, 2 * P, code_ptr, w, LOOKUP).to(tl.float16) * xl
-        acc_hi += nf4_code_of(w, 2 * P + 1, code_ptr, w, LOOKUP).to(tl.float16) * xh
-    return acc_lo, acc_hi
 
 
 @triton.jit
 def nf4_mac4(w, xp, table, code_ptr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr, LOOKUP: tl.constexpr):
     """fp32 [D0, D1, D2]: sum over the 4 words of w [D0, D1, D2, 4] of x CODE[q], x the 16 pairs
-    `nf4_x_pairs` made; `table` from `nf4_lookup.nf4_half2_table` with the shuffle (LOOKUP 2), else the
-    emulation looks the codes up through `code_ptr`."""
-    w0, w1, w2, w3 = split4(w, D0, D1, D2)
+    `x_pairs` made; `table` from `nf4_lookup.nf4_lane_table(.., HALF2=True)` with the shuffle (LOOKUP 2),
+    else the emulation looks the codes up through `code_ptr`."""
+    ws = split4(w, D0, D1, D2)
     if LOOKUP != 2:
-        lo = tl.zeros(w0.shape, dtype=tl.float16)
-        hi = tl.zeros(w0.shape, dtype=tl.float16)
-        lo, hi = _emulated_nf4_word(lo, hi, w0, xp[0], xp[1], xp[2], xp[3], code_ptr, LOOKUP)
-        lo, hi = _emulated_nf4_word(lo, hi, w1, xp[4], xp[5], xp[6], xp[7], code_ptr, LOOKUP)
-        lo, hi = _emulated_nf4_word(lo, hi, w2, xp[8], xp[9], xp[10], xp[11], code_ptr, LOOKUP)
-        lo, hi = _emulated_nf4_word(lo, hi, w3, xp[12], xp[13], xp[14], xp[15], code_ptr, LOOKUP)
-        return lo.to(tl.float32) + hi.to(tl.float32)
+        return _emulated_mac4(ws, xp, code_ptr, True, LOOKUP)
     return tl.inline_asm_elementwise(
         NF4_MAC4_ASM, NF4_MAC4_CONSTRAINTS,
-        [w0, w1, w2, w3, xp[0], xp[1], xp[2], xp[3], xp[4], xp[5], xp[6], xp[7], xp[8], xp[9], xp[10], xp[11],
-         xp[12], xp[13], xp[14], xp[15], table],
+        [ws[0], ws[1], ws[2], ws[3], xp[0], xp[1], xp[2], xp[3], xp[4], xp[5], xp[6], xp[7], xp[8], xp[9], xp[10],
+         xp[11], xp[12], xp[13], xp[14], xp[15], table],
         dtype=tl.float32, is_pure=True, pack=1)

@@ -43,7 +43,7 @@ from floorline.kernels.quant_common import (
     persistent_geometry,
     unfused_silu,
 )
-from floorline.kernels.quant_half2 import int4_mac4, int4_x_pairs, x_scale, x_sums
+from floorline.kernels.quant_half2 import int4_mac4, x_pairs, x_scale, x_sums
 from floorline.kernels.quant_packing import unpack_int4
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
@@ -266,7 +266,7 @@ def _int4_gemv_m1_kernel(
     x0, x1, x2, x3, x4, x5, x6, x7 = _slot_xs(x_ptrs, kx, K, GW, EVEN_K, X_SILU_MUL)
     if HALF2:  # x as scaled fp16 pairs (quant_half2)
         scale, inv_scale = x_scale(x0, x1, x2, x3, x4, x5, x6, x7)
-        xp = int4_x_pairs(x0, x1, x2, x3, x4, x5, x6, x7, scale, NC, NB)
+        xp = x_pairs(x6, x0, x3, x5, x2, x4, x1, x7, scale, NC, NB)
         xsum = x_sums(xp, NC, NB)  # [NC, NB, 1]
     else:
         # C = sum of x times the floats' offsets (1 for even slots, 16 for odd), X / 16 = sum of x / 16
@@ -363,7 +363,7 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     cfg = config or get_config("int4", n, k, m, group, x.device)
     check_config(cfg, m, group, "quant_int4", dot_min_k=DOT_MIN_K)
     x, silu_mul = unfused_silu(x, silu_mul, cfg)
-    if not cfg.use_dot and cfg.programs_per_sm:
+    if cfg.persistent:
         return _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out)
     geo = geometry(cfg, m, n, kp, out)
     _int4_gemv_kernel[(geo.tiles, geo.splits)](

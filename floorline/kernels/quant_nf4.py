@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from floorline.kernels.nf4_lookup import NF4_CODE, lookup_id, nf4_code_of, nf4_half2_table, nf4_lane_table
+from floorline.kernels.nf4_lookup import NF4_CODE, lookup_id, nf4_code_of, nf4_lane_table
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
     DOT_BLOCK_M,
@@ -44,7 +44,7 @@ from floorline.kernels.quant_common import (
     persistent_geometry,
     unfused_silu,
 )
-from floorline.kernels.quant_half2 import nf4_mac4, nf4_x_pairs, x_scale
+from floorline.kernels.quant_half2 import nf4_mac4, x_pairs, x_scale
 from floorline.kernels.quant_packing import unpack_nf4
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
@@ -220,9 +220,9 @@ def _nf4_gemv_m1_kernel(
     kx = k_start + xoff
     x0, x1, x2, x3, x4, x5, x6, x7 = _slot_xs(x_ptrs, kx, K, 8, EVEN_K, X_SILU_MUL)
     if HALF2:  # x as scaled fp16 pairs (quant_half2)
-        table = nf4_half2_table(tl.zeros([2, NB, BLOCK_N], dtype=tl.int32), LOOKUP)
+        table = nf4_lane_table(tl.zeros([2, NB, BLOCK_N], dtype=tl.int32), LOOKUP, HALF2=True)
         scale, inv_scale = x_scale(x0, x1, x2, x3, x4, x5, x6, x7)
-        xp = nf4_x_pairs(x0, x1, x2, x3, x4, x5, x6, x7, scale, 2, NB)
+        xp = x_pairs(x0, x1, x2, x3, x4, x5, x6, x7, scale, 2, NB)
     else:
         table = nf4_lane_table(tl.zeros([2, NB, BLOCK_N, 4], dtype=tl.int32), LOOKUP)
     for tile in tl.range(first, num_tiles, step, num_stages=1):  # never pipelined (quant_common.check_config)
@@ -345,7 +345,7 @@ def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor
     cfg = config or get_config("nf4", n, k, m, BLOCK, x.device)
     check_config(cfg, m, BLOCK, "quant_nf4", dot_min_k=DOT_MIN_K)
     x, silu_mul = unfused_silu(x, silu_mul, cfg)
-    if not cfg.use_dot and cfg.programs_per_sm:
+    if cfg.persistent:
         geo = persistent_geometry(cfg, n, k, out)
         _nf4_gemv_m1_kernel[(geo.programs,)](
             x, qweight, absmax, *_nested_args(absmax, nested), code, out, geo.ws, geo.tickets,
