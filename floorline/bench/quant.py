@@ -248,6 +248,7 @@ def _sweep(row: Row, fmt: str, kernel_fmt: str, layers: list, x: torch.Tensor, s
     sms = num_sms_of(device)
     cands = [c if c.split_k > 1 else dataclasses.replace(c, split_k=auto_split_k(n, k, c.block_n, c.block_k, sms))
              for c in sweep_candidates(kernel_fmt, m, k)]  # a candidate's own split count stands
+    want = _call(fmt, layers[0], x, silu_mul=silu)  # the default config's result
     tried = set()
     while cands and time.monotonic() <= deadline:
         cand = cands.pop(0)
@@ -255,9 +256,8 @@ def _sweep(row: Row, fmt: str, kernel_fmt: str, layers: list, x: torch.Tensor, s
             continue
         tried.add(cand)
         try:
-            # the default config's result within the reference check's tolerance (fp16x2 loops round differently)
-            if not rel_error(_call(fmt, layers[0], x, cand, silu), _call(fmt, layers[0], x, silu_mul=silu)) \
-                    < MAX_REL_ERROR:
+            # within the reference check's tolerance of the default (fp16x2 loops round differently)
+            if not rel_error(_call(fmt, layers[0], x, cand, silu), want) < MAX_REL_ERROR:
                 continue
             secs = time_per_call([lambda l=l, c=cand: _call(fmt, l, x, c, silu) for l in layers])
         except Exception as e:  # noqa: BLE001 - a config the compiler rejects is skipped
@@ -267,14 +267,14 @@ def _sweep(row: Row, fmt: str, kernel_fmt: str, layers: list, x: torch.Tensor, s
         if secs < row.seconds:
             row.seconds, row.config, row.best = secs, _short(cand) + " (swept)", cand
             print(f"    ({kernel_fmt!r}, {n}, {k}, {m_bucket(m)}): {cand!r},", flush=True)
-            if not cand.programs_per_sm:  # persistent kernels take one K tile per split
+            if not cand.persistent:  # persistent kernels take one K tile per split
                 cands += split_variants(cand, n, k)
 
 
 def _short(c: QuantGemvConfig) -> str:
     if c.use_dot:
         kind = "dot"
-    elif c.programs_per_sm:
+    elif c.persistent:
         kind = f"persistent x{c.programs_per_sm}" + (" pf" if c.prefetch else "") + (" h2" if c.half2 else "")
     else:
         kind = "fma"

@@ -107,30 +107,22 @@ PERSISTENT = [QuantGemvConfig(block_n=4, block_k=128, num_warps=2, num_stages=1,
               QuantGemvConfig(block_n=16, block_k=128, num_warps=1, num_stages=1, programs_per_sm=1)]
 
 
-@pytest.mark.parametrize("cfg", PERSISTENT, ids=["split", "prefetch", "one-warp"])
+# the fp16x2 loop (quant_half2, emulated in Triton ops here) for 16-bit activations; fp32 ones keep the fp32 loop
+HALF2 = [dataclasses.replace(c, half2=True) for c in PERSISTENT[:2]]
+M1_CASES = [(c, torch.float32) for c in PERSISTENT] + [(c, torch.float16) for c in HALF2]
+M1_IDS = ["split", "prefetch", "one-warp", "half2-split", "half2-prefetch"]
+
+
+@pytest.mark.parametrize("cfg,dtype", M1_CASES, ids=M1_IDS)
 @pytest.mark.parametrize("n,k,group", [(72, 256, 64), (40, 300, 32), (24, 128, 128)])
 @pytest.mark.parametrize("silu", [False, True])
-def test_int4_persistent_m1_kernel(cfg, n, k, group, silu, seed):
+def test_int4_persistent_m1_kernel(cfg, dtype, n, k, group, silu, seed):
     if cfg.block_k % group:
         pytest.skip("block_k must be a multiple of the group")
     qw, s, z = _int4(n, k, group)
-    x, xr = _x(1, k, torch.float32, silu)
+    x, xr = _x(1, k, dtype, silu)
     out = int4_gemv_triton(x, qw, s, z, k, group, silu_mul=silu, config=cfg)
-    _close(out, int4_gemm_ref(xr, qw, s, z, k, group), torch.float32, seed)
-
-
-# the fp16x2 loop (quant_half2, emulated in Triton ops here) for 16-bit activations; fp32 ones keep the fp32 loop
-HALF2 = [dataclasses.replace(c, half2=True) for c in PERSISTENT[:2]]
-
-
-@pytest.mark.parametrize("cfg", HALF2, ids=["split", "prefetch"])
-@pytest.mark.parametrize("n,k,group", [(72, 256, 64), (40, 300, 32)])
-@pytest.mark.parametrize("silu", [False, True])
-def test_int4_half2_m1_kernel(cfg, n, k, group, silu, seed):
-    qw, s, z = _int4(n, k, group)
-    x, xr = _x(1, k, torch.float16, silu)
-    out = int4_gemv_triton(x, qw, s, z, k, group, silu_mul=silu, config=cfg)
-    _close(out, int4_gemm_ref(xr, qw, s, z, k, group), torch.float16, seed)
+    _close(out, int4_gemm_ref(xr, qw, s, z, k, group), dtype, seed)
 
 
 def test_half2_configs_keep_the_fp32_loop_for_fp32_activations(seed):
@@ -193,25 +185,15 @@ def test_nf4_gemv_silu_lookup_split(lookup, use_dot, m, split_k, seed):
     _close(out, nf4_gemm_ref(xr, qw, a, nest), torch.float32, seed)
 
 
-@pytest.mark.parametrize("cfg", PERSISTENT, ids=["split", "prefetch", "one-warp"])
-@pytest.mark.parametrize("nested,silu", [(True, False), (False, True)])
-def test_nf4_persistent_m1_kernel(cfg, nested, silu, seed):
-    k = 320  # not a multiple of either block_k: a masked last K tile
-    qw, a, nest = _nf4(40, k, nested)
-    x, xr = _x(1, k, torch.float32, silu)
-    out = nf4_gemv_triton(x, qw, a, nest, nf4_code(), silu_mul=silu, config=cfg)
-    _close(out, nf4_gemm_ref(xr, qw, a, nest), torch.float32, seed)
-
-
-@pytest.mark.parametrize("cfg", HALF2, ids=["split", "prefetch"])
+@pytest.mark.parametrize("cfg,dtype", M1_CASES, ids=M1_IDS)
 @pytest.mark.parametrize("lookup", ["gather", "select"])
 @pytest.mark.parametrize("nested,silu", [(True, False), (False, True)])
-def test_nf4_half2_m1_kernel(cfg, lookup, nested, silu, seed):
-    k = 320
+def test_nf4_persistent_m1_kernel(cfg, dtype, lookup, nested, silu, seed):
+    k = 320  # not a multiple of either block_k: a masked last K tile
     qw, a, nest = _nf4(40, k, nested)
-    x, xr = _x(1, k, torch.float16, silu)
+    x, xr = _x(1, k, dtype, silu)
     out = nf4_gemv_triton(x, qw, a, nest, nf4_code(), silu_mul=silu, lookup=lookup, config=cfg)
-    _close(out, nf4_gemm_ref(xr, qw, a, nest), torch.float16, seed)
+    _close(out, nf4_gemm_ref(xr, qw, a, nest), dtype, seed)
 
 
 def test_nf4_dequantize_kernel():
