@@ -68,7 +68,8 @@ def _floor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lm-head-format", default=None, help="default: 16-bit, or the weight format for GGUF types")
     p.add_argument("--bandwidth", default=None, help="override the datasheet bandwidth (e.g. 2.88TB/s, 2880GB/s)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--measure", action="store_true", help="also time real decode steps on the present GPU")
+    p.add_argument("--measure", action="store_true",
+                   help="also time real decode steps on the present GPU (int8, int4, nf4, fp8 weights: quantized on load)")
     p.add_argument("--grid", action="store_true",
                    help=f"measure {', '.join(GRID_MODELS)} at {', '.join(map(str, GRID_CONTEXTS))} on the present GPU")
     p.add_argument("--steps", type=int, default=32, help="timed decode steps per measurement (default 32)")
@@ -117,13 +118,20 @@ def _require_cuda(what: str) -> None:
                              "(the analytic floor needs none: drop the flag)")
 
 
-def _engine_dtype(ns: argparse.Namespace) -> str:
+def _engine_settings(ns: argparse.Namespace) -> tuple[str, str | None]:
+    """(activation dtype, quantization on load) of the measured engine: 16-bit weights and KV cache of one
+    type, or weights quantized on load (int8, int4, nf4, fp8, fp8-w8a8) with a bf16 / fp16 KV cache."""
+    from floorline.quant.config import ON_LOAD
+
     wf, kv = ns.weight_format.lower(), ns.kv_format.lower()
     dtypes = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
+    if wf in ON_LOAD and kv in dtypes:
+        return dtypes[kv], wf
     if wf not in dtypes or dtypes.get(kv) != dtypes[wf]:
-        raise FloorlineError(f"measuring runs the engine with 16-bit weights and KV cache of one type; got weights "
-                             f"{ns.weight_format!r} and KV {ns.kv_format!r} (accepted: bf16 or fp16 for both)")
-    return dtypes[wf]
+        raise FloorlineError(f"measuring runs the engine with 16-bit weights and KV cache of one type, or with "
+                             f"weights quantized on load ({', '.join(ON_LOAD)}) and a 16-bit KV cache; got weights "
+                             f"{ns.weight_format!r} and KV {ns.kv_format!r}")
+    return dtypes[wf], None
 
 
 def _measure_one(ns: argparse.Namespace, shape: ShapeSummary, contexts: list[int], batches: list[int]) -> list:
@@ -131,12 +139,12 @@ def _measure_one(ns: argparse.Namespace, shape: ShapeSummary, contexts: list[int
     from floorline.analysis.gpus import measure_read_bandwidth, present_gpu_spec
     from floorline.analysis.measure import build_engine, measure_decode
 
-    dtype = _engine_dtype(ns)
+    dtype, quantization = _engine_settings(ns)
     bw = measure_read_bandwidth()
     spec = present_gpu_spec(bandwidth=bw)
     if ns.gpu and spec.name not in {g.name for g in _gpus(ns.gpu)}:
         print(f"floorline: note: measuring on the present GPU ({spec.name}), not {ns.gpu}", file=sys.stderr)
-    engine = build_engine(ns.model, _engine_len(shape, max(contexts)), max(batches), dtype)
+    engine = build_engine(ns.model, _engine_len(shape, max(contexts)), max(batches), dtype, quantization)
     out = []
     for c in contexts:
         for b in batches:
@@ -154,13 +162,13 @@ def _measure_grid(ns: argparse.Namespace, batch: int) -> list:
     from floorline.analysis.gpus import measure_read_bandwidth, present_gpu_spec
     from floorline.analysis.measure import build_engine, measure_decode
 
-    dtype = _engine_dtype(ns)
+    dtype, quantization = _engine_settings(ns)
     bw = measure_read_bandwidth()
     spec = present_gpu_spec(bandwidth=bw)
     out = []
     for model in GRID_MODELS:
         shape = load_shape(model)
-        engine = build_engine(model, _engine_len(shape, max(GRID_CONTEXTS)), batch, dtype)
+        engine = build_engine(model, _engine_len(shape, max(GRID_CONTEXTS)), batch, dtype, quantization)
         for c in GRID_CONTEXTS:
             _progress(f"measuring {model} at context {c}")
             out.append(measure_decode(engine, c, batch, num_steps=ns.steps, bandwidth=bw, gpu=spec))

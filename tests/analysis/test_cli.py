@@ -61,6 +61,30 @@ def test_measure_without_cuda(capsys):
     assert "name a GPU with --gpu" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("weights,kv,expected", [
+    ("bf16", "bf16", ("bfloat16", None)), ("fp16", "fp16", ("float16", None)),
+    ("int4", "bf16", ("bfloat16", "int4")), ("nf4", "fp16", ("float16", "nf4")),
+    ("fp8-w8a8", "bf16", ("bfloat16", "fp8-w8a8")),
+])
+def test_measured_engine_settings(weights, kv, expected):
+    import argparse
+
+    from floorline.analysis.cli import _engine_settings
+
+    assert _engine_settings(argparse.Namespace(weight_format=weights, kv_format=kv)) == expected
+
+
+@pytest.mark.parametrize("weights,kv", [("q4_k", "bf16"), ("int4", "fp8"), ("bf16", "fp16")])
+def test_measured_engine_settings_refused(weights, kv):
+    import argparse
+
+    from floorline.analysis.cli import _engine_settings
+    from floorline.errors import FloorlineError
+
+    with pytest.raises(FloorlineError, match="quantized on load \\(int8, int4, nf4, fp8, fp8-w8a8\\)"):
+        _engine_settings(argparse.Namespace(weight_format=weights, kv_format=kv))
+
+
 def test_plot_written(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     path = tmp_path / "floor.png"
