@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from floorline.kernels.triton_compat import tl, triton
 
-from floorline.kernels.pdl import gdc_wait, pdl_args
+from floorline.kernels.pdl import early_launch_args, gdc_launch_dependents, gdc_wait
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -33,7 +33,12 @@ def _rms_norm_kernel(
     HAS_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
     USE_PDL: tl.constexpr = False,
+    EARLY_LAUNCH: tl.constexpr = False,
 ):
+    if EARLY_LAUNCH:
+        # the next GEMV's programs become resident and fetch their first weights while this one runs
+        # (H200, 8B decode at 2k: int4 2.382 -> 2.354 ms, NF4 2.954 -> 2.922, int8 / fp8 -0.01 / -0.02)
+        gdc_launch_dependents()
     if USE_PDL:
         gdc_wait()  # wait for the previous kernel's writes (launched early with PDL)
     row = tl.program_id(0).to(tl.int64)  # int64: row * stride may pass 2**31 on big batches
@@ -112,7 +117,7 @@ def rms_norm_triton(
     num_warps = min(max(block // 512, 1), 8)
     _rms_norm_kernel[(n * m,)](
         x3, r3, weight, out, s, m, d, x3.stride(0), x3.stride(1), *res_strides, float(eps),
-        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps, **pdl_args(x.device),
+        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=num_warps, **early_launch_args(x.device),
     )
     return out if residual is None else (out, s)
 
