@@ -10,7 +10,8 @@ words (cp.async into shared memory, then register loads) and dequantize in the o
 
 * `k_slots`: codes as bf16 128 + q (OR into 0x4300), no scale or zero: the floor of the idea;
 * `k_group`: one group an iteration, scale and zero applied to the group's sums (x sums in the kernel);
-* `k_group_z`: the zero subtracted in bf16 ((128 + q) - (128 + z) = q - z, exact), the scale on the sums.
+  with ZERO_IN_BF16 (printed as `k_group_z`) the zero is subtracted in bf16 instead ((128 + q) -
+  (128 + z) = q - z, exact) and only the scale is applied to the sums.
 
 Study kernels only: slot S sits at bits 4S (not `quant_packing`'s order) and x columns are not the
 layout's, which changes no instruction count. Nothing here is wired into the engine.
@@ -18,9 +19,9 @@ layout's, which changes no instruction count. Nothing here is wired into the eng
 
 from __future__ import annotations
 
-import collections
 import re
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,9 @@ import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sass_count import _loop_body  # noqa: E402  (the longest loop's opcode counts)
 
 
 @triton.jit
@@ -68,18 +72,11 @@ def count(fn, sig, cx, warps, stages, weights):
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
     tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
-        c = Path(tmp) / "k.cubin"; c.write_bytes(k.asm["cubin"])
+        c = Path(tmp) / "k.cubin"
+        c.write_bytes(k.asm["cubin"])
         sass = subprocess.run([str(tools / "cuobjdump"), "-sass", str(c)], capture_output=True, text=True, check=True).stdout
         res = subprocess.run([str(tools / "cuobjdump"), "-res-usage", str(c)], capture_output=True, text=True, check=True).stdout
-    inst = re.compile(r"\s*/\*([0-9a-f]{4})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)[.\w]*\s*([^;]*)")
-    insts = [(int(m.group(1), 16), m.group(2), m.group(3)) for m in map(inst.match, sass.splitlines()) if m]
-    best = []
-    for addr, op, args in insts:
-        t = re.search(r"0x([0-9a-f]+)", args) if op == "BRA" else None
-        if t and int(t.group(1), 16) < addr:
-            body = [o for a, o, _ in insts if int(t.group(1), 16) <= a <= addr]
-            best = max(best, body, key=len)
-    c = collections.Counter(best)
+    c = _loop_body(sass)
     regs = re.search(r"REG:(\d+)", res).group(1)
     ttgir = k.asm["ttgir"]
     mma = "wgmma" if "warp_group_dot" in ttgir else ("mma" if "nvidia_mma" in ttgir else "?")
@@ -88,8 +85,11 @@ def count(fn, sig, cx, warps, stages, weights):
     return k
 
 @triton.jit
-def k_group(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, K, N, BLOCK_N: tl.constexpr, NS: tl.constexpr):
-    """One group (128) an iteration, 8 slot dots on 128 + q into a group accumulator, scale and zero after."""
+def k_group(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, K, N, BLOCK_N: tl.constexpr, NS: tl.constexpr,
+            ZERO_IN_BF16: tl.constexpr):
+    """One group (128) an iteration, 8 slot dots on 128 + q into the group's fp32 sums, scaled after.
+    ZERO_IN_BF16: the operand is (128 + q) - (128 + z) = q - z (exact); else the sums lose (128 + z) x
+    the group's x sums, computed here."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rj = tl.arange(0, 16)
     rm = tl.arange(0, 16)
@@ -98,36 +98,22 @@ def k_group(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, K, N, BLOCK_N: tl.constexpr, NS
         w = tl.load(q_ptr + rn[:, None] * (K // 8) + k // 8 + rj[None, :])
         g = k // 128
         s = tl.load(s_ptr + g * N + rn).to(tl.float32)
-        z = tl.load(z_ptr + g * N + rn).to(tl.float32)
+        z = tl.load(z_ptr + g * N + rn).to(tl.float32) + 128.0
+        zb = z.to(tl.bfloat16)[:, None]
         tmp = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
         xsum = tl.zeros([16], dtype=tl.float32)
         for S in tl.static_range(8):
             f = (((w >> (4 * S)) & 0xF) | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True)
+            if ZERO_IN_BF16:
+                f = f - zb
             xs = tl.load(x_ptr + rm[:, None] * K + k + S * 16 + rj[None, :])
             tmp = tl.dot(f, tl.trans(xs), tmp)
-            xsum += tl.sum(xs.to(tl.float32), axis=1)
-        acc += s[:, None] * (tmp - (128.0 + z)[:, None] * xsum[None, :])
-    tl.store(out_ptr + rn[:, None] * 16 + rm[None, :], acc)
-
-
-@triton.jit
-def k_group_z(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, K, N, BLOCK_N: tl.constexpr, NS: tl.constexpr):
-    """As k_group, the zero subtracted in bf16 ((128 + q) - (128 + z) = q - z, exact): no x sums."""
-    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rj = tl.arange(0, 16)
-    rm = tl.arange(0, 16)
-    acc = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
-    for k in tl.range(0, K, 128, num_stages=NS):
-        w = tl.load(q_ptr + rn[:, None] * (K // 8) + k // 8 + rj[None, :])
-        g = k // 128
-        s = tl.load(s_ptr + g * N + rn).to(tl.float32)
-        zb = (tl.load(z_ptr + g * N + rn).to(tl.float32) + 128.0).to(tl.bfloat16)[:, None]
-        tmp = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
-        for S in tl.static_range(8):
-            f = (((w >> (4 * S)) & 0xF) | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True) - zb
-            xs = tl.load(x_ptr + rm[:, None] * K + k + S * 16 + rj[None, :])
-            tmp = tl.dot(f, tl.trans(xs), tmp)
-        acc += s[:, None] * tmp
+            if not ZERO_IN_BF16:
+                xsum += tl.sum(xs.to(tl.float32), axis=1)
+        if ZERO_IN_BF16:
+            acc += s[:, None] * tmp
+        else:
+            acc += s[:, None] * (tmp - z[:, None] * xsum[None, :])
     tl.store(out_ptr + rn[:, None] * 16 + rm[None, :], acc)
 
 
@@ -139,10 +125,10 @@ def main() -> None:
     for swap, bn, bk, w, st in [(False, 64, 256, 4, 3), (True, 64, 256, 4, 3), (True, 128, 256, 4, 3),
                                 (False, 64, 128, 4, 3), (True, 64, 128, 4, 2)]:
         count(k_slots, words, {"BLOCK_N": bn, "BLOCK_K": bk, "SWAP": swap, "NS": st}, w, st, bn * bk / (32 * w))
-    for name, fn in (("k_group", k_group), ("k_group_z", k_group_z)):
-        print(f"-- {name}")
+    for zero_in_bf16 in (False, True):
+        print(f"-- k_group{'_z' if zero_in_bf16 else ''}")
         for bn, w, st in [(64, 4, 3), (128, 4, 3), (128, 8, 3), (64, 4, 2)]:
-            count(fn, grouped, {"BLOCK_N": bn, "NS": st}, w, st, bn * 128 / (32 * w))
+            count(k_group, grouped, {"BLOCK_N": bn, "NS": st, "ZERO_IN_BF16": zero_in_bf16}, w, st, bn * 128 / (32 * w))
 
 
 if __name__ == "__main__":
