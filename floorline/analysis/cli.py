@@ -13,6 +13,7 @@ from floorline.analysis.gpus import GPUSpec, detect_gpu, known_gpu_names, lookup
 from floorline.analysis.shapes import ShapeSummary, summarize_hf_config
 from floorline.cli import COMMANDS
 from floorline.errors import FloorlineError
+from floorline.quant.config import ON_LOAD
 
 GRID_MODELS = ("qwen2.5-7b", "mistral-7b-v0.3", "llama-3.1-8b")
 GRID_CONTEXTS = (2048, 4096, 8192, 16384)
@@ -69,7 +70,7 @@ def _floor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bandwidth", default=None, help="override the datasheet bandwidth (e.g. 2.88TB/s, 2880GB/s)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--measure", action="store_true",
-                   help="also time real decode steps on the present GPU (int8, int4, nf4, fp8 weights: quantized on load)")
+                   help=f"also time real decode steps on the present GPU ({', '.join(ON_LOAD)} weights: quantized on load)")
     p.add_argument("--grid", action="store_true",
                    help=f"measure {', '.join(GRID_MODELS)} at {', '.join(map(str, GRID_CONTEXTS))} on the present GPU")
     p.add_argument("--steps", type=int, default=32, help="timed decode steps per measurement (default 32)")
@@ -120,9 +121,7 @@ def _require_cuda(what: str) -> None:
 
 def _engine_settings(ns: argparse.Namespace) -> tuple[str, str | None]:
     """(activation dtype, quantization on load) of the measured engine: 16-bit weights and KV cache of one
-    type, or weights quantized on load (int8, int4, nf4, fp8, fp8-w8a8) with a bf16 / fp16 KV cache."""
-    from floorline.quant.config import ON_LOAD
-
+    type, or weights quantized on load (ON_LOAD) with a bf16 / fp16 KV cache."""
     wf, kv = ns.weight_format.lower(), ns.kv_format.lower()
     dtypes = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
     if wf in ON_LOAD and kv in dtypes:
