@@ -19,19 +19,14 @@ layout's, which changes no instruction count. Nothing here is wired into the eng
 
 from __future__ import annotations
 
-import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import triton
 import triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sass_count import _loop_body  # noqa: E402  (the longest loop's opcode counts)
+from sass_count import _loop_body, compile_sm90  # noqa: E402
 
 
 @triton.jit
@@ -65,24 +60,13 @@ def k_slots(x_ptr, q_ptr, out_ptr, K, N, BLOCK_N: tl.constexpr, BLOCK_K: tl.cons
 
 def count(fn, sig, cx, warps, stages, weights):
     """Compiles for sm_90 and prints registers and the longest loop's instructions a weight."""
-    names = fn.arg_names
-    s = {n: "constexpr" if n in cx else sig.get(n, "i32") for n in names}
-    src = ASTSource(fn, s, {(names.index(n),): v for n, v in cx.items()},
-                    {(names.index(n),): [["tt.divisibility", 16]] for n in names if n in sig or n in ("K", "N")})
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
-    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    with tempfile.TemporaryDirectory() as tmp:
-        c = Path(tmp) / "k.cubin"
-        c.write_bytes(k.asm["cubin"])
-        sass = subprocess.run([str(tools / "cuobjdump"), "-sass", str(c)], capture_output=True, text=True, check=True).stdout
-        res = subprocess.run([str(tools / "cuobjdump"), "-res-usage", str(c)], capture_output=True, text=True, check=True).stdout
+    sass, regs, _, k = compile_sm90(fn, sig, cx, warps, stages, divisible=("K", "N"))
     c = _loop_body(sass)
-    regs = re.search(r"REG:(\d+)", res).group(1)
     ttgir = k.asm["ttgir"]
     mma = "wgmma" if "warp_group_dot" in ttgir else ("mma" if "nvidia_mma" in ttgir else "?")
     print(f"{cx} w{warps} s{stages}: regs {regs}, {sum(c.values())} instrs / {weights:.0f} weights = "
           f"{sum(c.values()) / weights:.2f}  [{mma}]  " + ", ".join(f"{o} {n}" for o, n in c.most_common(12)), flush=True)
-    return k
+
 
 @triton.jit
 def k_group(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, K, N, BLOCK_N: tl.constexpr, NS: tl.constexpr,

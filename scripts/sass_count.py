@@ -5,6 +5,7 @@
     python scripts/sass_count.py nf4-m1 --block-n 8 --warps 4
     python scripts/sass_count.py w8 --fp8                      # the 8-bit M = 1 FMA path
     python scripts/sass_count.py int4-dot --block-n 64 --block-k 256 --stages 3
+    python scripts/sass_count.py int4-k --block-n 8 --block-k 2048   # the K loop (the down projection's)
 
 No GPU needed: Triton compiles for `GPUTarget("cuda", 90, 32)` and its bundled cuobjdump lists the
 SASS. The count is the longest backward-branch loop's body over the weights one thread handles per
@@ -51,11 +52,12 @@ def _kernel(name: str, a: argparse.Namespace):
         cx = dict(BLOCK_N=a.block_n, BLOCK_K=a.block_k, EVEN_K=True, SPLIT=False, NESTED=True,
                   LOOKUP=2, X_SILU_MUL=a.silu, PREFETCH=a.prefetch, HALF2=a.half2, USE_PDL=False)
         return fn, ptrs, cx, a.block_n * a.block_k / threads
-    if name == "int4-dot":
+    if name in ("int4-dot", "int4-k"):
         from floorline.kernels.quant_int4 import _int4_gemv_kernel as fn
 
-        cx = dict(BLOCK_M=16, BLOCK_N=a.block_n, BLOCK_K=a.block_k, GROUP=128, NUM_STAGES=a.stages, USE_DOT=True,
-                  EVEN_K=True, SPLIT=False, DOT_IEEE=False, USE_PDL=False)
+        dot = name == "int4-dot"
+        cx = dict(BLOCK_M=16 if dot else 1, BLOCK_N=a.block_n, BLOCK_K=a.block_k, GROUP=128, NUM_STAGES=a.stages,
+                  USE_DOT=dot, EVEN_K=True, SPLIT=False, DOT_IEEE=False, USE_PDL=False)
         return fn, {**_4BIT, "s_ptr": "*fp16", "z_ptr": "*fp16"}, cx, a.block_n * a.block_k / threads
     from floorline.kernels.quant_w8 import _w8_gemv_kernel as fn
 
@@ -78,9 +80,31 @@ def _loop_body(sass: str) -> collections.Counter:
     return collections.Counter(best)
 
 
+def compile_sm90(fn, ptrs: dict[str, str], constexprs: dict, warps: int, stages: int,
+                 divisible: tuple[str, ...] = ("K", "Kp", "N", "stride_qn", "stride_wn", "stride_xm")):
+    """(SASS text, registers, stack bytes, the compiled kernel) of `fn` compiled for sm_90: `ptrs` types the
+    pointer arguments (other non-constexpr arguments are i32), which with the `divisible` integers are
+    16-aligned."""
+    names = fn.arg_names
+    sig = {n: "constexpr" if n in constexprs else ptrs.get(n, "i32") for n in names}
+    div16 = [n for n in names if n in ptrs or n in divisible]
+    src = ASTSource(fn, sig, {(names.index(n),): v for n, v in constexprs.items()},
+                    {(names.index(n),): [["tt.divisibility", 16]] for n in div16})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "k.cubin"
+        cubin.write_bytes(k.asm["cubin"])
+        sass = subprocess.run([str(tools / "cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True,
+                              check=True).stdout
+        res = subprocess.run([str(tools / "cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True,
+                             check=True).stdout
+    return sass, int(re.search(r"REG:(\d+)", res).group(1)), int(re.search(r"STACK:(\d+)", res).group(1)), k
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("kernel", choices=("int4-m1", "nf4-m1", "int4-dot", "w8"))
+    p.add_argument("kernel", choices=("int4-m1", "nf4-m1", "int4-dot", "int4-k", "w8"))
     p.add_argument("--block-n", type=int, default=None, help="rows a tile (default: 4, or 16 for w8)")
     p.add_argument("--block-k", type=int, default=None, help="weights a tile along K (default: 4096, or 512 for w8)")
     p.add_argument("--warps", type=int, default=None, help="default: 2, or 4 for w8 and int4-dot")
@@ -96,19 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     a.warps = a.warps or (4 if w8 or dot else 2)
     a.stages = a.stages or (4 if w8 else 1)
     fn, ptrs, cx, weights = _kernel(a.kernel, a)
-    names = fn.arg_names
-    sig = {n: "constexpr" if n in cx else ptrs.get(n, "i32") for n in names}
-    div16 = [n for n in names if n in ptrs or n in ("K", "Kp", "N", "stride_qn", "stride_wn", "stride_xm")]
-    src = ASTSource(fn, sig, {(names.index(n),): v for n, v in cx.items()},
-                    {(names.index(n),): [["tt.divisibility", 16]] for n in div16})
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": a.warps, "num_stages": a.stages})
-    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    with tempfile.TemporaryDirectory() as tmp:
-        cubin = Path(tmp) / "k.cubin"
-        cubin.write_bytes(k.asm["cubin"])
-        sass = subprocess.run([str(tools / "cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True).stdout
-        res = subprocess.run([str(tools / "cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True).stdout
-    regs, stack = re.search(r"REG:(\d+)", res).group(1), re.search(r"STACK:(\d+)", res).group(1)
+    sass, regs, stack, _ = compile_sm90(fn, ptrs, cx, a.warps, a.stages)
     body = _loop_body(sass)
     total = sum(body.values())
     print(f"triton {triton.__version__} | {a.kernel} {cx} warps {a.warps}")

@@ -26,7 +26,6 @@ from floorline.kernels.quant_common import (
     DOT_BLOCK_M,
     DOT_MIN_K,
     QuantGemvConfig,
-    _load_x,
     _persistent_reduce,
     _persistent_store,
     _row_words,
@@ -34,6 +33,7 @@ from floorline.kernels.quant_common import (
     _slot_dot_epilogue,
     _slot_dot_load,
     _slot_dot_pointers,
+    _slot_x,
     _slot_xs,
     check_config,
     geometry,
@@ -115,10 +115,7 @@ def _int4_fma_tile(acc, w, s, z, x_ptrs, k, xoff, K, one, sixteen,
     c = tl.zeros(xoff.shape, dtype=tl.float32)  # [NC, NB, 1, 4]: sum of x times f's offsets (1 or 16)
     xsum = tl.zeros(xoff.shape, dtype=tl.float32)
     for S in tl.static_range(8):
-        if EVEN_K:
-            xs = _load_x(x_ptrs + S * GW, None, K, False, False).to(tl.float32)
-        else:
-            xs = _load_x(x_ptrs + S * GW, k + xoff + S * GW < K, K, False).to(tl.float32)
+        xs = _slot_x(x_ptrs, k + xoff, K, S, GW, EVEN_K, False)
         t += _int4_slot(w, S, one, sixteen) * xs
         if S % 2 == 0:
             c += xs
