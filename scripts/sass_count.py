@@ -6,6 +6,7 @@
     python scripts/sass_count.py w8 --fp8                      # the 8-bit M = 1 FMA path
     python scripts/sass_count.py int4-dot --block-n 64 --block-k 256 --stages 3
     python scripts/sass_count.py int4-k --block-n 8 --block-k 2048   # the K loop (the down projection's)
+    python scripts/sass_count.py int4-pairs --block-n 128 --block-k 128 --stages 2   # the M > 1 pair dots
 
 No GPU needed: Triton compiles for `GPUTarget("cuda", 90, 32)` and its bundled cuobjdump lists the
 SASS. The count is the longest backward-branch loop's body over the weights one thread handles per
@@ -52,6 +53,13 @@ def _kernel(name: str, a: argparse.Namespace):
         cx = dict(BLOCK_N=a.block_n, BLOCK_K=a.block_k, EVEN_K=True, SPLIT=False, NESTED=True,
                   LOOKUP=2, X_SILU_MUL=a.silu, PREFETCH=a.prefetch, HALF2=a.half2, USE_PDL=False)
         return fn, ptrs, cx, a.block_n * a.block_k / threads
+    if name == "int4-pairs":
+        from floorline.kernels.quant_int4_pairs import _int4_pairs_kernel as fn
+
+        cx = dict(BLOCK_M=16, BLOCK_N=a.block_n, BLOCK_K=a.block_k, GROUP=128, NUM_STAGES=a.stages, EVEN_K=True,
+                  SPLIT=False, FP16=False, EMULATE=False, USE_PDL=False)
+        ptrs = {**_4BIT, "q_ptr": "*i16", "s_ptr": "*fp16", "z_ptr": "*fp16"}
+        return fn, ptrs, cx, a.block_n * a.block_k / threads
     if name in ("int4-dot", "int4-k"):
         from floorline.kernels.quant_int4 import _int4_gemv_kernel as fn
 
@@ -81,7 +89,7 @@ def _loop_body(sass: str) -> collections.Counter:
 
 
 def compile_sm90(fn, ptrs: dict[str, str], constexprs: dict, warps: int, stages: int,
-                 divisible: tuple[str, ...] = ("K", "Kp", "N", "stride_qn", "stride_wn", "stride_xm")):
+                 divisible: tuple[str, ...] = ("K", "Kp", "N", "stride_qn", "stride_qn16", "stride_wn", "stride_xm")):
     """(SASS text, registers, stack bytes, the compiled kernel) of `fn` compiled for sm_90: `ptrs` types the
     pointer arguments (other non-constexpr arguments are i32), which with the `divisible` integers are
     16-aligned."""
@@ -104,7 +112,7 @@ def compile_sm90(fn, ptrs: dict[str, str], constexprs: dict, warps: int, stages:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("kernel", choices=("int4-m1", "nf4-m1", "int4-dot", "int4-k", "w8"))
+    p.add_argument("kernel", choices=("int4-m1", "nf4-m1", "int4-dot", "int4-k", "int4-pairs", "w8"))
     p.add_argument("--block-n", type=int, default=None, help="rows a tile (default: 4, or 16 for w8)")
     p.add_argument("--block-k", type=int, default=None, help="weights a tile along K (default: 4096, or 512 for w8)")
     p.add_argument("--warps", type=int, default=None, help="default: 2, or 4 for w8 and int4-dot")
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp8", action="store_true", help="w8: fp8 instead of int8")
     p.add_argument("--half2", action="store_true", help="persistent kernels: the packed fp16x2 loop")
     a = p.parse_args(argv)
-    w8, dot = a.kernel == "w8", a.kernel == "int4-dot"
+    w8, dot = a.kernel == "w8", a.kernel in ("int4-dot", "int4-pairs")
     a.block_n = a.block_n or (16 if w8 else 4)
     a.block_k = a.block_k or (512 if w8 else 4096)
     a.warps = a.warps or (4 if w8 or dot else 2)

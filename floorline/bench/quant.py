@@ -173,7 +173,11 @@ def sweep_candidates(fmt: str, m: int, k: int = 4096) -> list[QuantGemvConfig]:
             tiles = ((32, 256, 4, 3), (64, 256, 4, 3), (32, 512, 4, 3), (64, 128, 4, 4), (128, 256, 8, 3))
         else:
             tiles = ((32, 256, 4, 4), (16, 256, 2, 4), (64, 128, 4, 4), (32, 512, 4, 3), (64, 256, 8, 3))
-        return [QuantGemvConfig(bn, bk, 1, w, s, True) for bn, bk, w, s in tiles]
+        # the pair dots (quant_int4_pairs); their winners' split counts come from `split_variants`
+        pairs = ((64, 128, 4, 3), (64, 128, 4, 4), (64, 128, 4, 2), (128, 128, 4, 3), (64, 256, 4, 3),
+                 (64, 128, 2, 3)) if fmt == "int4" else ()
+        return ([QuantGemvConfig(bn, bk, 1, w, s, True, pairs=True) for bn, bk, w, s in pairs]
+                + [QuantGemvConfig(bn, bk, 1, w, s, True) for bn, bk, w, s in tiles])
     if four_bit:  # long K tiles: lanes along K, rows per thread (kernels/quant_int4.py)
         tiles = ((16, 4096, 4, 1), (8, 4096, 4, 1))
         # persistent kernels (rows, K tile, warps, programs per SM, prefetch, fp16x2); 2 warps on a 4096 tile
@@ -273,7 +277,7 @@ def _sweep(row: Row, fmt: str, kernel_fmt: str, layers: list, x: torch.Tensor, s
 
 def _short(c: QuantGemvConfig) -> str:
     if c.use_dot:
-        kind = "dot"
+        kind = "dot pairs" if c.pairs else "dot"
     elif c.persistent:
         kind = f"persistent x{c.programs_per_sm}" + (" pf" if c.prefetch else "") + (" h2" if c.half2 else "")
     else:

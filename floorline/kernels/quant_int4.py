@@ -44,6 +44,7 @@ from floorline.kernels.quant_common import (
     unfused_silu,
 )
 from floorline.kernels.quant_half2 import int4_mac4, x_pairs, x_scale, x_sums
+from floorline.kernels.quant_int4_pairs import int4_pairs_launch, pairs_ok
 from floorline.kernels.quant_packing import unpack_int4
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
@@ -358,10 +359,13 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     if n == 0 or k == 0:
         return out.zero_()
     cfg = config or get_config("int4", n, k, m, group, x.device)
-    check_config(cfg, m, group, "quant_int4", dot_min_k=DOT_MIN_K)
+    pairs = cfg.use_dot and cfg.pairs and pairs_ok(x, group)
+    check_config(cfg, m, group, "quant_int4", dot_min_k=group if pairs else DOT_MIN_K)
     x, silu_mul = unfused_silu(x, silu_mul, cfg)
     if cfg.persistent:
         return _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out)
+    if pairs:
+        return int4_pairs_launch(x, qweight, scales, zeros, k, group, cfg, out)
     geo = geometry(cfg, m, n, kp, out)
     _int4_gemv_kernel[(geo.tiles, geo.splits)](
         x, qweight, scales, zeros, out, geo.ws, geo.tickets,

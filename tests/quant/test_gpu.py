@@ -70,6 +70,23 @@ def test_gpu_persistent_m1_kernels_match_reference(fmt, k, n, cfg):
         assert _rel(_gemv_with_config(fmt, layer, x, cfg, silu), ref) < 1e-2
 
 
+PAIRS = [QuantGemvConfig(128, 128, num_warps=4, num_stages=2, use_dot=True, pairs=True),
+         QuantGemvConfig(64, 256, split_k=2, num_warps=4, num_stages=3, use_dot=True, pairs=True),
+         QuantGemvConfig(256, 128, num_warps=8, num_stages=2, use_dot=True, pairs=True),
+         QuantGemvConfig(32, 128, split_k=3, num_warps=4, num_stages=2, use_dot=True, pairs=True)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("k,n", SHAPES)
+@pytest.mark.parametrize("cfg", PAIRS, ids=["n128", "n64-split", "n256-w8", "n32-split3"])
+def test_gpu_int4_pair_dots_match_reference(dtype, k, n, cfg):
+    """The inline-asm operands (which the interpreter emulates) in both 16-bit dtypes, wgmma and mma tiles."""
+    layer, w = _layer("int4", k, n)
+    for m in (2, 5, 16):
+        x = torch.randn(m, k, device="cuda", dtype=dtype)
+        assert _rel(_gemv_with_config("int4", layer, x, cfg), F.linear(x.float(), w)) < 1e-2
+
+
 @pytest.mark.parametrize("fmt", list(METHODS))
 def test_gpu_prefill_dequantizes_then_uses_tensor_cores(fmt):
     layer, w = _layer(fmt, 4096, 1024)

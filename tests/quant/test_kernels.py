@@ -100,6 +100,53 @@ def test_int4_gemv_configs_and_split_k(use_dot, m, split_k, k, block_k, seed):
     _close(int4_gemv_triton(x, qw, s, z, k, 64, config=cfg), int4_gemm_ref(x, qw, s, z, k, 64), torch.float32, seed)
 
 
+# the pair dot path (quant_int4_pairs, emulated in Triton ops here): 16-bit activations, groups >= 64;
+# several groups a K tile, split-K partials, K tails, rows past N and M, and the SiLU-and-mul operand
+PAIRS = [QuantGemvConfig(block_n=16, block_k=64, split_k=1, num_stages=2, use_dot=True, pairs=True),
+         QuantGemvConfig(block_n=32, block_k=256, split_k=3, num_stages=2, use_dot=True, pairs=True)]
+
+
+@pytest.mark.parametrize("cfg", PAIRS, ids=["one-group-tiles", "split"])
+@pytest.mark.parametrize("m", [2, 16])
+@pytest.mark.parametrize("n,k,group", [(40, 320, 64), (72, 512, 128), (16, 200, 64)])
+@pytest.mark.parametrize("silu", [False, True])
+def test_int4_pairs_dot_path(cfg, m, n, k, group, silu, seed):
+    if cfg.block_k % group:
+        pytest.skip("block_k must be a multiple of the group")
+    qw, s, z = _int4(n, k, group)
+    x, xr = _x(m, k, torch.float16, silu)
+    out = int4_gemv_triton(x, qw, s, z, k, group, silu_mul=silu, config=cfg)
+    _close(out, int4_gemm_ref(xr, qw, s, z, k, group), torch.float16, seed)
+
+
+def test_int4_pairs_slot_order_is_the_packing_layouts():
+    """Each slot's code meets its own x column: one code at a time, every slot, the zero point off."""
+    from floorline.kernels.quant_int4_pairs import PAIRS as SLOT_PAIRS
+
+    assert sorted(s for pair in SLOT_PAIRS for s in pair) == list(range(8))
+    n, k, group = 16, 128, 128
+    x = torch.zeros(2, k, dtype=torch.float16)
+    x[0] = torch.arange(k, dtype=torch.float16) / k
+    x[1] = 1.0
+    for q in (1, 9, 15):
+        codes = torch.zeros(n, k, dtype=torch.uint8)
+        codes[torch.arange(n), torch.arange(n) * 8 % k] = q  # row r: one code, column 8 r (all eight slots)
+        qw = pack_int4(codes, group)
+        s, z = torch.ones(1, n).half(), torch.zeros(1, n).half()
+        out = int4_gemv_triton(x, qw, s, z, k, group, config=dataclasses.replace(PAIRS[0], block_k=128))
+        torch.testing.assert_close(out.float(), int4_gemm_ref(x, qw, s, z, k, group).float(), rtol=1e-3, atol=1e-3)
+
+
+def test_int4_pairs_configs_fall_back_where_the_path_does_not_apply(seed):
+    """fp32 activations and groups of 32 take the first dot path: fp32 tolerances, any group."""
+    cfg = dataclasses.replace(PAIRS[0], block_k=128)
+    for dtype, group in ((torch.float32, 128), (torch.float16, 32)):
+        qw, s, z = _int4(24, 256, group)
+        x, _ = _x(3, 256, dtype, False)
+        _close(int4_gemv_triton(x, qw, s, z, 256, group, config=cfg), int4_gemm_ref(x, qw, s, z, 256, group), dtype,
+               seed)
+
+
 # persistent M = 1 kernels: several row tiles per program (2 programs "per SM" on the CPU's few), one K
 # tile per program (K > block_k: split partials and tickets), masked K tails, prefetch, one-warp programs
 PERSISTENT = [QuantGemvConfig(block_n=4, block_k=128, num_warps=2, num_stages=1, programs_per_sm=1),

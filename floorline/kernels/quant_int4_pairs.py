@@ -1,0 +1,194 @@
+"""int4 dot path for 2..16 rows that builds the tensor-core operand from the packed words in registers.
+
+The first dot path (`quant_int4`'s USE_DOT) dequantizes every slot to fp32 (q - z) * s, joins the
+eight slots into one tile and sends it through shared memory to reach the dot operand layout: about
+6 SASS instructions a weight (offline sm_90), which left int4 at M = 4..16 no faster than bf16.
+
+Here the operand comes straight out of the words. In `quant_packing`'s int4 layout the slots pair
+up 16 bits apart: (6, 0) at bits 3 | 19, (3, 5) at 7 | 23, (2, 4) at 11 | 27 and (1, 7) at 15 | 31
+(slot 7 wraps). So w, w >> 4, w >> 8 and rotl(w, 4) each hold one pair at bits 3..6 of both halves,
+and one LOP3 into the bits of 16.0 in both halves makes two 16-bit floats: bf16 16 + q (7 mantissa
+bits) or fp16 16 + q / 8 (10), exactly. A pair's tile is [rows, 2 x words] with element 2j the low
+slot's word j and 2j + 1 the high slot's, which is the order of the word's halves in memory: the
+words are loaded as int16, the conversion is one unary inline-asm op on two halves (`pack=2`),
+and Triton moves the layout change onto the loaded int16 (cp.async into shared memory, then
+ldmatrix into the operand layout), so the dequantized weights never touch shared memory. The x
+tile of a pair interleaves the two slots' x columns the same way (a register join).
+
+Four dots (one a pair) a group give T = sum_k x_k (B + U q_k); the group's zero and scale then apply
+to the fp32 sums: sum_k x_k (q_k - z) = T / U - (B / U + z) X, X the group's x sum. About 2.8
+instructions a weight at 128 rows and 4 warps (`scripts/dot_path_study.py`'s counts for the other
+designs: 3.3-4.4). Needs 16-bit activations (fp32 keeps the first path) and groups of >= 64
+(a pair's dot has 2 G / 8 >= 16 columns).
+
+The interpreter has no inline assembly: EMULATE builds the same operands with Triton ops from the
+words (int32) and checks the pairing and the zero / scale algebra on the CPU in fp16.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from floorline.kernels.pdl import gdc_wait, pdl_args
+from floorline.kernels.quant_common import DOT_BLOCK_M, QuantGemvConfig, _slot_dot_epilogue, geometry
+from floorline.kernels.triton_compat import HAS_TRITON, tl, triton
+
+# (low slot, high slot) of pair P = 0..3 (`_pair_group`'s x columns; `_SHIFTS[P]` puts it at bits 3..6)
+PAIRS = ((6, 0), (3, 5), (2, 4), (7, 1))
+# the bits of 16.0 in both halves, for (bf16, fp16) operands: bf16 16 + q, fp16 16 + q / 8
+MAGIC = {False: 0x41804180, True: 0x4C004C00}
+
+
+def _pair_asm(shift: str, magic: int) -> str:
+    """PTX: $0 = two 16-bit floats from the 32-bit word $1 (the pair's two halves), `shift` putting the
+    pair at bits 3..6 of both halves."""
+    lop = f"lop3.b32 $0, %pw, 0x00780078, {magic:#010x}, 0xEA;"  # (w & mask) | magic
+    return "{ .reg .b32 %pw; " + shift + " " + lop + " }"
+
+
+_SHIFTS = ("mov.b32 %pw, $1;", "shr.u32 %pw, $1, 4;", "shr.u32 %pw, $1, 8;", "shf.l.wrap.b32 %pw, $1, $1, 4;")
+# constexpr globals: jitted functions may read them (the plain strings serve CPU-only installs)
+_wrap = tl.constexpr if HAS_TRITON else (lambda s: s)
+PAIR_ASM_BF16 = _wrap(tuple(_pair_asm(s, MAGIC[False]) for s in _SHIFTS))
+PAIR_ASM_FP16 = _wrap(tuple(_pair_asm(s, MAGIC[True]) for s in _SHIFTS))
+
+
+@triton.jit
+def _pair_shift(w, P: tl.constexpr):
+    """Words (uint32) with pair P at bits 3..6 of both halves (the emulation of `_SHIFTS`)."""
+    if P == 0:
+        return w
+    elif P == 1:
+        return w >> 4
+    elif P == 2:
+        return w >> 8
+    return (w << 4) | (w >> 28)
+
+
+@triton.jit
+def _pair_operand(wh, P: tl.constexpr, FP16: tl.constexpr, EMULATE: tl.constexpr):
+    """[BN, 2 GW] 16-bit floats B + U q of pair P from the words' halves wh [BN, 2 GW] (int16)."""
+    if EMULATE:
+        BN: tl.constexpr = wh.shape[0]
+        GW: tl.constexpr = wh.shape[1] // 2
+        lo, hi = tl.split(tl.reshape(wh, (BN, GW, 2)))
+        w = (hi.to(tl.int32) << 16) | (lo.to(tl.int32) & 0xFFFF)
+        if FP16:
+            v = (_pair_shift(w.to(tl.uint32, bitcast=True), P) & 0x00780078) | 0x4C004C00  # MAGIC
+            f_lo = (v & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
+            f_hi = (v >> 16).to(tl.uint16).to(tl.float16, bitcast=True)
+        else:
+            v = (_pair_shift(w.to(tl.uint32, bitcast=True), P) & 0x00780078) | 0x41804180
+            f_lo = (v & 0xFFFF).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+            f_hi = (v >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        return tl.reshape(tl.join(f_lo, f_hi), (BN, 2 * GW))
+    elif FP16:  # (one if-chain: Triton wants every return of a constexpr branch alike)
+        return tl.inline_asm_elementwise(PAIR_ASM_FP16[P], "=r,r", [wh], dtype=tl.float16, is_pure=True, pack=2)
+    else:
+        return tl.inline_asm_elementwise(PAIR_ASM_BF16[P], "=r,r", [wh], dtype=tl.bfloat16, is_pure=True, pack=2)
+
+
+@triton.jit
+def _pair_x(x_ptrs, kx, K, m_mask, LO: tl.constexpr, HI: tl.constexpr, GW: tl.constexpr, EVEN_K: tl.constexpr):
+    """x [BM, 2 GW] for pair (LO, HI): column 2j is x at slot LO's word j, 2j + 1 at slot HI's."""
+    if EVEN_K:
+        lo = tl.load(x_ptrs + LO * GW, mask=m_mask, other=0.0)
+        hi = tl.load(x_ptrs + HI * GW, mask=m_mask, other=0.0)
+    else:
+        lo = tl.load(x_ptrs + LO * GW, mask=m_mask & (kx + LO * GW < K), other=0.0)
+        hi = tl.load(x_ptrs + HI * GW, mask=m_mask & (kx + HI * GW < K), other=0.0)
+    return tl.reshape(tl.join(lo, hi), (lo.shape[0], 2 * GW))
+
+
+@triton.jit
+def _pair_group(acc, wh, s, z, x_ptrs, kx, K, m_mask, GW: tl.constexpr, EVEN_K: tl.constexpr,
+                FP16: tl.constexpr, EMULATE: tl.constexpr):
+    """acc [BN, BM] + s (sum_k x_k (q_k - z)) over one group: four pair dots, then zero and scale.
+
+    The weights are the dots' first operand, so 64-row tiles run on wgmma with the operand in registers
+    (x first, on mma.sync, measured 1.35-1.5x slower on the H200)."""
+    x0 = _pair_x(x_ptrs, kx, K, m_mask, 6, 0, GW, EVEN_K)
+    x1 = _pair_x(x_ptrs, kx, K, m_mask, 3, 5, GW, EVEN_K)
+    x2 = _pair_x(x_ptrs, kx, K, m_mask, 2, 4, GW, EVEN_K)
+    x3 = _pair_x(x_ptrs, kx, K, m_mask, 7, 1, GW, EVEN_K)
+    t = tl.dot(_pair_operand(wh, 0, FP16, EMULATE), tl.trans(x0))
+    t = tl.dot(_pair_operand(wh, 1, FP16, EMULATE), tl.trans(x1), t)
+    t = tl.dot(_pair_operand(wh, 2, FP16, EMULATE), tl.trans(x2), t)
+    t = tl.dot(_pair_operand(wh, 3, FP16, EMULATE), tl.trans(x3), t)
+    xsum = tl.sum(x0.to(tl.float32) + x1.to(tl.float32) + x2.to(tl.float32) + x3.to(tl.float32), axis=1)  # [BM]
+    if FP16:  # T / U and B / U for 16 + q / 8
+        t = t * 8.0
+        zo = z + 128.0
+    else:  # 16 + q
+        zo = z + 16.0
+    return acc + s[:, None] * (t - zo[:, None] * xsum[None, :])
+
+
+@triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits"])
+def _int4_pairs_kernel(
+    x_ptr,  # [M, K] fp16 / bf16, last-dim stride 1
+    q_ptr,  # the int32 words [N, Kp / 8] seen as int16 [N, Kp / 4]
+    s_ptr, z_ptr,  # [Kp / G, N] fp16
+    out_ptr, ws_ptr, cnt_ptr,
+    M, N, K, num_groups, stride_xm, stride_qn16, k_blocks_per_split, num_splits,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+    NUM_STAGES: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr, FP16: tl.constexpr,
+    EMULATE: tl.constexpr = False, USE_PDL: tl.constexpr = False,
+):
+    if USE_PDL:
+        gdc_wait()
+    GW: tl.constexpr = GROUP // 8  # words per group and row
+    NB: tl.constexpr = BLOCK_K // GROUP
+    tile = tl.program_id(0)
+    split = tl.program_id(1)
+    k_start = split * k_blocks_per_split * BLOCK_K
+    k_end = tl.minimum(num_groups * GROUP, k_start + k_blocks_per_split * BLOCK_K)
+    rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
+    rh = tl.arange(0, 2 * GW)
+    rm = tl.arange(0, BLOCK_M)
+    m_mask = (rm < M)[:, None]
+    rj = tl.arange(0, GW)[None, :]
+    q_ptrs = q_ptr + rn_w.to(tl.int64)[:, None] * stride_qn16 + k_start // 4 + rh[None, :]  # [BN, 2 GW]
+    x_ptrs = x_ptr + rm[:, None] * stride_xm + k_start + rj  # [BM, GW]
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+        for b in tl.static_range(NB):
+            g = k // GROUP + b
+            if EVEN_K:
+                wh = tl.load(q_ptrs + b * (GROUP // 4), eviction_policy="evict_first")
+                s = tl.load(s_ptr + g * N + rn_w).to(tl.float32)
+                z = tl.load(z_ptr + g * N + rn_w).to(tl.float32)
+            else:  # groups past the end (a partial last tile) read as zero weights
+                ok = rn_w * 0 + g < num_groups
+                wh = tl.load(q_ptrs + b * (GROUP // 4), mask=ok[:, None], other=0, eviction_policy="evict_first")
+                s = tl.load(s_ptr + g * N + rn_w, mask=ok, other=0.0).to(tl.float32)
+                z = tl.load(z_ptr + g * N + rn_w, mask=ok, other=0.0).to(tl.float32)
+            acc = _pair_group(acc, wh, s, z, x_ptrs + b * GROUP, k + b * GROUP + rj, K, m_mask, GW, EVEN_K, FP16,
+                              EMULATE)
+        q_ptrs += BLOCK_K // 4
+        x_ptrs += BLOCK_K
+    _slot_dot_epilogue(tl.trans(acc), rn, M, N, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, BLOCK_M, SPLIT)
+
+
+
+def pairs_ok(x: torch.Tensor, group: int) -> bool:
+    """Whether this path takes x: 16-bit activations and groups of >= 64 (module docstring)."""
+    return x.dtype in (torch.float16, torch.bfloat16) and group >= 64
+
+
+def int4_pairs_launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: int,
+                      group: int, cfg: QuantGemvConfig, out: torch.Tensor) -> torch.Tensor:
+    """`_int4_pairs_kernel` on x [M, K] (checked by `int4_gemv_triton`, `pairs_ok`) into out [M, N]."""
+    m, n = x.shape[0], qweight.shape[0]
+    kp = 8 * qweight.shape[1]
+    geo = geometry(cfg, m, n, kp, out)
+    _int4_pairs_kernel[(geo.tiles, geo.splits)](
+        x, qweight.view(torch.int16), scales, zeros, out, geo.ws, geo.tickets,
+        m, n, k, kp // group, x.stride(0), 2 * qweight.stride(0), geo.blocks_per_split, geo.splits,
+        BLOCK_M=DOT_BLOCK_M, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group, NUM_STAGES=cfg.num_stages,
+        EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1, FP16=x.dtype == torch.float16,
+        EMULATE=x.device.type != "cuda",
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
+    )
+    return out
