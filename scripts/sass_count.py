@@ -6,7 +6,8 @@
     python scripts/sass_count.py w8 --fp8                      # the 8-bit M = 1 FMA path
     python scripts/sass_count.py int4-dot --block-n 64 --block-k 256 --stages 3
     python scripts/sass_count.py int4-k --block-n 8 --block-k 2048   # the K loop (the down projection's)
-    python scripts/sass_count.py int4-pairs --block-n 128 --block-k 128 --stages 2   # the M > 1 pair dots
+    python scripts/sass_count.py int4-pairs --block-n 64 --block-k 128 --stages 3    # the M > 1 pair dots
+    python scripts/sass_count.py nf4-pairs --block-n 64 --block-k 128 --stages 3
 
 No GPU needed: Triton compiles for `GPUTarget("cuda", 90, 32)` and its bundled cuobjdump lists the
 SASS. The count is the longest backward-branch loop's body over the weights one thread handles per
@@ -54,11 +55,19 @@ def _kernel(name: str, a: argparse.Namespace):
                   LOOKUP=2, X_SILU_MUL=a.silu, PREFETCH=a.prefetch, HALF2=a.half2, USE_PDL=False)
         return fn, ptrs, cx, a.block_n * a.block_k / threads
     if name == "int4-pairs":
-        from floorline.kernels.quant_int4_pairs import _int4_pairs_kernel as fn
+        from floorline.kernels.quant_pairs import _int4_pairs_kernel as fn
 
         cx = dict(BLOCK_M=16, BLOCK_N=a.block_n, BLOCK_K=a.block_k, GROUP=128, NUM_STAGES=a.stages, EVEN_K=True,
                   SPLIT=False, FP16=False, EMULATE=False, USE_PDL=False)
         ptrs = {**_4BIT, "q_ptr": "*i16", "s_ptr": "*fp16", "z_ptr": "*fp16"}
+        return fn, ptrs, cx, a.block_n * a.block_k / threads
+    if name == "nf4-pairs":
+        from floorline.kernels.quant_pairs import _nf4_pairs_kernel as fn
+
+        cx = dict(BLOCK_M=16, BLOCK_N=a.block_n, BLOCK_K=a.block_k, NUM_STAGES=a.stages, EVEN_K=True, SPLIT=False,
+                  FP16=False, NESTED=True, EMULATE=False, USE_PDL=False)
+        ptrs = {**_4BIT, "q_ptr": "*i16", "a_ptr": "*u8", "nabs_ptr": "*fp32", "nmap_ptr": "*fp32", "base_ptr": "*i32",
+                "off_ptr": "*fp32", "map_ptr": "*i32", "code_ptr": "*fp32"}
         return fn, ptrs, cx, a.block_n * a.block_k / threads
     if name in ("int4-dot", "int4-k"):
         from floorline.kernels.quant_int4 import _int4_gemv_kernel as fn
@@ -112,7 +121,7 @@ def compile_sm90(fn, ptrs: dict[str, str], constexprs: dict, warps: int, stages:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("kernel", choices=("int4-m1", "nf4-m1", "int4-dot", "int4-k", "int4-pairs", "w8"))
+    p.add_argument("kernel", choices=("int4-m1", "nf4-m1", "int4-dot", "int4-k", "int4-pairs", "nf4-pairs", "w8"))
     p.add_argument("--block-n", type=int, default=None, help="rows a tile (default: 4, or 16 for w8)")
     p.add_argument("--block-k", type=int, default=None, help="weights a tile along K (default: 4096, or 512 for w8)")
     p.add_argument("--warps", type=int, default=None, help="default: 2, or 4 for w8 and int4-dot")
@@ -122,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp8", action="store_true", help="w8: fp8 instead of int8")
     p.add_argument("--half2", action="store_true", help="persistent kernels: the packed fp16x2 loop")
     a = p.parse_args(argv)
-    w8, dot = a.kernel == "w8", a.kernel in ("int4-dot", "int4-pairs")
+    w8, dot = a.kernel == "w8", a.kernel in ("int4-dot", "int4-pairs", "nf4-pairs")
     a.block_n = a.block_n or (16 if w8 else 4)
     a.block_k = a.block_k or (512 if w8 else 4096)
     a.warps = a.warps or (4 if w8 or dot else 2)

@@ -39,18 +39,35 @@ def _half2_bits(v: float) -> str:
     return hex(h | h << 16)
 
 
-def _table_asm(bits=_bits) -> str:
-    """PTX: $0 = bits(CODE[laneid % 16]) ($1 is a dummy operand giving the result its shape)."""
-    lines = ["{", ".reg .u32 %nf4l;", ".reg .pred %nf4p;", "mov.u32 %nf4l, %laneid;", "and.b32 %nf4l, %nf4l, 15;",
-             f"mov.b32 $0, {bits(NF4_CODE[0])};"]
+def _bf16x2_bits(v: float) -> str:
+    """bf16 bits of v (rounded to nearest even) in both halves of a 32-bit word."""
+    b = struct.unpack("<I", struct.pack("<f", v))[0]
+    h = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+    return hex(h | h << 16)
+
+
+_FORMATS = {"f32": _bits, "f16": _half2_bits, "bf16": _bf16x2_bits}
+
+
+def lane_table_asm(dst: str, lane: str, fmt: str) -> str:
+    """PTX lines setting register `dst` to CODE[laneid % 16] (fmt "f32", or "f16" / "bf16" in both halves),
+    with `lane` a free .u32 register. A scope of its own (its predicate register stays inside)."""
+    bits = _FORMATS[fmt]
+    lines = ["{", ".reg .pred %nf4p;", f"mov.u32 {lane}, %laneid;", f"and.b32 {lane}, {lane}, 15;",
+             f"mov.b32 {dst}, {bits(NF4_CODE[0])};"]
     for i, v in enumerate(NF4_CODE[1:], start=1):
-        lines += [f"setp.eq.u32 %nf4p, %nf4l, {i};", f"@%nf4p mov.b32 $0, {bits(v)};"]
+        lines += [f"setp.eq.u32 %nf4p, {lane}, {i};", f"@%nf4p mov.b32 {dst}, {bits(v)};"]
     return "\n".join(lines + ["}"])
 
 
+def _table_asm(fmt: str) -> str:
+    """PTX: $0 = CODE[laneid % 16] in `fmt` ($1 is a dummy operand giving the result its shape)."""
+    return "\n".join(["{", ".reg .u32 %nf4l;", lane_table_asm("$0", "%nf4l", fmt), "}"])
+
+
 # constexpr globals: jitted functions may read them (the plain strings serve CPU-only installs)
-TABLE_ASM = tl.constexpr(_table_asm()) if HAS_TRITON else _table_asm()
-HALF2_TABLE_ASM = tl.constexpr(_table_asm(_half2_bits)) if HAS_TRITON else _table_asm(_half2_bits)
+TABLE_ASM = tl.constexpr(_table_asm("f32")) if HAS_TRITON else _table_asm("f32")
+HALF2_TABLE_ASM = tl.constexpr(_table_asm("f16")) if HAS_TRITON else _table_asm("f16")
 SHFL_ASM = tl.constexpr("shfl.sync.idx.b32 $0, $1, $2, 31, -1;") if HAS_TRITON else ""
 
 

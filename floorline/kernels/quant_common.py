@@ -41,7 +41,7 @@ class QuantGemvConfig(SkinnyConfig):
     each owning one K tile (split = K / block_k) and walking row tiles; `prefetch` loads the next row
     tile's weights while the current one is summed; `half2` runs the persistent loop in packed fp16x2
     (`quant_half2`) for fp16 / bf16 activations; `pairs` runs the int4 dot path that builds its operands
-    from the words in registers (`quant_int4_pairs`; fp16 / bf16 activations, groups of >= 64)."""
+    from the words in registers (`quant_pairs`, int4 and NF4; fp16 / bf16 activations, groups of >= 64)."""
 
     programs_per_sm: int = 0
     prefetch: bool = False
@@ -56,7 +56,7 @@ class QuantGemvConfig(SkinnyConfig):
 
 # (format, N, K, M-bucket) -> config: the lines `python -m floorline.bench.quant --sweep` prints.
 # Llama-3.1-8B decode shapes, swept on an NVIDIA H200 (torch 2.11, triton 3.6), 2026-12-01 (int8/fp8 M > 1:
-# first sweep; int4 M > 1: second; nf4 M > 1: third; every M = 1 entry: later sessions' sweeps, with the
+# first sweep; 4-bit M > 1: sixth session, the pair dots; every M = 1 entry: later sessions' sweeps, with the
 # persistent 4-bit kernels).
 # Shapes and M-buckets missing here take `heuristic_config`. benchmarks/quant_h200_notes.md has the tables.
 TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
@@ -75,19 +75,18 @@ TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
     ('fp8', 4096, 14336, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=4, use_dot=False),
     ('fp8', 4096, 14336, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
     ('fp8', 4096, 14336, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
-    ('nf4', 28672, 4096, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=2, num_warps=4, num_stages=4, use_dot=True),
-    ('nf4', 28672, 4096, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=2, num_warps=4, num_stages=4, use_dot=True),
-    ('nf4', 4096, 14336, 16): QuantGemvConfig(block_n=64, block_k=256, split_k=4, num_warps=4, num_stages=3, use_dot=True),
-    ('nf4', 4096, 14336, 4): QuantGemvConfig(block_n=64, block_k=256, split_k=4, num_warps=4, num_stages=3, use_dot=True),
-    ('nf4', 4096, 4096, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=8, num_warps=4, num_stages=4, use_dot=True),
-    ('nf4', 4096, 4096, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=8, num_warps=4, num_stages=4, use_dot=True),
     ('nf4', 6144, 4096, 16): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
-    ('nf4', 6144, 4096, 4): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
     # int4 M > 1: the pair dots, 64 rows, 3 stages (sixth session, 2026-12-01, M = 4 / 16 sweeps; the same split
     # count won both buckets, and buckets 2 and 8 take it too)
     **{('int4', n, k, b): QuantGemvConfig(block_n=64, block_k=128, split_k=split, num_warps=4, num_stages=3,
                                           use_dot=True, pairs=True)
        for n, k, split in ((6144, 4096, 4), (4096, 4096, 8), (28672, 4096, 2), (4096, 14336, 8)) for b in (2, 4, 8, 16)},
+    # NF4 M > 1: the pair dots on 2 warps (mma.sync), except qkv at 8..16 rows, where the first dot path won
+    **{('nf4', n, k, b): QuantGemvConfig(block_n=64, block_k=128, split_k=split, num_warps=2, num_stages=3,
+                                         use_dot=True, pairs=True)
+       for n, k, split, buckets in ((6144, 4096, 4, (2, 4)), (4096, 4096, 4, (2, 4, 8, 16)),
+                                    (28672, 4096, 2, (2, 4, 8, 16)), (4096, 14336, 8, (2, 4, 8, 16))) for b in buckets},
+    ('nf4', 6144, 4096, 8): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
     # M = 1 4-bit: the persistent kernels where they won (third H200 session, 2026-12-01, runs 2-3; the fp16x2
     # "half2" entries and int4 o_proj from the fourth session's sweeps, same day, runs 1-2)
     ('int4', 6144, 4096, 1): QuantGemvConfig(block_n=2, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=True, half2=True),
@@ -106,8 +105,10 @@ def _base_config(fmt: str, n: int, k: int, m: int) -> QuantGemvConfig:
     Where one 4096-wide tile covers K, the persistent kernel (x loaded once per program) won every shape
     of the H200 sweep; longer K keeps the K loop: a persistent split-K (one ticket a program, 2048-wide
     K tiles) measured 16.7 us against 14.7 for the int4 down projection (too few row tiles a program)."""
-    if m > 1 and fmt == "int4":  # the pair dots: the H200 sweep's most frequent winner (64 rows, 3 stages)
-        return QuantGemvConfig(block_n=64, block_k=128, num_warps=4, num_stages=3, use_dot=True, pairs=True)
+    if m > 1 and fmt in ("int4", "nf4"):  # the pair dots: the H200 sweeps' most frequent winners (64 rows, 3 stages;
+        # NF4 on 2 warps, which takes mma.sync instead of wgmma)
+        return QuantGemvConfig(block_n=64, block_k=128, num_warps=4 if fmt == "int4" else 2, num_stages=3,
+                               use_dot=True, pairs=True)
     if m > 1:
         return QuantGemvConfig(block_n=32, block_k=256, num_warps=4, num_stages=3, use_dot=True)
     if fmt in ("int8", "fp8"):  # 1 byte a weight: bf16's 512-wide tiles hold the same bytes at 1024

@@ -44,7 +44,7 @@ from floorline.kernels.quant_common import (
     unfused_silu,
 )
 from floorline.kernels.quant_half2 import int4_mac4, x_pairs, x_scale, x_sums
-from floorline.kernels.quant_int4_pairs import int4_pairs_launch, pairs_ok
+from floorline.kernels.quant_pairs import int4_pairs_launch, pairs_ok
 from floorline.kernels.quant_packing import unpack_int4
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from floorline.kernels.nf4_lookup import NF4_CODE, lookup_id, nf4_code_of, nf4_lane_table
 from floorline.kernels.pdl import gdc_wait, pdl_args
+from floorline.kernels.quant_nf4_state import _block_absmax, _row_state
 from floorline.kernels.quant_common import (
     DOT_BLOCK_M,
     DOT_MIN_K,
@@ -45,6 +46,7 @@ from floorline.kernels.quant_common import (
     unfused_silu,
 )
 from floorline.kernels.quant_half2 import nf4_mac4, x_pairs, x_scale
+from floorline.kernels.quant_pairs import nf4_pairs_launch, pairs_ok
 from floorline.kernels.quant_packing import unpack_nf4
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
@@ -52,34 +54,6 @@ from floorline.kernels.triton_compat import tl, triton
 
 BLOCK = 64  # weights per absmax block
 NESTED_BLOCK = 256  # absmax blocks per nested (second-level) scale
-
-
-@triton.jit
-def _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, KB, kb_mask, NESTED: tl.constexpr,
-                  MASKED: tl.constexpr):
-    """absmax of blocks kb [NB] of rows rn_w [BN] -> [BN, NB] fp32."""
-    offs = rn_w.to(tl.int64)[:, None] * KB + kb[None, :]
-    if MASKED:
-        a = tl.load(a_ptr + offs, mask=kb_mask[None, :], other=0)
-    else:
-        a = tl.load(a_ptr + offs)
-    if NESTED:
-        nested = tl.load(nabs_ptr + (base[:, None] + kb[None, :]) // 256, mask=kb_mask[None, :], other=0.0)
-        a = tl.load(nmap_ptr + mbase[:, None] + a.to(tl.int32)) * nested + offset[:, None]
-    return a
-
-
-@triton.jit
-def _row_state(base_ptr, off_ptr, map_ptr, rn_w, NESTED: tl.constexpr):
-    """Per-row nested state (row_base, row_offset, row_map), loaded once per program."""
-    base = rn_w
-    mbase = rn_w
-    offset = rn_w.to(tl.float32)
-    if NESTED:
-        base = tl.load(base_ptr + rn_w)
-        mbase = tl.load(map_ptr + rn_w)
-        offset = tl.load(off_ptr + rn_w)
-    return base, offset, mbase
 
 
 @triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits"])
@@ -343,8 +317,11 @@ def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor
     if n == 0 or k == 0:
         return out.zero_()
     cfg = config or get_config("nf4", n, k, m, BLOCK, x.device)
-    check_config(cfg, m, BLOCK, "quant_nf4", dot_min_k=DOT_MIN_K)
+    pairs = cfg.use_dot and cfg.pairs and pairs_ok(x, BLOCK) and lookup in (None, "shfl")  # its own shuffles
+    check_config(cfg, m, BLOCK, "quant_nf4", dot_min_k=BLOCK if pairs else DOT_MIN_K)
     x, silu_mul = unfused_silu(x, silu_mul, cfg)
+    if pairs:
+        return nf4_pairs_launch(x, qweight, absmax, _nested_args(absmax, nested), nested is not None, code, cfg, out)
     if cfg.persistent:
         geo = persistent_geometry(cfg, n, k, out)
         _nf4_gemv_m1_kernel[(geo.programs,)](

@@ -1,4 +1,4 @@
-"""int4 dot path for 2..16 rows that builds the tensor-core operand from the packed words in registers.
+"""4-bit dot paths for 2..16 rows that build the tensor-core operands from the packed words in registers.
 
 The first dot path (`quant_int4`'s USE_DOT) dequantizes every slot to fp32 (q - z) * s, joins the
 eight slots into one tile and sends it through shared memory to reach the dot operand layout: about
@@ -21,6 +21,15 @@ instructions a weight at 128 rows and 4 warps (`scripts/dot_path_study.py`'s cou
 designs: 3.3-4.4). Needs 16-bit activations (fp32 keeps the first path) and groups of >= 64
 (a pair's dot has 2 G / 8 >= 16 columns).
 
+NF4 (slot s at bits 4s) pairs slots (s, s + 4), at bits 4s | 16 + 4s. Its operand is the code
+table's value, read as in the M = 1 kernels by `shfl.idx` from a lane table, here of CODE[lane % 16]
+rounded to the activation dtype in both halves: two shuffles and a LOP3 (low half of one, high half
+of the other) a pair. The table is built inside the same asm block from %laneid (a unary op is what
+Triton moves into the operand layout); ptxas computes it once, outside the loop. Each 64-weight
+block's four dots (16 columns each) are scaled by its absmax in fp32. The codes are rounded to the
+activation dtype before the products (the first path rounds code x absmax instead): the same size
+of error, one rounding a weight.
+
 The interpreter has no inline assembly: EMULATE builds the same operands with Triton ops from the
 words (int32) and checks the pairing and the zero / scale algebra on the CPU in fp16.
 """
@@ -29,8 +38,10 @@ from __future__ import annotations
 
 import torch
 
+from floorline.kernels.nf4_lookup import lane_table_asm
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import DOT_BLOCK_M, QuantGemvConfig, _slot_dot_epilogue, geometry
+from floorline.kernels.quant_nf4_state import _block_absmax, _row_state
 from floorline.kernels.triton_compat import HAS_TRITON, tl, triton
 
 # (low slot, high slot) of pair P = 0..3 (`_pair_group`'s x columns; `_SHIFTS[P]` puts it at bits 3..6)
@@ -51,6 +62,19 @@ _SHIFTS = ("mov.b32 %pw, $1;", "shr.u32 %pw, $1, 4;", "shr.u32 %pw, $1, 8;", "sh
 _wrap = tl.constexpr if HAS_TRITON else (lambda s: s)
 PAIR_ASM_BF16 = _wrap(tuple(_pair_asm(s, MAGIC[False]) for s in _SHIFTS))
 PAIR_ASM_FP16 = _wrap(tuple(_pair_asm(s, MAGIC[True]) for s in _SHIFTS))
+
+
+def _nf4_pair_asm(s: int, fp16: bool) -> str:
+    """PTX: $0 = (CODE[q_s], CODE[q_{s+4}]) as two 16-bit floats from the word $1 (lane table inline)."""
+    lo = "mov.b32 %ni, $1;" if s == 0 else f"shr.u32 %ni, $1, {4 * s};"
+    return "\n".join(["{", ".reg .b32 %nt, %na, %nb, %ni;", lane_table_asm("%nt", "%ni", "f16" if fp16 else "bf16"),
+                      lo, "shfl.sync.idx.b32 %na, %nt, %ni, 31, -1;", f"shr.u32 %ni, $1, {16 + 4 * s};",
+                      "shfl.sync.idx.b32 %nb, %nt, %ni, 31, -1;",
+                      "lop3.b32 $0, %na, %nb, 0x0000FFFF, 0xE4;", "}"])  # low half of a, high half of b
+
+
+NF4_PAIR_ASM_BF16 = _wrap(tuple(_nf4_pair_asm(s, False) for s in range(4)))
+NF4_PAIR_ASM_FP16 = _wrap(tuple(_nf4_pair_asm(s, True) for s in range(4)))
 
 
 @triton.jit
@@ -172,8 +196,84 @@ def _int4_pairs_kernel(
 
 
 
+@triton.jit
+def _nf4_pair_operand(wh, code_ptr, S: tl.constexpr, FP16: tl.constexpr, EMULATE: tl.constexpr):
+    """[BN, 16] 16-bit CODE values of pair (S, S + 4) from the words' halves wh [BN, 16] (int16)."""
+    if EMULATE:
+        BN: tl.constexpr = wh.shape[0]
+        lo, hi = tl.split(tl.reshape(wh, (BN, 8, 2)))  # lo holds slots 0..3, hi slots 4..7 (as bits 16..31)
+        c_lo = tl.load(code_ptr + ((lo.to(tl.int32) >> (4 * S)) & 15))
+        c_hi = tl.load(code_ptr + ((hi.to(tl.int32) >> (4 * S)) & 15))
+        if FP16:
+            return tl.reshape(tl.join(c_lo.to(tl.float16), c_hi.to(tl.float16)), (BN, 16))
+        else:
+            return tl.reshape(tl.join(c_lo.to(tl.bfloat16), c_hi.to(tl.bfloat16)), (BN, 16))
+    elif FP16:
+        return tl.inline_asm_elementwise(NF4_PAIR_ASM_FP16[S], "=r,r", [wh], dtype=tl.float16, is_pure=True, pack=2)
+    else:
+        return tl.inline_asm_elementwise(NF4_PAIR_ASM_BF16[S], "=r,r", [wh], dtype=tl.bfloat16, is_pure=True,
+                                         pack=2)
+
+
+@triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits"])
+def _nf4_pairs_kernel(
+    x_ptr,  # [M, K] fp16 / bf16, last-dim stride 1
+    q_ptr,  # the int32 words [N, K / 8] seen as int16 [N, K / 4]
+    a_ptr, nabs_ptr, nmap_ptr, base_ptr, off_ptr, map_ptr,  # absmax and nested state (quant_nf4)
+    code_ptr,  # [16] fp32 NF4 code (EMULATE only; the GPU's table is NF4_CODE)
+    out_ptr, ws_ptr, cnt_ptr,
+    M, N, K, stride_xm, stride_qn16, k_blocks_per_split, num_splits,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
+    EVEN_K: tl.constexpr, SPLIT: tl.constexpr, FP16: tl.constexpr, NESTED: tl.constexpr,
+    EMULATE: tl.constexpr = False, USE_PDL: tl.constexpr = False,
+):
+    if USE_PDL:
+        gdc_wait()
+    NB: tl.constexpr = BLOCK_K // 64
+    KB = K // 64
+    tile = tl.program_id(0)
+    split = tl.program_id(1)
+    k_start = split * k_blocks_per_split * BLOCK_K
+    k_end = tl.minimum(K, k_start + k_blocks_per_split * BLOCK_K)
+    rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
+    base, offset, mbase = _row_state(base_ptr, off_ptr, map_ptr, rn_w, NESTED)
+    rh = tl.arange(0, 16)
+    rm = tl.arange(0, BLOCK_M)
+    m_mask = (rm < M)[:, None]
+    rj = tl.arange(0, 8)[None, :]
+    q_ptrs = q_ptr + rn_w.to(tl.int64)[:, None] * stride_qn16 + k_start // 4 + rh[None, :]  # [BN, 16]
+    x_ptrs = x_ptr + rm[:, None] * stride_xm + k_start + rj  # [BM, 8]
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+        for b in tl.static_range(NB):
+            kb = k // 64 + b + tl.arange(0, 1)
+            kb_ok = kb < KB
+            if EVEN_K:
+                wh = tl.load(q_ptrs + b * 16, eviction_policy="evict_first")
+            else:  # blocks past the end (a partial last tile) read as zero weights
+                wh = tl.load(q_ptrs + b * 16, mask=kb_ok[:, None] & (rn_w[:, None] >= 0), other=0,
+                             eviction_policy="evict_first")
+            absmax = tl.reshape(_block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, KB, kb_ok,
+                                              NESTED, not EVEN_K), (BLOCK_N,))
+            xb = x_ptrs + b * 64
+            kx = k + b * 64 + rj
+            t = tl.dot(_nf4_pair_operand(wh, code_ptr, 0, FP16, EMULATE), tl.trans(_pair_x(xb, kx, K, m_mask, 0, 4, 8,
+                                                                                          EVEN_K)))
+            t = tl.dot(_nf4_pair_operand(wh, code_ptr, 1, FP16, EMULATE), tl.trans(_pair_x(xb, kx, K, m_mask, 1, 5, 8,
+                                                                                          EVEN_K)), t)
+            t = tl.dot(_nf4_pair_operand(wh, code_ptr, 2, FP16, EMULATE), tl.trans(_pair_x(xb, kx, K, m_mask, 2, 6, 8,
+                                                                                          EVEN_K)), t)
+            t = tl.dot(_nf4_pair_operand(wh, code_ptr, 3, FP16, EMULATE), tl.trans(_pair_x(xb, kx, K, m_mask, 3, 7, 8,
+                                                                                          EVEN_K)), t)
+            acc += absmax[:, None] * t
+        q_ptrs += BLOCK_K // 4
+        x_ptrs += BLOCK_K
+    _slot_dot_epilogue(tl.trans(acc), rn, M, N, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, BLOCK_M, SPLIT)
+
+
 def pairs_ok(x: torch.Tensor, group: int) -> bool:
-    """Whether this path takes x: 16-bit activations and groups of >= 64 (module docstring)."""
+    """Whether these paths take x: 16-bit activations and groups (NF4: blocks) of >= 64 (module docstring)."""
     return x.dtype in (torch.float16, torch.bfloat16) and group >= 64
 
 
@@ -188,6 +288,24 @@ def int4_pairs_launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
         m, n, k, kp // group, x.stride(0), 2 * qweight.stride(0), geo.blocks_per_split, geo.splits,
         BLOCK_M=DOT_BLOCK_M, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group, NUM_STAGES=cfg.num_stages,
         EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1, FP16=x.dtype == torch.float16,
+        EMULATE=x.device.type != "cuda",
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
+    )
+    return out
+
+
+def nf4_pairs_launch(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, nested_args: tuple,
+                     nested: bool, code: torch.Tensor, cfg: QuantGemvConfig, out: torch.Tensor) -> torch.Tensor:
+    """`_nf4_pairs_kernel` on x [M, K] (checked by `nf4_gemv_triton`) into out [M, N]; `code` must be NF4_CODE
+    (the loaders accept no other quant_map)."""
+    m, n = x.shape[0], qweight.shape[0]
+    k = 8 * qweight.shape[1]
+    geo = geometry(cfg, m, n, k, out)
+    _nf4_pairs_kernel[(geo.tiles, geo.splits)](
+        x, qweight.view(torch.int16), absmax, *nested_args, code, out, geo.ws, geo.tickets,
+        m, n, k, x.stride(0), 2 * qweight.stride(0), geo.blocks_per_split, geo.splits,
+        BLOCK_M=DOT_BLOCK_M, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, NUM_STAGES=cfg.num_stages,
+        EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1, FP16=x.dtype == torch.float16, NESTED=nested,
         EMULATE=x.device.type != "cuda",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
     )
