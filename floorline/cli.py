@@ -35,6 +35,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantization", default=None,
                    help="quantize weights on load: int8, int4, nf4, fp8, fp8-w8a8 (pre-quantized AWQ, GPTQ, "
                         "bitsandbytes-nf4 and floorline checkpoints are detected from their config)")
+    p.add_argument("--lm-head-quantization", default=None, metavar="FORMAT",
+                   help="with --quantization: store the LM head in int8, int4, nf4 or fp8 too (default: 16-bit); "
+                        "e.g. int4 weights with an int8 head, as llama.cpp's Q4_K_M files keep a 6-bit one")
 
 
 def engine_args_from(ns: argparse.Namespace):
@@ -46,7 +49,8 @@ def engine_args_from(ns: argparse.Namespace):
                       gpu_memory_utilization=ns.gpu_memory_utilization,
                       max_num_batched_tokens=ns.max_num_batched_tokens,
                       enable_prefix_caching=not ns.no_prefix_caching, enforce_eager=ns.enforce_eager,
-                      quantization=getattr(ns, "quantization", None))
+                      quantization=getattr(ns, "quantization", None),
+                      lm_head_quantization=getattr(ns, "lm_head_quantization", None))
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:

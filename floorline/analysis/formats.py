@@ -143,3 +143,10 @@ def engine_formats(model, dtype) -> tuple[str, str]:
     weight, kv = by_dtype[dtype]
     label = quantization_label(model)
     return (weight if label == "none" else label), kv
+
+
+def engine_head_format(model) -> str | None:
+    """The LM head's format for `decode_floor` where it is quantized (`--lm-head-quantization`), else None
+    (the floor's default: 16-bit)."""
+    proj = getattr(getattr(model, "lm_head", None), "proj", None)
+    return None if proj is None else proj.quant_method.name

@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from floorline.analysis.formats import engine_formats
+from floorline.analysis.formats import engine_formats, engine_head_format
 from floorline.analysis.floor import FloorResult, decode_floor
 from floorline.errors import FloorlineError
 
@@ -226,7 +226,8 @@ def measure_decode(engine, context: int, batch: int = 1, num_steps: int = 32, wa
     bw = bandwidth if bandwidth is not None else measure_read_bandwidth(device)
     spec = gpu if gpu is not None else present_gpu_spec(device.index or 0, bw)
     fmt, kv = engine_formats(engine.model, engine.dtype)
-    floor = decode_floor(cfg, spec, context, batch, fmt, kv, bandwidth=bw, bandwidth_source="measured")
+    floor = decode_floor(cfg, spec, context, batch, fmt, kv, bandwidth=bw, bandwidth_source="measured",
+                         lm_head_format=engine_head_format(engine.model))
     result = DecodeMeasurement(model=cfg.name or cfg.architecture, gpu=spec.name, context=context, batch=batch,
                                bandwidth=bw, floor=floor, step_graphs_s=None, step_eager_s=None)
     rng = random.Random(context)

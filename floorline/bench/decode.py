@@ -35,7 +35,7 @@ def _floor_ms(engine: LLMEngine, context: int, batch: int, bandwidth: float | No
     if bandwidth is None:
         return None
     from floorline.analysis.floor import decode_floor
-    from floorline.analysis.formats import engine_formats
+    from floorline.analysis.formats import engine_formats, engine_head_format
     from floorline.analysis.gpus import GPUSpec, present_gpu_spec
 
     if engine.device.type == "cuda":
@@ -44,7 +44,8 @@ def _floor_ms(engine: LLMEngine, context: int, batch: int, bandwidth: float | No
         gpu = GPUSpec("cpu", bandwidth, 0.0, None, None, None)
     weight_format, kv_format = engine_formats(engine.model, engine.dtype)
     result = decode_floor(engine.model_config, gpu, context, batch, weight_format=weight_format,
-                          kv_format=kv_format, bandwidth=bandwidth, bandwidth_source="measured")
+                          kv_format=kv_format, bandwidth=bandwidth, bandwidth_source="measured",
+                          lm_head_format=engine_head_format(engine.model))
     return result.memory_time_s * 1e3, result.total_bytes
 
 

@@ -175,7 +175,8 @@ def sweep_candidates(fmt: str, m: int, k: int = 4096) -> list[QuantGemvConfig]:
             tiles = ((32, 256, 4, 4), (16, 256, 2, 4), (64, 128, 4, 4), (32, 512, 4, 3), (64, 256, 8, 3))
         # the pair dots (quant_pairs); their winners' split counts come from `split_variants`
         pairs = ((64, 128, 4, 3), (64, 128, 4, 4), (64, 128, 4, 2), (128, 128, 4, 3), (64, 256, 4, 3),
-                 (64, 128, 2, 3)) + (((64, 64, 4, 3), (128, 64, 4, 3)) if fmt == "nf4" else ())
+                 (64, 128, 2, 3)) + (((64, 64, 4, 3), (128, 64, 4, 3), (128, 128, 2, 3), (32, 128, 2, 3),
+                                      (64, 256, 2, 3)) if fmt == "nf4" else ())
         return ([QuantGemvConfig(bn, bk, 1, w, s, True, pairs=True) for bn, bk, w, s in pairs]
                 + [QuantGemvConfig(bn, bk, 1, w, s, True) for bn, bk, w, s in tiles])
     if four_bit:  # long K tiles: lanes along K, rows per thread (kernels/quant_int4.py)

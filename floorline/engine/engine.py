@@ -49,6 +49,7 @@ class EngineArgs:
     enforce_eager: bool = False  # CUDA only: skip CUDA-graph capture (graphs are never used on CPU)
     async_scheduling: bool | None = None  # schedule step N+1 while N runs; None: on for CUDA
     quantization: str | None = None  # int8 | int4 | nf4 | fp8 | fp8-w8a8: quantize weights on load
+    lm_head_quantization: str | None = None  # with `quantization`: the LM head's format (int8 | int4 | nf4 | fp8)
 
 
 class LLMEngine:
@@ -73,7 +74,7 @@ class LLMEngine:
         self.startup_times["tokenizer"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         self.model = load_model(source, cfg, self.dtype, self.device, args.load_format, max_positions=max_len,
-                                quantization=args.quantization)
+                                quantization=args.quantization, lm_head_quantization=args.lm_head_quantization)
         self.startup_times["weights"] = time.perf_counter() - t1
         cache_cfg = CacheConfig(block_size=args.block_size, num_blocks=args.num_kv_blocks,
                                 kv_cache_memory_gb=args.kv_cache_memory_gb,

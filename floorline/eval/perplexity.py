@@ -111,10 +111,12 @@ def perplexity(engine, token_ids: list[int], window: int = 512, stride: int = 25
 
 
 def quantization_label(model: torch.nn.Module) -> str:
-    """The weight formats of a built model's Linear layers, e.g. "int4", or "none"."""
+    """The weight formats of a built model's Linear layers, e.g. "int4", or "none"; a quantized LM head
+    (`--lm-head-quantization`, which may differ) is not counted."""
     from floorline.layers.linear import Linear
 
-    names = sorted({m.quant_method.name for m in model.modules() if isinstance(m, Linear)} - {"none"})
+    names = sorted({m.quant_method.name for m in model.modules()
+                    if isinstance(m, Linear) and m.prefix != "lm_head"} - {"none"})
     return "+".join(names) or "none"
 
 

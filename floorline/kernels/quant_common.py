@@ -87,6 +87,10 @@ TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
        for n, k, split, buckets in ((6144, 4096, 4, (2, 4)), (4096, 4096, 4, (2, 4, 8, 16)),
                                     (28672, 4096, 2, (2, 4, 8, 16)), (4096, 14336, 8, (2, 4, 8, 16))) for b in buckets},
     ('nf4', 6144, 4096, 8): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
+    # the LM head (`--lm-head-quantization`), M = 1 (sixth session's sweep)
+    ('int8', 128256, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=4, use_dot=False),
+    ('fp8', 128256, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=4, use_dot=False),
+    ('int4', 128256, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=1, num_stages=1, use_dot=False, programs_per_sm=12, prefetch=False, half2=True),
     # M = 1 4-bit: the persistent kernels where they won (third H200 session, 2026-12-01, runs 2-3; the fp16x2
     # "half2" entries and int4 o_proj from the fourth session's sweeps, same day, runs 1-2)
     ('int4', 6144, 4096, 1): QuantGemvConfig(block_n=2, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=True, half2=True),
@@ -112,8 +116,9 @@ def _base_config(fmt: str, n: int, k: int, m: int) -> QuantGemvConfig:
     if m > 1:
         return QuantGemvConfig(block_n=32, block_k=256, num_warps=4, num_stages=3, use_dot=True)
     if fmt in ("int8", "fp8"):  # 1 byte a weight: bf16's 512-wide tiles hold the same bytes at 1024
-        if n >= 16384:
-            return QuantGemvConfig(block_n=16, block_k=1024, num_warps=8, num_stages=2)
+        if n >= 16384:  # the H200 winner at both tall shapes (gate_up, the LM head: 118 us against 179 for
+            # the earlier n16 k1024 w8 st2)
+            return QuantGemvConfig(block_n=16, block_k=512, num_warps=4, num_stages=4)
         return QuantGemvConfig(block_n=8, block_k=1024, num_warps=4, num_stages=3)
     if k <= 4096 and fmt == "int4":  # the fp16x2 loop: it won the long shape (gate_up) and tied qkv
         return QuantGemvConfig(block_n=4, block_k=4096, num_warps=2, num_stages=1, programs_per_sm=10, half2=True)

@@ -154,7 +154,12 @@ class LlamaForCausalLM(torch.nn.Module):
         optional: set[str] = set()
         names = {"model.embed_tokens.weight", "model.norm.weight"}
         if not cfg.tie_word_embeddings:
-            names.add("lm_head.weight")
+            head = self.lm_head.load_target()
+            if isinstance(head, Linear):  # a quantized head: its method's parts (e.g. qweight, scales)
+                names |= {f"lm_head.{s}" for s in head.weight_names()}
+                optional |= {f"lm_head.{s}" for s in head.optional_weight_names()}
+            else:
+                names.add("lm_head.weight")
         for i in range(cfg.num_layers):
             p = f"model.layers.{i}"
             names |= {f"{p}.input_layernorm.weight", f"{p}.post_attention_layernorm.weight"}
@@ -190,9 +195,10 @@ class LlamaForCausalLM(torch.nn.Module):
                 except AttributeError:
                     continue
             raise WeightMismatchError(f"{name} names no module of the model")
+        if name.startswith("lm_head."):
+            return self.lm_head.load_target(), 0, name[len("lm_head."):]
         module_path, kind = name.rsplit(".", 1)
-        module = {"model.embed_tokens": self.embed_tokens, "model.norm": self.norm,
-                  "lm_head": self.lm_head}[module_path]
+        module = {"model.embed_tokens": self.embed_tokens, "model.norm": self.norm}[module_path]
         return module, 0, kind
 
     def _load_one(self, name: str, tensor: torch.Tensor) -> None:

@@ -30,8 +30,8 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 def quantize_checkpoint(model: str | None, quantization: str, output: str | Path, dtype: str = "auto",
-                        device: str = "cpu", progress: bool | None = None) -> Path:
-    """Quantizes `model` to `output` (a new directory); returns its path."""
+                        device: str = "cpu", progress: bool | None = None, lm_head: str | None = None) -> Path:
+    """Quantizes `model` to `output` (a new directory); returns its path. `lm_head`: the LM head's format."""
     from floorline.weights.loader import _weight_stream, load_model, load_model_config
 
     out = Path(output).expanduser()
@@ -45,13 +45,17 @@ def quantize_checkpoint(model: str | None, quantization: str, output: str | Path
         method = hf_cfg["quantization_config"].get("quant_method")
         raise FloorlineError(f"{source.name} is already quantized ({method})")
     dev = torch.device(device)
-    quant = resolve_quantization(quantization, None, dev)
-    if quant is None:
+    if quantization is None or quantization.lower() in ("", "none"):
         raise FloorlineError("quantize needs --quantization (int8, int4, nf4, fp8)")
+    quant = resolve_quantization(quantization, None, dev, lm_head=lm_head)
+    if quant.lm_head and quant.format == "nf4":
+        raise FloorlineError("--lm-head-quantization: NF4 checkpoints are written in the bitsandbytes format, which "
+                             "keeps the LM head unquantized; drop the flag (int8, int4 and fp8 checkpoints take it)")
     cfg = load_model_config(source)
     save_dtype = _save_dtype(dtype, cfg)
     # built in the dtype it is saved in (quantized values do not depend on it; NF4's quant_state records it)
-    built = load_model(source, cfg, save_dtype, dev, quantization=quantization, progress=progress)
+    built = load_model(source, cfg, save_dtype, dev, quantization=quantization, progress=progress,
+                       lm_head_quantization=lm_head)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

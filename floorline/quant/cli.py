@@ -10,7 +10,7 @@ from pathlib import Path
 
 from floorline.cli import COMMANDS
 from floorline.errors import FloorlineError
-from floorline.quant.config import ON_LOAD
+from floorline.quant.config import HEAD_FORMATS, ON_LOAD
 
 
 def _quantize_args(p: argparse.ArgumentParser) -> None:
@@ -19,12 +19,15 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", required=True, help="new directory for the quantized checkpoint")
     p.add_argument("--dtype", default="auto", help="dtype of the unquantized tensors (default: the checkpoint's)")
     p.add_argument("--device", default="cpu", help="where to quantize: cpu (default) or cuda")
+    p.add_argument("--lm-head-quantization", default=None, choices=list(HEAD_FORMATS),
+                   help="store the LM head in this format too (default: 16-bit; not with nf4)")
 
 
 def _run_quantize(ns: argparse.Namespace) -> int:
     from floorline.quant.checkpoint import quantize_checkpoint
 
-    out = quantize_checkpoint(ns.model, ns.quantization, ns.output, dtype=ns.dtype, device=ns.device)
+    out = quantize_checkpoint(ns.model, ns.quantization, ns.output, dtype=ns.dtype, device=ns.device,
+                              lm_head=ns.lm_head_quantization)
     size = sum(f.stat().st_size for f in out.iterdir() if f.suffix == ".safetensors")
     print(f"wrote {out} ({size / 1e6:.1f} MB of weights, {ns.quantization}); "
           f"run it with: floorline generate --model {out}")
@@ -44,6 +47,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--dtype", default="auto")
     e.add_argument("--device", default="auto")
     e.add_argument("--no-reference", action="store_true", help="skip the unquantized run (no top-1 agreement)")
+    e.add_argument("--lm-head-quantization", default=None, choices=list(HEAD_FORMATS),
+                   help="the quantized rows' LM head format (default: 16-bit)")
     e.add_argument("--json", default=None, help="also write the rows as JSON here")
 
 
@@ -52,6 +57,7 @@ def _engine(ns: argparse.Namespace, quantization: str | None):
 
     blocks = -(-ns.window // 16) + 2
     return LLMEngine(EngineArgs(model=ns.model, dtype=ns.dtype, device=ns.device, quantization=quantization,
+                                lm_head_quantization=ns.lm_head_quantization if quantization else None,
                                 num_kv_blocks=blocks, max_num_seqs=1, enforce_eager=True, async_scheduling=False))
 
 
@@ -86,7 +92,8 @@ def _run_eval(ns: argparse.Namespace) -> int:
         res = perplexity(engine, ids, ns.window, ns.stride)
         nbytes, nweights = linear_weight_stats(engine.model)
         ref = res if q == "none" else ref
-        label = q if q != "none" else quantization_label(engine.model)  # a pre-quantized checkpoint says so
+        head = f" (LM head {ns.lm_head_quantization})" if ns.lm_head_quantization else ""
+        label = quantization_label(engine.model) if q == "none" else q + head
         rows.append({"quantization": label, "linear_mb": nbytes / 1e6, "bits_per_weight": 8 * nbytes / max(nweights, 1),
                      "ppl": res.ppl, "top1_agreement": None if ref is None or q == "none" else res.agreement(ref),
                      "seconds": res.seconds, "tokens": res.num_tokens})

@@ -16,6 +16,7 @@ ON_LOAD = ("int8", "int4", "nf4", "fp8", "fp8-w8a8")
 CHECKPOINT_FORMATS = ("awq (4-bit, GEMM packing)", "gptq (4-bit, desc_act=false)",
                       "bitsandbytes (load_in_4bit, nf4)", "floorline (written by `floorline quantize`)")
 FLOORLINE_METHOD = "floorline"
+HEAD_FORMATS = ("int8", "int4", "nf4", "fp8")  # --lm-head-quantization (an fp8 head is weight-only)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class QuantConfig:
     nested: bool = True  # nf4 double quantization
     w8a8: bool = False  # fp8: prefill on FP8 tensor cores (Hopper)
     skip_modules: tuple[str, ...] = ()  # layers the checkpoint left unquantized
+    lm_head: str | None = None  # the LM head's format (`--lm-head-quantization`), None: 16-bit
 
     @property
     def label(self) -> str:
@@ -36,6 +38,8 @@ class QuantConfig:
             base = "fp8-w8a8"
         else:
             base = self.format
+        if self.lm_head:
+            base += f" (LM head {self.lm_head})"
         return base if self.source in ("quantize", "floorline") else f"{base} ({self.source})"
 
     def accepts(self, requested: str) -> bool:
@@ -68,6 +72,13 @@ class QuantConfig:
         source = {"quantize": "rtn"}.get(self.source, self.source)
         return Int4Method(source=source, group_size=self.group_size, zero_offset=self.zero_offset)
 
+    def lm_head_method(self) -> QuantMethod | None:
+        """The LM head's QuantMethod, or None where it stays 16-bit."""
+        if self.lm_head is None:
+            return None
+        source = "quantize" if self.source == "quantize" else FLOORLINE_METHOD
+        return QuantConfig(self.lm_head, source, group_size=self.group_size).method_for("lm_head")
+
     def checkpoint_config(self) -> dict[str, Any]:
         """The `quantization_config` of a checkpoint written by `floorline quantize` (NF4: bitsandbytes')."""
         if self.format == "nf4":
@@ -77,6 +88,8 @@ class QuantConfig:
         cfg: dict[str, Any] = {"quant_method": FLOORLINE_METHOD, "format": self.format}
         if self.format == "int4":
             cfg["group_size"] = self.group_size
+        if self.lm_head:
+            cfg["lm_head"] = self.lm_head
         return cfg
 
 
@@ -86,25 +99,39 @@ def _skipped(prefix: str, skip: tuple[str, ...]) -> bool:
 
 
 def resolve_quantization(requested: str | None, hf_quant: dict[str, Any] | None,
-                         device: torch.device) -> QuantConfig | None:
-    """The model's QuantConfig, or None for plain weights. Raises a clear error for what is unsupported."""
+                         device: torch.device, lm_head: str | None = None) -> QuantConfig | None:
+    """The model's QuantConfig, or None for plain weights. Raises a clear error for what is unsupported.
+
+    `lm_head` (`--lm-head-quantization`): the format the LM head is quantized to on load (None: 16-bit)."""
     if requested is not None and requested.lower() in ("none", ""):
         requested = None
+    if lm_head is not None and lm_head.lower() in ("none", ""):
+        lm_head = None
+    if lm_head is not None and lm_head.lower() not in HEAD_FORMATS:
+        raise FloorlineError(f"unknown LM head quantization {lm_head!r}; accepted: none, {', '.join(HEAD_FORMATS)}")
+    lm_head = lm_head.lower() if lm_head else None
     if hf_quant:
         cfg = from_checkpoint(hf_quant, device, requested)
         if requested is not None and not cfg.accepts(requested):
             raise FloorlineError(f"the checkpoint is already quantized ({cfg.label}); drop --quantization "
                                  f"{requested} (or pass --quantization {cfg.format})")
+        if lm_head is not None and lm_head != cfg.lm_head:
+            raise FloorlineError(f"--lm-head-quantization {lm_head}: this checkpoint ({cfg.label}) is already "
+                                 "quantized and its LM head is stored as it is; drop the flag, or quantize a float "
+                                 "checkpoint (--quantization ... --lm-head-quantization ...)")
         return cfg
     if requested is None:
+        if lm_head is not None:
+            raise FloorlineError(f"--lm-head-quantization needs --quantization (one of {', '.join(ON_LOAD)}): it "
+                                 "sets the LM head's format when the other weights are quantized on load")
         return None
     key = requested.lower()
     if key not in ON_LOAD:
         raise FloorlineError(f"unknown quantization {requested!r}; accepted: none, {', '.join(ON_LOAD)} "
                              f"(and pre-quantized checkpoints: {', '.join(CHECKPOINT_FORMATS)})")
     if key.startswith("fp8"):
-        return QuantConfig("fp8", "quantize", w8a8=_fp8_w8a8(key, device))
-    return QuantConfig(key, "quantize")
+        return QuantConfig("fp8", "quantize", w8a8=_fp8_w8a8(key, device), lm_head=lm_head)
+    return QuantConfig(key, "quantize", lm_head=lm_head)
 
 
 def _fp8_w8a8(requested: str | None, device: torch.device) -> bool:
@@ -152,7 +179,17 @@ def from_checkpoint(q: dict[str, Any], device: torch.device, requested: str | No
             raise UnsupportedModelError(f"floorline quantization format {fmt!r} is not supported here; "
                                         "supported: int8, int4, fp8 (NF4 is written in the bitsandbytes format)")
         return QuantConfig(fmt, FLOORLINE_METHOD, group_size=int(q.get("group_size", 128)),
-                           w8a8=fmt == "fp8" and _fp8_w8a8(requested, device))
+                           w8a8=fmt == "fp8" and _fp8_w8a8(requested, device), lm_head=_head_format(q.get("lm_head")))
     raise UnsupportedModelError(f"checkpoint quantization {method or q!r} is not supported; supported: "
                                 f"{', '.join(CHECKPOINT_FORMATS)}, or a float checkpoint with --quantization "
                                 f"{'/'.join(ON_LOAD)}")
+
+
+def _head_format(value: Any) -> str | None:
+    """A floorline checkpoint's `lm_head` entry: None (16-bit) or one of HEAD_FORMATS."""
+    if value is None:
+        return None
+    if value not in HEAD_FORMATS:
+        raise UnsupportedModelError(f"floorline checkpoint: LM head format {value!r} is not supported; supported: "
+                                    f"{', '.join(HEAD_FORMATS)}")
+    return value

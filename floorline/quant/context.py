@@ -31,3 +31,8 @@ def quantization_context(config: QuantConfig | None) -> Iterator[None]:
 def method_for_linear(prefix: str) -> QuantMethod | None:
     """The QuantMethod for the Linear named `prefix`, or None for plain weights."""
     return None if _current is None else _current.method_for(prefix)
+
+
+def method_for_lm_head() -> QuantMethod | None:
+    """The LM head's QuantMethod where the config quantizes it (`QuantConfig.lm_head`), else None."""
+    return None if _current is None else _current.lm_head_method()

@@ -44,11 +44,13 @@ def load_model(
     max_positions: int | None = None,
     progress: bool | None = None,
     quantization: str | None = None,
+    lm_head_quantization: str | None = None,
 ) -> torch.nn.Module:
     """Builds the model on `device` and fills its weights from the source (or randomly for "dummy").
 
     `quantization` (int8, int4, nf4, fp8, fp8-w8a8) quantizes float weights as they load; a checkpoint
-    whose config.json has a `quantization_config` loads as it is stored (floorline.quant.config).
+    whose config.json has a `quantization_config` loads as it is stored (floorline.quant.config);
+    `lm_head_quantization` quantizes the LM head on load too, to that format.
     """
     if load_format not in LOAD_FORMATS:
         raise FloorlineError(f"unknown load format {load_format!r}; accepted: {', '.join(LOAD_FORMATS)}")
@@ -56,7 +58,7 @@ def load_model(
         raise FloorlineError(
             f"{source.name} is a shipped config without weights: add --load-format dummy for random weights"
         )
-    quant = resolve_quantization(quantization, _checkpoint_quantization(source), device)
+    quant = resolve_quantization(quantization, _checkpoint_quantization(source), device, lm_head=lm_head_quantization)
     with torch.device(device), quantization_context(quant):
         model = build_model(cfg, dtype, device, max_positions=max_positions)
     if load_format == "dummy":

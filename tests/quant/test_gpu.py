@@ -91,6 +91,15 @@ def test_gpu_pair_dots_match_reference(fmt, dtype, k, n, cfg):
 
 
 @pytest.mark.parametrize("fmt", list(METHODS))
+def test_gpu_lm_head_shape_takes_the_default_configs(fmt):
+    """`--quantize-lm-head` at Llama-3's vocabulary: no table entry, so the heuristic configs."""
+    layer, w = _layer(fmt, 4096, 128256)
+    for m in (1, 4):
+        x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
+        assert _rel(layer.quant_method.gemv(layer, x, False), F.linear(x.float(), w)) < 1e-2
+
+
+@pytest.mark.parametrize("fmt", list(METHODS))
 def test_gpu_prefill_dequantizes_then_uses_tensor_cores(fmt):
     layer, w = _layer(fmt, 4096, 1024)
     x = torch.randn(100, 4096, device="cuda", dtype=torch.bfloat16)
@@ -132,14 +141,16 @@ def test_gpu_fp8_w8a8_scaled_mm_matches_reference():
 
 
 @pytest.mark.parametrize("fmt", list(METHODS))
-def test_gpu_engine_graphs_equal_eager_in_every_format(quant_tiny_dir, fmt):
+@pytest.mark.parametrize("head", [False, True], ids=["", "quantized-lm-head"])
+def test_gpu_engine_graphs_equal_eager_in_every_format(quant_tiny_dir, fmt, head):
     from floorline.api import LLM
     from floorline.sampling_params import SamplingParams
 
     prompts = [[5, 17, 3, 99, 140, 7], [61, 8, 200, 1], list(range(3, 40))]
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
-    eager = LLM(quant_tiny_dir, quantization=fmt, enforce_eager=True, num_kv_blocks=64, max_num_seqs=8)
-    graphs = LLM(quant_tiny_dir, quantization=fmt, num_kv_blocks=64, max_num_seqs=8)
+    kw = dict(quantization=fmt, lm_head_quantization=fmt if head else None, num_kv_blocks=64, max_num_seqs=8)
+    eager = LLM(quant_tiny_dir, enforce_eager=True, **kw)
+    graphs = LLM(quant_tiny_dir, **kw)
     want = [o.outputs[0].token_ids for o in eager.generate(prompts, params)]
     assert [o.outputs[0].token_ids for o in graphs.generate(prompts, params)] == want
 
