@@ -306,6 +306,19 @@ def _load_x(ptrs, mask, K, X_SILU_MUL: tl.constexpr, MASKED: tl.constexpr = True
 
 
 @triton.jit
+def _split_tile(k_limit, k_blocks_per_split, N, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(tile, split, k_start, k_end, rn, rn_w) of a K-loop program on a (tiles, splits) grid: its rows rn,
+    clamped to N - 1 in rn_w (past-N rows re-read row N - 1: unmasked loads, masked stores), and its
+    split's K range, cut at k_limit."""
+    tile = tl.program_id(0)
+    split = tl.program_id(1)
+    k_start = split * k_blocks_per_split * BLOCK_K
+    k_end = tl.minimum(k_limit, k_start + k_blocks_per_split * BLOCK_K)
+    rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    return tile, split, k_start, k_end, rn, tl.minimum(rn, N - 1)
+
+
+@triton.jit
 def _join_slots(w0, w1, w2, w3, w4, w5, w6, w7):
     """Eight [..] tensors -> [.., 2, 2, 2] with slot 4a + 2b + c at [.., a, b, c] (a register-only join).
 

@@ -35,6 +35,7 @@ from floorline.kernels.quant_common import (
     _slot_dot_pointers,
     _slot_x,
     _slot_xs,
+    _split_tile,
     check_config,
     geometry,
     get_config,
@@ -159,12 +160,7 @@ def _int4_gemv_kernel(
     GW: tl.constexpr = GROUP // 8  # words per group and row (= x elements per slot run)
     one = one_bits.to(tl.uint32, bitcast=True)
     sixteen = sixteen_bits.to(tl.uint32, bitcast=True)
-    tile = tl.program_id(0)
-    split = tl.program_id(1)
-    k_start = split * k_blocks_per_split * BLOCK_K
-    k_end = tl.minimum(Kp, k_start + k_blocks_per_split * BLOCK_K)
-    rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
+    tile, split, k_start, k_end, rn, rn_w = _split_tile(Kp, k_blocks_per_split, N, BLOCK_N, BLOCK_K)
     rn64 = rn_w.to(tl.int64)
     rg = tl.arange(0, NB)
     if USE_DOT:

@@ -37,6 +37,7 @@ from floorline.kernels.quant_common import (
     _slot_dot_load,
     _slot_dot_pointers,
     _slot_xs,
+    _split_tile,
     check_config,
     geometry,
     get_config,
@@ -73,12 +74,7 @@ def _nf4_gemv_kernel(
         gdc_wait()
     NB: tl.constexpr = BLOCK_K // 64
     KB = K // 64
-    tile = tl.program_id(0)
-    split = tl.program_id(1)
-    k_start = split * k_blocks_per_split * BLOCK_K
-    k_end = tl.minimum(K, k_start + k_blocks_per_split * BLOCK_K)
-    rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    rn_w = tl.minimum(rn, N - 1)
+    tile, split, k_start, k_end, rn, rn_w = _split_tile(K, k_blocks_per_split, N, BLOCK_N, BLOCK_K)
     rn64 = rn_w.to(tl.int64)
     base, offset, mbase = _row_state(base_ptr, off_ptr, map_ptr, rn_w, NESTED)
     rb = tl.arange(0, NB)

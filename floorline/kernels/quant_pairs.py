@@ -40,7 +40,7 @@ import torch
 
 from floorline.kernels.nf4_lookup import lane_table_asm
 from floorline.kernels.pdl import gdc_wait, pdl_args
-from floorline.kernels.quant_common import DOT_BLOCK_M, QuantGemvConfig, _slot_dot_epilogue, geometry
+from floorline.kernels.quant_common import DOT_BLOCK_M, QuantGemvConfig, _slot_dot_epilogue, _split_tile, geometry
 from floorline.kernels.quant_nf4_state import _block_absmax, _row_state
 from floorline.kernels.triton_compat import HAS_TRITON, tl, triton
 
@@ -163,12 +163,7 @@ def _int4_pairs_kernel(
         gdc_wait()
     GW: tl.constexpr = GROUP // 8  # words per group and row
     NB: tl.constexpr = BLOCK_K // GROUP
-    tile = tl.program_id(0)
-    split = tl.program_id(1)
-    k_start = split * k_blocks_per_split * BLOCK_K
-    k_end = tl.minimum(num_groups * GROUP, k_start + k_blocks_per_split * BLOCK_K)
-    rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
+    tile, split, k_start, k_end, rn, rn_w = _split_tile(num_groups * GROUP, k_blocks_per_split, N, BLOCK_N, BLOCK_K)
     rh = tl.arange(0, 2 * GW)
     rm = tl.arange(0, BLOCK_M)
     m_mask = (rm < M)[:, None]
@@ -231,12 +226,7 @@ def _nf4_pairs_kernel(
         gdc_wait()
     NB: tl.constexpr = BLOCK_K // 64
     KB = K // 64
-    tile = tl.program_id(0)
-    split = tl.program_id(1)
-    k_start = split * k_blocks_per_split * BLOCK_K
-    k_end = tl.minimum(K, k_start + k_blocks_per_split * BLOCK_K)
-    rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
+    tile, split, k_start, k_end, rn, rn_w = _split_tile(K, k_blocks_per_split, N, BLOCK_N, BLOCK_K)
     base, offset, mbase = _row_state(base_ptr, off_ptr, map_ptr, rn_w, NESTED)
     rh = tl.arange(0, 16)
     rm = tl.arange(0, BLOCK_M)

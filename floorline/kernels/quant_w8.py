@@ -25,6 +25,7 @@ from floorline.kernels.quant_common import (
     DOT_BLOCK_M,
     QuantGemvConfig,
     _load_x,
+    _split_tile,
     check_config,
     geometry,
     get_config,
@@ -87,12 +88,8 @@ def _w8_gemv_kernel(
 ):
     if USE_PDL:
         gdc_wait()
-    tile = tl.program_id(0)
-    split = tl.program_id(1)
-    k_start = split * k_blocks_per_split * BLOCK_K
-    k_end = tl.minimum(K, k_start + k_blocks_per_split * BLOCK_K)
-    rn = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-    rn_w = tl.minimum(rn, N - 1).to(tl.int64)  # past-N rows re-read row N-1: unmasked loads
+    tile, split, k_start, k_end, rn, rn_w = _split_tile(K, k_blocks_per_split, N, BLOCK_N, BLOCK_K)
+    rn_w = rn_w.to(tl.int64)
     rk = tl.arange(0, BLOCK_K)
     scale = tl.load(s_ptr + rn_w)
     FP8_AS_FP16: tl.constexpr = FP8 and USE_DOT and FP16_X  # fp16 cannot hold value * 2**-120
