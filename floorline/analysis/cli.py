@@ -13,7 +13,7 @@ from floorline.analysis.gpus import GPUSpec, detect_gpu, known_gpu_names, lookup
 from floorline.analysis.shapes import ShapeSummary, summarize_hf_config
 from floorline.cli import COMMANDS
 from floorline.errors import FloorlineError
-from floorline.quant.config import ON_LOAD
+from floorline.quant.config import HEAD_FORMATS, ON_LOAD
 
 GRID_MODELS = ("qwen2.5-7b", "mistral-7b-v0.3", "llama-3.1-8b")
 GRID_CONTEXTS = (2048, 4096, 8192, 16384)
@@ -66,7 +66,9 @@ def _floor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", default="1", help="sequences per step, comma separated (default 1)")
     p.add_argument("--weight-format", default="bf16", help="bf16, fp16, fp8, int8, int4, nf4, or a GGUF type (q4_k...)")
     p.add_argument("--kv-format", default="bf16", help=", ".join(kv_format_names()))
-    p.add_argument("--lm-head-format", default=None, help="default: 16-bit, or the weight format for GGUF types")
+    p.add_argument("--lm-head-format", default=None,
+                   help="default: 16-bit, or the weight format for GGUF types; with --measure: the engine's LM head "
+                        "(int8, int4, nf4, fp8: --lm-head-quantization)")
     p.add_argument("--bandwidth", default=None, help="override the datasheet bandwidth (e.g. 2.88TB/s, 2880GB/s)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--measure", action="store_true",
@@ -133,6 +135,20 @@ def _engine_settings(ns: argparse.Namespace) -> tuple[str, str | None]:
     return dtypes[wf], None
 
 
+def _head_setting(ns: argparse.Namespace, quantization: str | None) -> str | None:
+    """The measured engine's `--lm-head-quantization` from `--lm-head-format`: None for a 16-bit head."""
+    fmt = (getattr(ns, "lm_head_format", None) or "").lower()
+    if fmt in ("", "bf16", "fp16", "bfloat16", "float16"):
+        return None
+    if fmt not in HEAD_FORMATS:
+        raise FloorlineError(f"measuring takes --lm-head-format bf16, fp16 or one of {', '.join(HEAD_FORMATS)} "
+                             f"(the engine's --lm-head-quantization); got {ns.lm_head_format!r}")
+    if quantization is None:
+        raise FloorlineError(f"measuring with an {fmt} LM head needs weights quantized on load too "
+                             f"(--weight-format {', '.join(ON_LOAD)})")
+    return fmt
+
+
 def _measure_one(ns: argparse.Namespace, shape: ShapeSummary, contexts: list[int], batches: list[int]) -> list:
     _require_cuda("--measure")
     from floorline.analysis.gpus import measure_read_bandwidth, present_gpu_spec
@@ -143,7 +159,8 @@ def _measure_one(ns: argparse.Namespace, shape: ShapeSummary, contexts: list[int
     spec = present_gpu_spec(bandwidth=bw)
     if ns.gpu and spec.name not in {g.name for g in _gpus(ns.gpu)}:
         print(f"floorline: note: measuring on the present GPU ({spec.name}), not {ns.gpu}", file=sys.stderr)
-    engine = build_engine(ns.model, _engine_len(shape, max(contexts)), max(batches), dtype, quantization)
+    engine = build_engine(ns.model, _engine_len(shape, max(contexts)), max(batches), dtype, quantization,
+                          lm_head_quantization=_head_setting(ns, quantization))
     out = []
     for c in contexts:
         for b in batches:
@@ -167,7 +184,8 @@ def _measure_grid(ns: argparse.Namespace, batch: int) -> list:
     out = []
     for model in GRID_MODELS:
         shape = load_shape(model)
-        engine = build_engine(model, _engine_len(shape, max(GRID_CONTEXTS)), batch, dtype, quantization)
+        engine = build_engine(model, _engine_len(shape, max(GRID_CONTEXTS)), batch, dtype, quantization,
+                              lm_head_quantization=_head_setting(ns, quantization))
         for c in GRID_CONTEXTS:
             _progress(f"measuring {model} at context {c}")
             out.append(measure_decode(engine, c, batch, num_steps=ns.steps, bandwidth=bw, gpu=spec))

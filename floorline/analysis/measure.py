@@ -188,9 +188,9 @@ class DecodeMeasurement:
 # ---- running the engine (CUDA only) ------------------------------------------------------------
 
 def build_engine(model: str, max_context: int, batch: int = 1, dtype: str = "bfloat16",
-                 quantization: str | None = None, steps_margin: int = 512):
-    """An engine with dummy weights (quantized on load with `quantization`) and a KV pool just large enough
-    for `batch` x `max_context`."""
+                 quantization: str | None = None, steps_margin: int = 512, lm_head_quantization: str | None = None):
+    """An engine with dummy weights (quantized on load with `quantization`, the LM head with
+    `lm_head_quantization`) and a KV pool just large enough for `batch` x `max_context`."""
     from floorline.engine.engine import EngineArgs, LLMEngine
 
     block = 16
@@ -198,7 +198,8 @@ def build_engine(model: str, max_context: int, batch: int = 1, dtype: str = "bfl
     num_blocks = batch * -(-max_len // block) + 8
     kwargs: dict[str, Any] = dict(model=model, load_format="dummy", dtype=dtype, device="cuda", max_model_len=max_len,
                                   num_kv_blocks=num_blocks, block_size=block, max_num_seqs=max(batch, 1),
-                                  enable_prefix_caching=False, quantization=quantization)
+                                  enable_prefix_caching=False, quantization=quantization,
+                                  lm_head_quantization=lm_head_quantization)
     if "enforce_eager" in {f.name for f in dataclasses.fields(EngineArgs)}:
         kwargs["enforce_eager"] = False  # graphs wanted; eager is measured by switching them off
     return LLMEngine(EngineArgs(**kwargs))

@@ -195,6 +195,8 @@ def check_config(cfg: QuantGemvConfig, m: int, k_unit: int, name: str, dot_min_k
         raise ValueError(f"{name}: block_k must be a multiple of {k_unit}, got {cfg.block_k}")
     if cfg.use_dot and (cfg.block_n < 16 or cfg.block_k < dot_min_k):
         raise ValueError(f"{name}: the dot path needs block_n >= 16 and block_k >= {dot_min_k}")
+    if cfg.pairs and not cfg.use_dot:
+        raise ValueError(f"{name}: pairs is an option of the dot path (use_dot=True, 2..16 rows)")
     if cfg.persistent and cfg.num_stages != 1:  # 2-3 stages doubled the H200 times
         raise ValueError(f"{name}: the persistent kernels (programs_per_sm > 0) take num_stages = 1, got "
                          f"{cfg.num_stages}")

@@ -85,6 +85,31 @@ def test_measured_engine_settings_refused(weights, kv):
         _engine_settings(argparse.Namespace(weight_format=weights, kv_format=kv))
 
 
+@pytest.mark.parametrize("head,quantization,expected", [
+    (None, "int4", None), ("bf16", None, None), ("int8", "int4", "int8"), ("INT4", "nf4", "int4"),
+])
+def test_measured_lm_head_setting(head, quantization, expected):
+    import argparse
+
+    from floorline.analysis.cli import _head_setting
+
+    assert _head_setting(argparse.Namespace(lm_head_format=head), quantization) == expected
+
+
+@pytest.mark.parametrize("head,quantization,message", [
+    ("q6_k", "int4", "measuring takes --lm-head-format bf16, fp16 or one of int8, int4, nf4, fp8"),
+    ("int8", None, "needs weights quantized on load too"),
+])
+def test_measured_lm_head_setting_refused(head, quantization, message):
+    import argparse
+
+    from floorline.analysis.cli import _head_setting
+    from floorline.errors import FloorlineError
+
+    with pytest.raises(FloorlineError, match=message):
+        _head_setting(argparse.Namespace(lm_head_format=head), quantization)
+
+
 def test_plot_written(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     path = tmp_path / "floor.png"
