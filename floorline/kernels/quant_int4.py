@@ -12,8 +12,10 @@ exact), so per weight the M = 1 path spends about one integer op and one FMA. Th
 the group's scale and zero out of the inner sum: with T = sum_k x_k f_k over a thread's words of a
 group, sum_k x_k (q_k - z) = 16 (T - C - z X / 16), where C and X are sums of x alone (shared by
 all the rows a thread holds), so the per-weight work is the FMA and the per-group work is three
-ops per thread. The dot path (M > 1) turns the same floats into exact (q - z) * s with one FMA,
-rounds them to the activation dtype and joins the slots into one tile for a single `tl.dot`.
+ops per thread. For M > 1, configs with `pairs` (the table's, for 16-bit activations and groups of
+>= 64) take `quant_pairs`' dots; the first dot path (here) turns the same floats into exact
+(q - z) * s with one FMA, rounds them to the activation dtype and joins the slots into one tile for a
+single `tl.dot`.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ from floorline.kernels.quant_common import (
     unfused_silu,
 )
 from floorline.kernels.quant_half2 import int4_mac4, x_pairs, x_scale, x_sums
-from floorline.kernels.quant_pairs import int4_pairs_launch, pairs_ok
 from floorline.kernels.quant_packing import unpack_int4
+from floorline.kernels.quant_pairs import int4_pairs_launch, pairs_ok
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
 

@@ -12,8 +12,9 @@ Layout (per merged layer; each checkpoint shard keeps its own double-quantizatio
 The code lookup (`nf4_lookup`) is a warp shuffle on the GPU: lane l holds CODE[l % 16] (fp32, so the
 dequantization is exactly the reference's), and `shfl.idx` with the word shifted to the slot reads
 it. The interpreter takes a gather from the 16-entry table (or a select tree). The M = 1 path
-factors absmax out of each block's sum (one FMA per weight); the dot path scales the codes,
-rounds them to the activation dtype and joins the slots into one tile for a single `tl.dot`.
+factors absmax out of each block's sum (one FMA per weight). For 2..16 rows with 16-bit activations
+configs with `pairs` take `quant_pairs`' NF4 dots; the first dot path (here) scales the codes, rounds
+them to the activation dtype and joins the slots into one tile for a single `tl.dot`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import torch.nn.functional as F
 
 from floorline.kernels.nf4_lookup import NF4_CODE, lookup_id, nf4_code_of, nf4_lane_table
 from floorline.kernels.pdl import gdc_wait, pdl_args
-from floorline.kernels.quant_nf4_state import _block_absmax, _row_state
 from floorline.kernels.quant_common import (
     DOT_BLOCK_M,
     DOT_MIN_K,
@@ -47,8 +47,9 @@ from floorline.kernels.quant_common import (
     unfused_silu,
 )
 from floorline.kernels.quant_half2 import nf4_mac4, x_pairs, x_scale
-from floorline.kernels.quant_pairs import nf4_pairs_launch, pairs_ok
+from floorline.kernels.quant_nf4_state import _block_absmax, _row_state
 from floorline.kernels.quant_packing import unpack_nf4
+from floorline.kernels.quant_pairs import nf4_pairs_launch, pairs_ok
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
 
