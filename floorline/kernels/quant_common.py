@@ -40,8 +40,9 @@ class QuantGemvConfig(SkinnyConfig):
     plus the persistent M = 1 kernels' fields: `programs_per_sm` > 0 launches that many programs per SM,
     each owning one K tile (split = K / block_k) and walking row tiles; `prefetch` loads the next row
     tile's weights while the current one is summed; `half2` runs the persistent loop in packed fp16x2
-    (`quant_half2`) for fp16 / bf16 activations; `pairs` runs the int4 dot path that builds its operands
-    from the words in registers (`quant_pairs`, int4 and NF4; fp16 / bf16 activations, groups of >= 64)."""
+    (`quant_half2`) for fp16 / bf16 activations; `pairs` runs the 4-bit dot paths that build their operands
+    from the words in registers (`quant_pairs`; fp16 / bf16 activations, groups of >= 64). The three are
+    4-bit options: the 8-bit launcher refuses them (`check_config`'s `four_bit`)."""
 
     programs_per_sm: int = 0
     prefetch: bool = False
@@ -184,7 +185,10 @@ def load_tuned_configs(path: str | Path) -> int:
     return len(entries)
 
 
-def check_config(cfg: QuantGemvConfig, m: int, k_unit: int, name: str, dot_min_k: int = 32) -> None:
+def check_config(cfg: QuantGemvConfig, m: int, k_unit: int, name: str, dot_min_k: int = 32,
+                 four_bit: bool = False) -> None:
+    """Raises a ValueError naming what `cfg` gets wrong for this launch; `four_bit`: the format has the
+    persistent, fp16x2 and pair kernels (programs_per_sm, half2, pairs)."""
     if not cfg.use_dot and m != 1:
         raise ValueError(f"{name}: the FMA path (use_dot=False) handles M == 1 only, got M = {m}")
     for field in ("block_n", "block_k", "num_warps"):
@@ -195,6 +199,9 @@ def check_config(cfg: QuantGemvConfig, m: int, k_unit: int, name: str, dot_min_k
         raise ValueError(f"{name}: block_k must be a multiple of {k_unit}, got {cfg.block_k}")
     if cfg.use_dot and (cfg.block_n < 16 or cfg.block_k < dot_min_k):
         raise ValueError(f"{name}: the dot path needs block_n >= 16 and block_k >= {dot_min_k}")
+    if not four_bit and (cfg.programs_per_sm or cfg.half2 or cfg.pairs):  # never silently ignored
+        raise ValueError(f"{name}: the 8-bit formats have no persistent, fp16x2 or pair kernels; configs take "
+                         f"programs_per_sm=0, half2=False, pairs=False (got {cfg})")
     if cfg.pairs and not cfg.use_dot:
         raise ValueError(f"{name}: pairs is an option of the dot path (use_dot=True, 2..16 rows)")
     if cfg.persistent and cfg.num_stages != 1:  # 2-3 stages doubled the H200 times

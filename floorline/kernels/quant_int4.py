@@ -357,8 +357,8 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     if n == 0 or k == 0:
         return out.zero_()
     cfg = config or get_config("int4", n, k, m, group, x.device)
-    pairs = cfg.use_dot and cfg.pairs and pairs_ok(x, group)
-    check_config(cfg, m, group, "quant_int4", dot_min_k=group if pairs else DOT_MIN_K)
+    pairs = cfg.pairs and pairs_ok(x, group)  # (check_config refuses pairs without the dot path)
+    check_config(cfg, m, group, "quant_int4", dot_min_k=group if pairs else DOT_MIN_K, four_bit=True)
     x, silu_mul = unfused_silu(x, silu_mul, cfg)
     if cfg.persistent:
         return _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out)

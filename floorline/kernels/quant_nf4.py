@@ -314,8 +314,8 @@ def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor
     if n == 0 or k == 0:
         return out.zero_()
     cfg = config or get_config("nf4", n, k, m, BLOCK, x.device)
-    pairs = cfg.use_dot and cfg.pairs and pairs_ok(x, BLOCK) and lookup in (None, "shfl")  # its own shuffles
-    check_config(cfg, m, BLOCK, "quant_nf4", dot_min_k=BLOCK if pairs else DOT_MIN_K)
+    pairs = cfg.pairs and pairs_ok(x, BLOCK) and lookup in (None, "shfl")  # it has its own shuffles
+    check_config(cfg, m, BLOCK, "quant_nf4", dot_min_k=BLOCK if pairs else DOT_MIN_K, four_bit=True)
     x, silu_mul = unfused_silu(x, silu_mul, cfg)
     if pairs:
         return nf4_pairs_launch(x, qweight, absmax, _nested_args(absmax, nested), nested is not None, code, cfg, out)

@@ -25,7 +25,8 @@ NF4 (slot s at bits 4s) pairs slots (s, s + 4), at bits 4s | 16 + 4s. Its operan
 table's value, read as in the M = 1 kernels by `shfl.idx` from a lane table, here of CODE[lane % 16]
 rounded to the activation dtype in both halves: two shuffles and a LOP3 (low half of one, high half
 of the other) a pair. The table is built inside the same asm block from %laneid (a unary op is what
-Triton moves into the operand layout); ptxas computes it once, outside the loop. Each 64-weight
+Triton moves into the operand layout); ptxas shares it between the asm copies but keeps part of it in
+the loop (8 ISETP and 7 SEL a thread per 128 weights at the shipped 64-row, 2-warp tiles). Each 64-weight
 block's four dots (16 columns each) are scaled by its absmax in fp32. The codes are rounded to the
 activation dtype before the products (the first path rounds code x absmax instead): the same size
 of error, one rounding a weight. Its winners run on 2 warps (mma.sync): per token at 4 rows
@@ -91,22 +92,40 @@ def _pair_shift(w, P: tl.constexpr):
 
 
 @triton.jit
+def _join_halves(lo, hi):
+    """[BN, W] low-half and high-half values -> [BN, 2 W], element 2j from lo, 2j + 1 from hi (the operand order)."""
+    return tl.reshape(tl.join(lo, hi), (lo.shape[0], 2 * lo.shape[1]))
+
+
+@triton.jit
+def _bits16(v, FP16: tl.constexpr):
+    """Integers < 2**16 -> the fp16 (FP16) or bf16 values with those bits."""
+    if FP16:
+        return v.to(tl.uint16).to(tl.float16, bitcast=True)
+    else:
+        return v.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _round16(v, FP16: tl.constexpr):
+    """fp32 values rounded to fp16 (FP16) or bf16."""
+    if FP16:
+        return v.to(tl.float16)
+    else:
+        return v.to(tl.bfloat16)
+
+
+@triton.jit
 def _pair_operand(wh, P: tl.constexpr, FP16: tl.constexpr, EMULATE: tl.constexpr):
     """[BN, 2 GW] 16-bit floats B + U q of pair P from the words' halves wh [BN, 2 GW] (int16)."""
     if EMULATE:
-        BN: tl.constexpr = wh.shape[0]
-        GW: tl.constexpr = wh.shape[1] // 2
-        lo, hi = tl.split(tl.reshape(wh, (BN, GW, 2)))
-        w = (hi.to(tl.int32) << 16) | (lo.to(tl.int32) & 0xFFFF)
-        if FP16:
-            v = (_pair_shift(w.to(tl.uint32, bitcast=True), P) & 0x00780078) | 0x4C004C00  # MAGIC
-            f_lo = (v & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
-            f_hi = (v >> 16).to(tl.uint16).to(tl.float16, bitcast=True)
+        lo, hi = tl.split(tl.reshape(wh, (wh.shape[0], wh.shape[1] // 2, 2)))
+        w = ((hi.to(tl.int32) << 16) | (lo.to(tl.int32) & 0xFFFF)).to(tl.uint32, bitcast=True)
+        if FP16:  # MAGIC's two values
+            v = (_pair_shift(w, P) & 0x00780078) | 0x4C004C00
         else:
-            v = (_pair_shift(w.to(tl.uint32, bitcast=True), P) & 0x00780078) | 0x41804180
-            f_lo = (v & 0xFFFF).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-            f_hi = (v >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-        return tl.reshape(tl.join(f_lo, f_hi), (BN, 2 * GW))
+            v = (_pair_shift(w, P) & 0x00780078) | 0x41804180
+        return _join_halves(_bits16(v & 0xFFFF, FP16), _bits16(v >> 16, FP16))
     elif FP16:  # (one if-chain: Triton wants every return of a constexpr branch alike)
         return tl.inline_asm_elementwise(PAIR_ASM_FP16[P], "=r,r", [wh], dtype=tl.float16, is_pure=True, pack=2)
     else:
@@ -122,7 +141,20 @@ def _pair_x(x_ptrs, kx, K, m_mask, LO: tl.constexpr, HI: tl.constexpr, GW: tl.co
     else:
         lo = tl.load(x_ptrs + LO * GW, mask=m_mask & (kx + LO * GW < K), other=0.0)
         hi = tl.load(x_ptrs + HI * GW, mask=m_mask & (kx + HI * GW < K), other=0.0)
-    return tl.reshape(tl.join(lo, hi), (lo.shape[0], 2 * GW))
+    return _join_halves(lo, hi)
+
+
+@triton.jit
+def _pair_pointers(q_ptr, x_ptr, rn_w, M, stride_qn16, stride_xm, k_start, GW: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Both pair kernels at k_start: int16 word-half pointers [BN, 2 GW], x pointers [BM, GW] (one slot's
+    columns), the x rows' mask [BM, 1] and the word offsets rj [1, GW]."""
+    rh = tl.arange(0, 2 * GW)
+    rm = tl.arange(0, BLOCK_M)
+    m_mask = (rm < M)[:, None]
+    rj = tl.arange(0, GW)[None, :]
+    q_ptrs = q_ptr + rn_w.to(tl.int64)[:, None] * stride_qn16 + k_start // 4 + rh[None, :]
+    x_ptrs = x_ptr + rm[:, None] * stride_xm + k_start + rj
+    return q_ptrs, x_ptrs, m_mask, rj
 
 
 @triton.jit
@@ -165,12 +197,7 @@ def _int4_pairs_kernel(
     GW: tl.constexpr = GROUP // 8  # words per group and row
     NB: tl.constexpr = BLOCK_K // GROUP
     tile, split, k_start, k_end, rn, rn_w = _split_tile(num_groups * GROUP, k_blocks_per_split, N, BLOCK_N, BLOCK_K)
-    rh = tl.arange(0, 2 * GW)
-    rm = tl.arange(0, BLOCK_M)
-    m_mask = (rm < M)[:, None]
-    rj = tl.arange(0, GW)[None, :]
-    q_ptrs = q_ptr + rn_w.to(tl.int64)[:, None] * stride_qn16 + k_start // 4 + rh[None, :]  # [BN, 2 GW]
-    x_ptrs = x_ptr + rm[:, None] * stride_xm + k_start + rj  # [BM, GW]
+    q_ptrs, x_ptrs, m_mask, rj = _pair_pointers(q_ptr, x_ptr, rn_w, M, stride_qn16, stride_xm, k_start, GW, BLOCK_M)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
         for b in tl.static_range(NB):
@@ -200,15 +227,26 @@ def _nf4_pair_operand(wh, code_ptr, S: tl.constexpr, FP16: tl.constexpr, EMULATE
         lo, hi = tl.split(tl.reshape(wh, (BN, 8, 2)))  # lo holds slots 0..3, hi slots 4..7 (as bits 16..31)
         c_lo = tl.load(code_ptr + ((lo.to(tl.int32) >> (4 * S)) & 15))
         c_hi = tl.load(code_ptr + ((hi.to(tl.int32) >> (4 * S)) & 15))
-        if FP16:
-            return tl.reshape(tl.join(c_lo.to(tl.float16), c_hi.to(tl.float16)), (BN, 16))
-        else:
-            return tl.reshape(tl.join(c_lo.to(tl.bfloat16), c_hi.to(tl.bfloat16)), (BN, 16))
+        return _join_halves(_round16(c_lo, FP16), _round16(c_hi, FP16))
     elif FP16:
         return tl.inline_asm_elementwise(NF4_PAIR_ASM_FP16[S], "=r,r", [wh], dtype=tl.float16, is_pure=True, pack=2)
     else:
         return tl.inline_asm_elementwise(NF4_PAIR_ASM_BF16[S], "=r,r", [wh], dtype=tl.bfloat16, is_pure=True,
                                          pack=2)
+
+
+@triton.jit
+def _nf4_block_dots(wh, code_ptr, x_ptrs, kx, K, m_mask, FP16: tl.constexpr, EMULATE: tl.constexpr,
+                    EVEN_K: tl.constexpr):
+    """[BN, BM] fp32 sums of one 64-weight block: the four pairs' dots (slots s, s + 4), unscaled."""
+    t = tl.dot(_nf4_pair_operand(wh, code_ptr, 0, FP16, EMULATE), tl.trans(_pair_x(x_ptrs, kx, K, m_mask, 0, 4, 8,
+                                                                                    EVEN_K)))
+    t = tl.dot(_nf4_pair_operand(wh, code_ptr, 1, FP16, EMULATE), tl.trans(_pair_x(x_ptrs, kx, K, m_mask, 1, 5, 8,
+                                                                                    EVEN_K)), t)
+    t = tl.dot(_nf4_pair_operand(wh, code_ptr, 2, FP16, EMULATE), tl.trans(_pair_x(x_ptrs, kx, K, m_mask, 2, 6, 8,
+                                                                                    EVEN_K)), t)
+    return tl.dot(_nf4_pair_operand(wh, code_ptr, 3, FP16, EMULATE), tl.trans(_pair_x(x_ptrs, kx, K, m_mask, 3, 7, 8,
+                                                                                       EVEN_K)), t)
 
 
 @triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits"])
@@ -229,12 +267,7 @@ def _nf4_pairs_kernel(
     KB = K // 64
     tile, split, k_start, k_end, rn, rn_w = _split_tile(K, k_blocks_per_split, N, BLOCK_N, BLOCK_K)
     base, offset, mbase = _row_state(base_ptr, off_ptr, map_ptr, rn_w, NESTED)
-    rh = tl.arange(0, 16)
-    rm = tl.arange(0, BLOCK_M)
-    m_mask = (rm < M)[:, None]
-    rj = tl.arange(0, 8)[None, :]
-    q_ptrs = q_ptr + rn_w.to(tl.int64)[:, None] * stride_qn16 + k_start // 4 + rh[None, :]  # [BN, 16]
-    x_ptrs = x_ptr + rm[:, None] * stride_xm + k_start + rj  # [BM, 8]
+    q_ptrs, x_ptrs, m_mask, rj = _pair_pointers(q_ptr, x_ptr, rn_w, M, stride_qn16, stride_xm, k_start, 8, BLOCK_M)
     acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
         for b in tl.static_range(NB):
@@ -243,20 +276,10 @@ def _nf4_pairs_kernel(
             if EVEN_K:
                 wh = tl.load(q_ptrs + b * 16, eviction_policy="evict_first")
             else:  # blocks past the end (a partial last tile) read as zero weights
-                wh = tl.load(q_ptrs + b * 16, mask=kb_ok[:, None] & (rn_w[:, None] >= 0), other=0,
-                             eviction_policy="evict_first")
+                wh = tl.load(q_ptrs + b * 16, mask=kb_ok[:, None], other=0, eviction_policy="evict_first")
             absmax = tl.reshape(_block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, KB, kb_ok,
                                               NESTED, not EVEN_K), (BLOCK_N,))
-            xb = x_ptrs + b * 64
-            kx = k + b * 64 + rj
-            t = tl.dot(_nf4_pair_operand(wh, code_ptr, 0, FP16, EMULATE), tl.trans(_pair_x(xb, kx, K, m_mask, 0, 4, 8,
-                                                                                          EVEN_K)))
-            t = tl.dot(_nf4_pair_operand(wh, code_ptr, 1, FP16, EMULATE), tl.trans(_pair_x(xb, kx, K, m_mask, 1, 5, 8,
-                                                                                          EVEN_K)), t)
-            t = tl.dot(_nf4_pair_operand(wh, code_ptr, 2, FP16, EMULATE), tl.trans(_pair_x(xb, kx, K, m_mask, 2, 6, 8,
-                                                                                          EVEN_K)), t)
-            t = tl.dot(_nf4_pair_operand(wh, code_ptr, 3, FP16, EMULATE), tl.trans(_pair_x(xb, kx, K, m_mask, 3, 7, 8,
-                                                                                          EVEN_K)), t)
+            t = _nf4_block_dots(wh, code_ptr, x_ptrs + b * 64, k + b * 64 + rj, K, m_mask, FP16, EMULATE, EVEN_K)
             acc += absmax[:, None] * t
         q_ptrs += BLOCK_K // 4
         x_ptrs += BLOCK_K
@@ -268,36 +291,33 @@ def pairs_ok(x: torch.Tensor, group: int) -> bool:
     return x.dtype in (torch.float16, torch.bfloat16) and group >= 64
 
 
-def int4_pairs_launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: int,
-                      group: int, cfg: QuantGemvConfig, out: torch.Tensor) -> torch.Tensor:
-    """`_int4_pairs_kernel` on x [M, K] (checked by `int4_gemv_triton`, `pairs_ok`) into out [M, N]."""
+def _launch(kernel, x: torch.Tensor, qweight: torch.Tensor, k: int, cfg: QuantGemvConfig, out: torch.Tensor,
+            params: tuple, sizes: tuple, **constexprs) -> torch.Tensor:
+    """Launches a pair kernel: x, the words as int16, the format's `params` tensors, then M, N, K, the format's
+    `sizes`, and the strides and split geometry both kernels take."""
     m, n = x.shape[0], qweight.shape[0]
-    kp = 8 * qweight.shape[1]
-    geo = geometry(cfg, m, n, kp, out)
-    _int4_pairs_kernel[(geo.tiles, geo.splits)](
-        x, qweight.view(torch.int16), scales, zeros, out, geo.ws, geo.tickets,
-        m, n, k, kp // group, x.stride(0), 2 * qweight.stride(0), geo.blocks_per_split, geo.splits,
-        BLOCK_M=DOT_BLOCK_M, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group, NUM_STAGES=cfg.num_stages,
+    geo = geometry(cfg, m, n, 8 * qweight.shape[1], out)
+    kernel[(geo.tiles, geo.splits)](
+        x, qweight.view(torch.int16), *params, out, geo.ws, geo.tickets,
+        m, n, k, *sizes, x.stride(0), 2 * qweight.stride(0), geo.blocks_per_split, geo.splits,
+        BLOCK_M=DOT_BLOCK_M, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, NUM_STAGES=cfg.num_stages,
         EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1, FP16=x.dtype == torch.float16,
-        EMULATE=x.device.type != "cuda",
+        EMULATE=x.device.type != "cuda", **constexprs,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
     )
     return out
+
+
+def int4_pairs_launch(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: int,
+                      group: int, cfg: QuantGemvConfig, out: torch.Tensor) -> torch.Tensor:
+    """`_int4_pairs_kernel` on x [M, K] (checked by `int4_gemv_triton`, `pairs_ok`) into out [M, N]."""
+    num_groups = 8 * qweight.shape[1] // group
+    return _launch(_int4_pairs_kernel, x, qweight, k, cfg, out, (scales, zeros), (num_groups,), GROUP=group)
 
 
 def nf4_pairs_launch(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, nested_args: tuple,
                      nested: bool, code: torch.Tensor, cfg: QuantGemvConfig, out: torch.Tensor) -> torch.Tensor:
     """`_nf4_pairs_kernel` on x [M, K] (checked by `nf4_gemv_triton`) into out [M, N]; `code` must be NF4_CODE
     (the loaders accept no other quant_map)."""
-    m, n = x.shape[0], qweight.shape[0]
-    k = 8 * qweight.shape[1]
-    geo = geometry(cfg, m, n, k, out)
-    _nf4_pairs_kernel[(geo.tiles, geo.splits)](
-        x, qweight.view(torch.int16), absmax, *nested_args, code, out, geo.ws, geo.tickets,
-        m, n, k, x.stride(0), 2 * qweight.stride(0), geo.blocks_per_split, geo.splits,
-        BLOCK_M=DOT_BLOCK_M, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, NUM_STAGES=cfg.num_stages,
-        EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1, FP16=x.dtype == torch.float16, NESTED=nested,
-        EMULATE=x.device.type != "cuda",
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
-    )
-    return out
+    return _launch(_nf4_pairs_kernel, x, qweight, 8 * qweight.shape[1], cfg, out, (absmax, *nested_args, code), (),
+                   NESTED=nested)

@@ -204,9 +204,6 @@ def w8_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, 
         return out.zero_()
     cfg = config or get_config("fp8" if fp8 else "int8", n, k, m, K_UNIT, x.device)
     check_config(cfg, m, K_UNIT, "quant_w8")
-    if cfg.programs_per_sm or cfg.half2 or cfg.pairs:  # 4-bit kernels' options: never silently ignored
-        raise ValueError("quant_w8: the 8-bit formats have no persistent, fp16x2 or pair kernels; configs take "
-                         f"programs_per_sm=0, half2=False, pairs=False (got {cfg})")
     if silu_mul:  # no 8-bit kernel fuses it (quant_common.unfused_silu says why)
         x = silu_and_mul(x)
     geo = geometry(cfg, m, n, k, out)

@@ -30,7 +30,6 @@ class LMHead(torch.nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int, dtype: torch.dtype, device: torch.device | str,
                  tied_to: Embedding | None = None):
         super().__init__()
-        self.tied = tied_to is not None
         method = method_for_lm_head()
         self.proj = None if method is None else Linear(hidden_size, [vocab_size], dtype=dtype, device=device,
                                                        quant_method=method, prefix="lm_head")
@@ -49,6 +48,11 @@ class LMHead(torch.nn.Module):
         """A tied quantized head takes the embedding's weight (the loader calls this before `proj`'s own)."""
         if self.proj is not None and self.tied:
             self.proj.load(0, "weight", self._tied_to[0].weight)
+
+    @property
+    def tied(self) -> bool:
+        """Whether W is the embedding's."""
+        return self._tied_to[0] is not None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.proj is not None:

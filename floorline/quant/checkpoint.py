@@ -45,9 +45,9 @@ def quantize_checkpoint(model: str | None, quantization: str, output: str | Path
         method = hf_cfg["quantization_config"].get("quant_method")
         raise FloorlineError(f"{source.name} is already quantized ({method})")
     dev = torch.device(device)
-    if quantization is None or quantization.lower() in ("", "none"):
-        raise FloorlineError("quantize needs --quantization (int8, int4, nf4, fp8)")
     quant = resolve_quantization(quantization, None, dev, lm_head=lm_head)
+    if quant is None:
+        raise FloorlineError("quantize needs --quantization (int8, int4, nf4, fp8)")
     if quant.lm_head and quant.format == "nf4":
         raise FloorlineError("--lm-head-quantization: NF4 checkpoints are written in the bitsandbytes format, which "
                              "keeps the LM head unquantized; drop the flag (int8, int4 and fp8 checkpoints take it)")

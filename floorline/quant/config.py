@@ -105,11 +105,10 @@ def resolve_quantization(requested: str | None, hf_quant: dict[str, Any] | None,
     `lm_head` (`--lm-head-quantization`): the format the LM head is quantized to on load (None: 16-bit)."""
     if requested is not None and requested.lower() in ("none", ""):
         requested = None
-    if lm_head is not None and lm_head.lower() in ("none", ""):
-        lm_head = None
-    if lm_head is not None and lm_head.lower() not in HEAD_FORMATS:
+    head = (lm_head or "none").lower()
+    if head not in ("none", *HEAD_FORMATS):
         raise FloorlineError(f"unknown LM head quantization {lm_head!r}; accepted: none, {', '.join(HEAD_FORMATS)}")
-    lm_head = lm_head.lower() if lm_head else None
+    lm_head = None if head == "none" else head
     if hf_quant:
         cfg = from_checkpoint(hf_quant, device, requested)
         if requested is not None and not cfg.accepts(requested):

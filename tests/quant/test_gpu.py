@@ -92,7 +92,8 @@ def test_gpu_pair_dots_match_reference(fmt, dtype, k, n, cfg):
 
 @pytest.mark.parametrize("fmt", list(METHODS))
 def test_gpu_lm_head_shape_takes_the_default_configs(fmt):
-    """`--quantize-lm-head` at Llama-3's vocabulary: no table entry, so the heuristic configs."""
+    """`--lm-head-quantization` at Llama-3's vocabulary: the table's LM-head entries (one row; NF4 has none)
+    and the heuristic configs (4 rows)."""
     layer, w = _layer(fmt, 4096, 128256)
     for m in (1, 4):
         x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
