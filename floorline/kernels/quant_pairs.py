@@ -64,6 +64,7 @@ _SHIFTS = ("mov.b32 %pw, $1;", "shr.u32 %pw, $1, 4;", "shr.u32 %pw, $1, 8;", "sh
 _wrap = tl.constexpr if HAS_TRITON else (lambda s: s)
 PAIR_ASM_BF16 = _wrap(tuple(_pair_asm(s, MAGIC[False]) for s in _SHIFTS))
 PAIR_ASM_FP16 = _wrap(tuple(_pair_asm(s, MAGIC[True]) for s in _SHIFTS))
+PAIR_SLOTS = _wrap(PAIRS)  # what `_pair_group` reads
 
 
 def _nf4_pair_asm(s: int, fp16: bool) -> str:
@@ -164,10 +165,10 @@ def _pair_group(acc, wh, s, z, x_ptrs, kx, K, m_mask, GW: tl.constexpr, EVEN_K: 
 
     The weights are the dots' first operand, so 64-row tiles run on wgmma with the operand in registers
     (x first, on mma.sync, measured 1.35-1.5x slower on the H200)."""
-    x0 = _pair_x(x_ptrs, kx, K, m_mask, 6, 0, GW, EVEN_K)
-    x1 = _pair_x(x_ptrs, kx, K, m_mask, 3, 5, GW, EVEN_K)
-    x2 = _pair_x(x_ptrs, kx, K, m_mask, 2, 4, GW, EVEN_K)
-    x3 = _pair_x(x_ptrs, kx, K, m_mask, 7, 1, GW, EVEN_K)
+    x0 = _pair_x(x_ptrs, kx, K, m_mask, PAIR_SLOTS[0][0], PAIR_SLOTS[0][1], GW, EVEN_K)
+    x1 = _pair_x(x_ptrs, kx, K, m_mask, PAIR_SLOTS[1][0], PAIR_SLOTS[1][1], GW, EVEN_K)
+    x2 = _pair_x(x_ptrs, kx, K, m_mask, PAIR_SLOTS[2][0], PAIR_SLOTS[2][1], GW, EVEN_K)
+    x3 = _pair_x(x_ptrs, kx, K, m_mask, PAIR_SLOTS[3][0], PAIR_SLOTS[3][1], GW, EVEN_K)
     t = tl.dot(_pair_operand(wh, 0, FP16, EMULATE), tl.trans(x0))
     t = tl.dot(_pair_operand(wh, 1, FP16, EMULATE), tl.trans(x1), t)
     t = tl.dot(_pair_operand(wh, 2, FP16, EMULATE), tl.trans(x2), t)
