@@ -33,10 +33,10 @@ import torch.nn.functional as F
 from floorline.bench import bnb
 from floorline.bench.kernels import SHAPES, read_bandwidth, rel_error, split_variants, time_per_call
 from floorline.kernels.quant_common import FORMATS as QUANT_FORMATS
-from floorline.kernels.quant_common import QuantGemvConfig, get_config
+from floorline.kernels.quant_common import DOT_MAX_M, MAX_M, QuantGemvConfig, get_config, quant_m_bucket
 from floorline.kernels.decode_attention import num_sms_of
 from floorline.kernels.skinny_gemm import skinny_gemm_triton
-from floorline.kernels.skinny_gemm_configs import auto_split_k, m_bucket
+from floorline.kernels.skinny_gemm_configs import auto_split_k
 
 LAYER_SHAPES = ("qkv", "o_proj", "gate_up", "down")
 NUM_LAYERS = 32
@@ -100,8 +100,15 @@ def build_layers(fmt: str, k: int, n: int, device: torch.device, l2_bytes: int, 
     return copies, w, nbytes
 
 
-def _call(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig | None = None, silu_mul: bool = False):
+def _call(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig | None = None, silu_mul: bool = False,
+          dequant: bool = False):
+    """One GEMV of `fmt` as decode runs it; rows past what the GEMV takes (or all, with `dequant`) go the
+    prefill way: the weight dequantized, then cuBLAS (bf16: cuBLAS past MAX_M rows)."""
+    from floorline.kernels.activation import silu_and_mul
+
     if fmt == "bf16":
+        if x.shape[0] > MAX_M:
+            return F.linear(silu_and_mul(x) if silu_mul else x, layer.weight)
         return skinny_gemm_triton(x, layer.weight, silu_mul=silu_mul)
     if fmt == "bnb-nf4":
         return layer(x)
@@ -110,6 +117,8 @@ def _call(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig | None = None, 
 
         return w8a8_matmul(x, layer.qweight, layer.scale)
     method = layer.quant_method
+    if dequant or x.shape[0] > method.gemv_rows(layer, x):
+        return method.matmul(layer, silu_and_mul(x) if silu_mul else x)
     if cfg is None:
         return method.gemv(layer, x, silu_mul)
     return _gemv_with_config(fmt, layer, x, cfg, silu_mul)
@@ -143,15 +152,13 @@ def check_format(fmt: str, layer, w: torch.Tensor, ms: tuple[int, ...]) -> list[
     failures = []
     ref_w = _reference_weight(fmt, layer, w)
     k = layer.in_features
-    cases = [(m, False) for m in ms] + [(4, True)] + ([(64, False)] if fmt != "bf16" else [])
+    # 80 rows: prefill (the dequantized weight, or W8A8, or bitsandbytes, and cuBLAS)
+    cases = [(m, False) for m in ms] + [(4, True)] + ([(80, False)] if fmt != "bf16" else [])
     for m, silu in cases:
         x = torch.randn(m, 2 * k if silu else k, device=w.device).to(w.dtype)
         if fmt in UNFUSED and silu:
             continue
-        if m > 16:
-            out = layer(x)  # prefill: the dequantized weight (or W8A8, or bitsandbytes) and cuBLAS
-        else:
-            out = _call(fmt, layer, x, silu_mul=silu)
+        out = layer(x) if fmt == "bnb-nf4" else _call(fmt, layer, x, silu_mul=silu)
         xr = silu_and_mul(x) if silu else x
         if fmt == "fp8-w8a8":
             from floorline.quant.fp8 import w8a8_ref
@@ -168,16 +175,22 @@ def check_format(fmt: str, layer, w: torch.Tensor, ms: tuple[int, ...]) -> list[
 
 def sweep_candidates(fmt: str, m: int, k: int = 4096) -> list[QuantGemvConfig]:
     four_bit = fmt in ("int4", "nf4")
-    if m > 1:
-        if four_bit:
-            tiles = ((32, 256, 4, 3), (64, 256, 4, 3), (32, 512, 4, 3), (64, 128, 4, 4), (128, 256, 8, 3))
-        else:
-            tiles = ((32, 256, 4, 4), (16, 256, 2, 4), (64, 128, 4, 4), (32, 512, 4, 3), (64, 256, 8, 3))
+    if m > MAX_M:  # 17+ rows: wider row tiles share each x tile more
+        tiles = ((64, 128, 4, 3), (128, 128, 8, 3), (64, 256, 4, 3), (128, 64, 4, 4), (32, 256, 4, 4),
+                 (128, 128, 4, 3))
+        pairs = ((64, 128, 4, 3), (128, 128, 4, 3), (128, 128, 8, 3), (64, 256, 4, 3), (128, 64, 4, 3),
+                 (256, 128, 8, 3)) + (((64, 128, 2, 3), (128, 128, 2, 3)) if fmt == "nf4" else ())
+    elif m > 1 and four_bit:
+        tiles = ((32, 256, 4, 3), (64, 256, 4, 3), (32, 512, 4, 3), (64, 128, 4, 4), (128, 256, 8, 3))
         # the pair dots (quant_pairs); their winners' split counts come from `split_variants`
         pairs = ((64, 128, 4, 3), (64, 128, 4, 4), (64, 128, 4, 2), (128, 128, 4, 3), (64, 256, 4, 3),
                  (64, 128, 2, 3)) + (((64, 64, 4, 3), (128, 64, 4, 3), (128, 128, 2, 3), (32, 128, 2, 3),
                                       (64, 256, 2, 3)) if fmt == "nf4" else ())
-        return ([QuantGemvConfig(bn, bk, 1, w, s, True, pairs=True) for bn, bk, w, s in pairs]
+    elif m > 1:
+        tiles = ((32, 256, 4, 4), (16, 256, 2, 4), (64, 128, 4, 4), (32, 512, 4, 3), (64, 256, 8, 3))
+        pairs = ()
+    if m > 1:
+        return ([QuantGemvConfig(bn, bk, 1, w, s, True, pairs=True) for bn, bk, w, s in pairs if four_bit]
                 + [QuantGemvConfig(bn, bk, 1, w, s, True) for bn, bk, w, s in tiles])
     if four_bit:  # long K tiles: lanes along K, rows per thread (kernels/quant_int4.py)
         tiles = ((16, 4096, 4, 1), (8, 4096, 4, 1))
@@ -188,7 +201,11 @@ def sweep_candidates(fmt: str, m: int, k: int = 4096) -> list[QuantGemvConfig]:
                       (4, 4096, 2, 8, False, True), (4, 4096, 2, 10, False, True), (4, 4096, 2, 12, False, True),
                       (8, 4096, 2, 8, False, True), (8, 4096, 2, 10, False, True), (4, 4096, 2, 8, True, True),
                       (2, 4096, 2, 8, True, True), (2, 4096, 2, 10, True, True), (4, 4096, 1, 12, False, True),
-                      (4, 4096, 1, 16, False, True)]
+                      (4, 4096, 1, 16, False, True),
+                      # split in two 2048-wide K tiles (half the x registers; the partials summed in one load a
+                      # row group, `_persistent_reduce`)
+                      (2, 2048, 2, 12, True, True), (4, 2048, 2, 12, False, True), (4, 2048, 2, 16, False, True),
+                      (4, 2048, 1, 16, False, True), (8, 2048, 2, 10, False, True)]
         splits = ()
         if k > 4096:  # the K loop with 2-warp tiles (two groups a thread), pipelined or not, at given splits
             tiles += ((4, 4096, 2, 1), (8, 4096, 2, 1), (8, 2048, 2, 1))
@@ -198,7 +215,10 @@ def sweep_candidates(fmt: str, m: int, k: int = 4096) -> list[QuantGemvConfig]:
             persistent = [(4, 2048, 2, 8, False, True), (4, 2048, 2, 10, False, True), (8, 2048, 2, 8, False, True),
                           (4, 2048, 1, 16, False, True), (2, 2048, 2, 8, True, True), (4, 2048, 2, 16, False, True),
                           (8, 2048, 2, 12, False, True),
-                          (4, 4096, 2, 8, False, True), (4, 2048, 2, 8, False, False)]
+                          (4, 4096, 2, 8, False, True), (4, 2048, 2, 8, False, False),
+                          (4, 2048, 2, 8, True, True), (2, 2048, 2, 12, True, True), (8, 2048, 2, 8, True, True),
+                          (4, 4096, 2, 10, True, True), (16, 2048, 4, 4, False, False), (8, 4096, 2, 6, False, True),
+                          (4, 2048, 2, 12, False, True)]
         return ([QuantGemvConfig(bn, bk, 1, w, s, False) for bn, bk, w, s in tiles]
                 + [QuantGemvConfig(bn, bk, sk, w, s, False) for bn, bk, w, s, sk in splits]
                 + [QuantGemvConfig(bn, bk, 1, w, 1, False, pps, pf, h2) for bn, bk, w, pps, pf, h2 in persistent])
@@ -209,8 +229,9 @@ def sweep_candidates(fmt: str, m: int, k: int = 4096) -> list[QuantGemvConfig]:
 
 def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, l2: int, sweep: bool,
                 deadline: float, kn: tuple[int, int] | None = None,
-                dtype: torch.dtype = torch.bfloat16) -> tuple[list[Row], list[str]]:
-    """Checks, then times one format at one shape (`kn` overrides the Llama shape `name`)."""
+                dtype: torch.dtype = torch.bfloat16, dequant: bool = False) -> tuple[list[Row], list[str]]:
+    """Checks, then times one format at one shape (`kn` overrides the Llama shape `name`; `dequant`: the
+    quantized formats' prefill path at every M)."""
     k, n = kn or SHAPES[name]
     layers, w, nbytes = build_layers(fmt, k, n, device, l2, dtype)
     failures = check_format(fmt, layers[0], w, ms)
@@ -224,14 +245,18 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
             rows.append(row)
             continue
         x = torch.randn(m, xk, device=device).to(dtype)
-        calls = [lambda l=l, x=x: _call(fmt, l, x, silu_mul=silu) for l in layers]
+        calls = [lambda l=l, x=x: _call(fmt, l, x, silu_mul=silu, dequant=dequant) for l in layers]
         if fmt == "bnb-nf4":
             row.seconds, how = bnb.time_calls(calls, time_per_call)
             row.config = f"bitsandbytes {bnb.version()} matmul_4bit, timed by {how}"
         else:
             row.seconds = time_per_call(calls)
         kernel_fmt = "nf4" if fmt in NF4_LOOKUP else fmt
-        if kernel_fmt in QUANT_FORMATS:
+        if fmt == "bf16" and m > MAX_M:
+            row.config = "cuBLAS"
+        elif kernel_fmt in QUANT_FORMATS and (dequant or m > layers[0].quant_method.gemv_rows(layers[0], x)):
+            row.config = "dequantize + cuBLAS"
+        elif kernel_fmt in QUANT_FORMATS:
             unit = {"int4": getattr(layers[0].quant_method, "group", 128), "nf4": 64}.get(kernel_fmt, 16)
             row.config = _short(get_config(kernel_fmt, n, k, m, unit, device))
             if sweep:
@@ -271,7 +296,7 @@ def _sweep(row: Row, fmt: str, kernel_fmt: str, layers: list, x: torch.Tensor, s
         print(f"    {fmt} {row.shape} M={m} {_short(cand)}: {secs * 1e6:.1f} us", flush=True)
         if secs < row.seconds:
             row.seconds, row.config, row.best = secs, _short(cand) + " (swept)", cand
-            print(f"    ({kernel_fmt!r}, {n}, {k}, {m_bucket(m)}): {cand!r},", flush=True)
+            print(f"    ({kernel_fmt!r}, {n}, {k}, {quant_m_bucket(m)}): {cand!r},", flush=True)
             if not cand.persistent:  # persistent kernels take one K tile per split
                 cands += split_variants(cand, n, k)
 
@@ -288,7 +313,7 @@ def _short(c: QuantGemvConfig) -> str:
 
 def write_json(rows: list[Row], path: str) -> None:
     """The swept winners, in the format `load_tuned_configs` (and FLOORLINE_QUANT_CONFIGS) reads."""
-    entries = [dict(format=r.fmt, n=r.n, k=r.k, m_bucket=m_bucket(r.m), config=r.best.as_dict(),
+    entries = [dict(format=r.fmt, n=r.n, k=r.k, m_bucket=quant_m_bucket(r.m), config=r.best.as_dict(),
                     us=round(r.seconds * 1e6, 2))
                for r in rows if r.best is not None and r.fmt in QUANT_FORMATS]  # not nf4-gather / -select
     with open(path, "w") as f:
@@ -353,7 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m floorline.bench.quant", description=__doc__.splitlines()[0])
     p.add_argument("--formats", default=",".join(DEFAULT_FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
     p.add_argument("--shapes", nargs="+", choices=LAYER_SHAPES, default=list(LAYER_SHAPES))
-    p.add_argument("--m", nargs="+", type=int, default=[1, 4, 16], help="row counts, 1..16")
+    p.add_argument("--m", nargs="+", type=int, default=[1, 4, 16],
+                   help=f"row counts, 1..{DOT_MAX_M} (past {MAX_M}: the quantized dot paths, bf16 cuBLAS)")
+    p.add_argument("--dequant", action="store_true",
+                   help="time the quantized formats' prefill path (dequantize + cuBLAS) at every M instead")
     p.add_argument("--sweep", action="store_true", help="also time a few configs per row; prints table lines")
     p.add_argument("--budget-s", type=float, default=300.0, help="sweep time budget")
     p.add_argument("--out", help="with --sweep: write the winners as JSON (load with FLOORLINE_QUANT_CONFIGS=path)")
@@ -361,13 +389,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.out and not args.sweep:
         print("floorline.bench.quant: --out writes the sweep's winners; add --sweep", file=sys.stderr)
         return 2
+    if args.dequant and args.sweep:
+        print("floorline.bench.quant: --sweep tunes the GEMVs, --dequant times the prefill path; pick one",
+              file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("floorline.bench.quant: needs a CUDA GPU (none is visible)", file=sys.stderr)
         return 2
     fmts = [f.strip() for f in args.formats.split(",") if f.strip()]
-    bad = [f for f in fmts if f not in FORMATS] + [str(m) for m in args.m if not 1 <= m <= 16]
+    bad = [f for f in fmts if f not in FORMATS] + [str(m) for m in args.m if not 1 <= m <= DOT_MAX_M]
     if bad:
-        print(f"floorline.bench.quant: unknown format or M out of 1..16: {', '.join(bad)}", file=sys.stderr)
+        print(f"floorline.bench.quant: unknown format or M out of 1..{DOT_MAX_M}: {', '.join(bad)}",
+              file=sys.stderr)
         return 2
     from floorline.quant.fp8 import w8a8_supported
 
@@ -390,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, failures = [], []
     for fmt in fmts:
         for name in args.shapes:
-            r, f = bench_shape(fmt, name, tuple(args.m), device, l2, args.sweep, deadline)
+            r, f = bench_shape(fmt, name, tuple(args.m), device, l2, args.sweep, deadline, dequant=args.dequant)
             rows += r
             failures += f
     lm_rows, _ = bench_shape("bf16", "lm_head", tuple(args.m), device, l2, False, deadline)

@@ -2,13 +2,13 @@
 
 The kernels follow `skinny_gemm`: one program owns BLOCK_N output rows and walks K in BLOCK_K steps
 (a multiple of the format's group), reading the packed weights once and dequantizing in registers;
-M == 1 takes an FMA path, M in 2..16 a tensor-core dot path, split-K fills the SMs on short grids.
+M == 1 takes an FMA path, M in 2..64 a tensor-core dot path, split-K fills the SMs on short grids.
 The 4-bit formats also have persistent M == 1 kernels (configs with `programs_per_sm`): a fixed grid
 whose programs each own one K tile, load its x once, and walk row tiles with a stride.
 Configs come from a table keyed by (format, N, K, M-bucket) that `python -m floorline.bench.quant
 --sweep` prints, else from `heuristic_config`; nothing is autotuned at run time.
 
-Prefill (M > 16) dequantizes the whole weight into a per-device buffer and runs cuBLAS on it: the
+Prefill (M > DOT_MAX_M) dequantizes the whole weight into a per-device buffer and runs cuBLAS on it: the
 dequantization reads the packed bytes once and writes 2 bytes a weight, small next to a GEMM of
 hundreds of rows.
 """
@@ -33,6 +33,10 @@ from floorline.kernels.triton_compat import tl, triton
 FORMATS = ("int8", "fp8", "int4", "nf4")
 DOT_MIN_K = 128  # 4-bit dot paths: one tl.dot per slot of BLOCK_K / 8 columns, which must be >= 16
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# The dot paths also serve 17..DOT_MAX_M rows (decode batches past 16, which would otherwise dequantize
+# the whole weight every step), on x tiles of up to 64 rows; their M-buckets extend M_BUCKETS.
+DOT_MAX_M = 64
+DOT_M_BUCKETS = (32, 64)
 
 @dataclass(frozen=True)
 class QuantGemvConfig(SkinnyConfig):
@@ -88,6 +92,40 @@ TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
        for n, k, split, buckets in ((6144, 4096, 4, (2, 4)), (4096, 4096, 4, (2, 4, 8, 16)),
                                     (28672, 4096, 2, (2, 4, 8, 16)), (4096, 14336, 8, (2, 4, 8, 16))) for b in buckets},
     ('nf4', 6144, 4096, 8): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=4, use_dot=True),
+    # 17..64 rows (decode batches past 16), every format on its dot paths (seventh session, 2026-12-01, the M = 32 / 64
+    # sweep; 4-bit: the pair dots won at 32 rows, the first dot path at 64)
+    ('int8', 6144, 4096, 32): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=3, use_dot=True),
+    ('int8', 6144, 4096, 64): QuantGemvConfig(block_n=128, block_k=64, split_k=4, num_warps=4, num_stages=4, use_dot=True),
+    ('int8', 4096, 4096, 32): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=3, use_dot=True),
+    ('int8', 4096, 4096, 64): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=3, use_dot=True),
+    ('int8', 28672, 4096, 32): QuantGemvConfig(block_n=64, block_k=128, split_k=2, num_warps=4, num_stages=3, use_dot=True),
+    ('int8', 28672, 4096, 64): QuantGemvConfig(block_n=128, block_k=64, split_k=1, num_warps=4, num_stages=4, use_dot=True),
+    ('int8', 4096, 14336, 32): QuantGemvConfig(block_n=128, block_k=128, split_k=8, num_warps=4, num_stages=3, use_dot=True),
+    ('int8', 4096, 14336, 64): QuantGemvConfig(block_n=128, block_k=128, split_k=8, num_warps=4, num_stages=3, use_dot=True),
+    ('fp8', 6144, 4096, 32): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=3, use_dot=True),
+    ('fp8', 6144, 4096, 64): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=3, use_dot=True),
+    ('fp8', 4096, 4096, 32): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=3, use_dot=True),
+    ('fp8', 4096, 4096, 64): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=3, use_dot=True),
+    ('fp8', 28672, 4096, 32): QuantGemvConfig(block_n=64, block_k=128, split_k=2, num_warps=4, num_stages=3, use_dot=True),
+    ('fp8', 28672, 4096, 64): QuantGemvConfig(block_n=128, block_k=128, split_k=1, num_warps=4, num_stages=3, use_dot=True),
+    ('fp8', 4096, 14336, 32): QuantGemvConfig(block_n=64, block_k=256, split_k=4, num_warps=4, num_stages=3, use_dot=True),
+    ('fp8', 4096, 14336, 64): QuantGemvConfig(block_n=128, block_k=128, split_k=8, num_warps=4, num_stages=3, use_dot=True),
+    ('int4', 6144, 4096, 32): QuantGemvConfig(block_n=128, block_k=128, split_k=4, num_warps=8, num_stages=3, use_dot=True, pairs=True),
+    ('int4', 6144, 4096, 64): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=3, use_dot=True),
+    ('int4', 4096, 4096, 32): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=3, use_dot=True, pairs=True),
+    ('int4', 4096, 4096, 64): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=3, use_dot=True),
+    ('int4', 28672, 4096, 32): QuantGemvConfig(block_n=128, block_k=128, split_k=1, num_warps=8, num_stages=3, use_dot=True, pairs=True),
+    ('int4', 28672, 4096, 64): QuantGemvConfig(block_n=128, block_k=128, split_k=1, num_warps=4, num_stages=3, use_dot=True),
+    ('int4', 4096, 14336, 32): QuantGemvConfig(block_n=128, block_k=128, split_k=8, num_warps=8, num_stages=3, use_dot=True, pairs=True),
+    ('int4', 4096, 14336, 64): QuantGemvConfig(block_n=128, block_k=128, split_k=8, num_warps=4, num_stages=3, use_dot=True),
+    ('nf4', 6144, 4096, 32): QuantGemvConfig(block_n=128, block_k=64, split_k=8, num_warps=4, num_stages=3, use_dot=True, pairs=True),
+    ('nf4', 6144, 4096, 64): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=3, use_dot=True),
+    ('nf4', 4096, 4096, 32): QuantGemvConfig(block_n=128, block_k=128, split_k=8, num_warps=2, num_stages=3, use_dot=True, pairs=True),
+    ('nf4', 4096, 4096, 64): QuantGemvConfig(block_n=64, block_k=128, split_k=4, num_warps=4, num_stages=3, use_dot=True),
+    ('nf4', 28672, 4096, 32): QuantGemvConfig(block_n=128, block_k=128, split_k=2, num_warps=2, num_stages=3, use_dot=True, pairs=True),
+    ('nf4', 28672, 4096, 64): QuantGemvConfig(block_n=128, block_k=128, split_k=1, num_warps=4, num_stages=3, use_dot=True),
+    ('nf4', 4096, 14336, 32): QuantGemvConfig(block_n=128, block_k=64, split_k=8, num_warps=4, num_stages=3, use_dot=True, pairs=True),
+    ('nf4', 4096, 14336, 64): QuantGemvConfig(block_n=128, block_k=128, split_k=4, num_warps=8, num_stages=3, use_dot=True),
     # the LM head (`--lm-head-quantization`), M = 1 (sixth session's sweep)
     ('int8', 128256, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=4, use_dot=False),
     ('fp8', 128256, 4096, 1): QuantGemvConfig(block_n=16, block_k=512, split_k=1, num_warps=4, num_stages=4, use_dot=False),
@@ -110,6 +148,8 @@ def _base_config(fmt: str, n: int, k: int, m: int) -> QuantGemvConfig:
     Where one 4096-wide tile covers K, the persistent kernel (x loaded once per program) won every shape
     of the H200 sweep; longer K keeps the K loop: a persistent split-K (one ticket a program, 2048-wide
     K tiles) measured 16.7 us against 14.7 for the int4 down projection (too few row tiles a program)."""
+    if m > MAX_M:  # 128-row tiles of the (first) dot paths: most frequent among the H200's 64-row winners
+        return QuantGemvConfig(block_n=128, block_k=128, num_warps=4, num_stages=3, use_dot=True)
     if m > 1 and fmt in ("int4", "nf4"):  # the pair dots: the H200 sweeps' most frequent winners (64 rows, 3 stages;
         # NF4 on 2 warps, which takes mma.sync instead of wgmma)
         return QuantGemvConfig(block_n=64, block_k=128, num_warps=4 if fmt == "int4" else 2, num_stages=3,
@@ -156,10 +196,15 @@ def _load_env_configs() -> None:
 _ENV_LOADED = False
 
 
+def quant_m_bucket(m: int) -> int:
+    """The config table's M-bucket of m rows: M_BUCKETS, then DOT_M_BUCKETS for 17..DOT_MAX_M."""
+    return m_bucket(m) if m <= MAX_M else next(b for b in DOT_M_BUCKETS if b >= m)
+
+
 def get_config(fmt: str, n: int, k: int, m: int, k_unit: int, device: torch.device | str = "cuda") -> QuantGemvConfig:
     """The tuned table entry for (format, N, K, M-bucket), else the heuristic."""
     _load_env_configs()
-    tuned = TUNED_CONFIGS.get((fmt, n, k, m_bucket(m)))
+    tuned = TUNED_CONFIGS.get((fmt, n, k, quant_m_bucket(m)))
     if tuned is not None and (tuned.use_dot or m == 1):
         return tuned
     return heuristic_config(fmt, n, k, m, k_unit, num_sms_of(torch.device(device)))
@@ -168,8 +213,10 @@ def get_config(fmt: str, n: int, k: int, m: int, k_unit: int, device: torch.devi
 def set_tuned_config(fmt: str, n: int, k: int, bucket: int, config: QuantGemvConfig) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"quantized GEMV: format must be one of {FORMATS}, got {fmt!r}")
-    if bucket not in M_BUCKETS:
-        raise ValueError(f"quantized GEMV: M-bucket must be one of {M_BUCKETS}, got {bucket}")
+    if bucket not in M_BUCKETS + DOT_M_BUCKETS:
+        raise ValueError(f"quantized GEMV: M-bucket must be one of {M_BUCKETS + DOT_M_BUCKETS}, got {bucket}")
+    if bucket > MAX_M and not config.use_dot:
+        raise ValueError(f"quantized GEMV: only the dot paths (use_dot=True) take more than {MAX_M} rows")
     if bucket > 1 and not config.use_dot:
         raise ValueError("quantized GEMV: the FMA path (use_dot=False) handles M == 1 only")
     TUNED_CONFIGS[(fmt, n, k, bucket)] = config
@@ -203,7 +250,7 @@ def check_config(cfg: QuantGemvConfig, m: int, k_unit: int, name: str, dot_min_k
         raise ValueError(f"{name}: the 8-bit formats have no persistent, fp16x2 or pair kernels; configs take "
                          f"programs_per_sm=0, half2=False, pairs=False (got {cfg})")
     if cfg.pairs and not cfg.use_dot:
-        raise ValueError(f"{name}: pairs is an option of the dot path (use_dot=True, 2..16 rows)")
+        raise ValueError(f"{name}: pairs is an option of the dot path (use_dot=True, 2..{DOT_MAX_M} rows)")
     if cfg.persistent and cfg.num_stages != 1:  # 2-3 stages doubled the H200 times
         raise ValueError(f"{name}: the persistent kernels (programs_per_sm > 0) take num_stages = 1, got "
                          f"{cfg.num_stages}")
@@ -233,13 +280,18 @@ def geometry(cfg: QuantGemvConfig, m: int, n: int, k: int, out: torch.Tensor) ->
 
 @dataclass
 class PersistentGeometry:
-    """Grid of a persistent M = 1 launch: `programs` = splits x programs per split."""
+    """Grid of a persistent M = 1 launch: `programs` = splits x programs per split; `reduce` the
+    constexprs of `_persistent_reduce`'s partial tiles (split count and row tiles a load, powers of two)."""
 
     programs: int
     tiles: int
     splits: int
     ws: torch.Tensor
     tickets: torch.Tensor
+    reduce: dict
+
+
+REDUCE_ELEMENTS = 2048  # partials `_persistent_reduce` loads at once (a few registers a thread)
 
 
 def persistent_geometry(cfg: QuantGemvConfig, n: int, k: int, out: torch.Tensor) -> PersistentGeometry:
@@ -247,9 +299,18 @@ def persistent_geometry(cfg: QuantGemvConfig, n: int, k: int, out: torch.Tensor)
     splits = triton.cdiv(k, cfg.block_k)
     per_split = max(1, min(tiles, triton.cdiv(cfg.programs_per_sm * num_sms_of(out.device), splits)))
     if splits == 1:
-        return PersistentGeometry(per_split, tiles, 1, out, out)
+        return PersistentGeometry(per_split, tiles, 1, out, out, dict(SPLITS_P2=1, TILES_AT_ONCE=1))
+    splits_p2 = triton.next_power_of_2(splits)
+    at_once = min(triton.next_power_of_2(triton.cdiv(tiles, per_split)),
+                  max(1, REDUCE_ELEMENTS // (splits_p2 * cfg.block_n)))
     ws = torch.empty((splits, 1, n), dtype=torch.float32, device=out.device)
-    return PersistentGeometry(per_split * splits, tiles, splits, ws, tickets(out.device, tiles, "quant_gemv"))
+    return PersistentGeometry(per_split * splits, tiles, splits, ws, tickets(out.device, tiles, "quant_gemv"),
+                              dict(SPLITS_P2=splits_p2, TILES_AT_ONCE=at_once))
+
+
+def dot_block_m(m: int) -> int:
+    """Rows of a dot path's x tile: 16 (tl.dot's least) up to the next power of two of m."""
+    return max(DOT_BLOCK_M, triton.next_power_of_2(m))
 
 
 def half2_ok(cfg: QuantGemvConfig, x: torch.Tensor) -> bool:
@@ -271,15 +332,15 @@ def unfused_silu(x: torch.Tensor, silu_mul: bool, cfg: QuantGemvConfig) -> tuple
     return x, silu_mul
 
 
-def operand(x: torch.Tensor, k: int, silu_mul: bool, name: str) -> torch.Tensor:
+def operand(x: torch.Tensor, k: int, silu_mul: bool, name: str, max_m: int = DOT_MAX_M) -> torch.Tensor:
     """Checks x [M, K] (or [M, 2K] gate | up with `silu_mul`) and returns it with a unit last stride."""
     width = 2 * k if silu_mul else k
     if x.dim() != 2 or x.shape[1] != width:
         raise ValueError(f"{name}: x must be [M, {width}] for a weight of {k} input features, got {tuple(x.shape)}")
     if x.dtype not in KERNEL_DTYPES:
         raise ValueError(f"{name}: x must be float16/bfloat16/float32, got {x.dtype}")
-    if not 1 <= x.shape[0] <= MAX_M:
-        raise ValueError(f"{name}: the GEMV takes 1 <= M <= {MAX_M} rows, got {x.shape[0]}")
+    if not 1 <= x.shape[0] <= max_m:
+        raise ValueError(f"{name}: the GEMV takes 1 <= M <= {max_m} rows, got {x.shape[0]}")
     return x if x.stride(1) == 1 else x.contiguous()
 
 
@@ -413,23 +474,28 @@ def _persistent_store(out, rn, N, out_ptr, ws_ptr, split, SPLIT: tl.constexpr):
 
 
 @triton.jit
-def _persistent_reduce(out_ptr, ws_ptr, cnt_ptr, group, num_tiles, step, num_splits, N, BLOCK_N: tl.constexpr):
+def _persistent_reduce(out_ptr, ws_ptr, cnt_ptr, group, num_tiles, step, num_splits, N, BLOCK_N: tl.constexpr,
+                       SPLITS_P2: tl.constexpr, TILES_AT_ONCE: tl.constexpr):
     """After its last row tile: the programs of one row group (one per split, all walking the same
-    tiles) take one ticket each, and the last sums every tile's partials in split order (deterministic).
+    tiles) take one ticket each, and the last sums the group's partials (deterministic: a fixed tree
+    over the splits).
 
     One ticket per program, not per tile: a ticket is a round trip to L2 that the program waits for.
-    No table entry splits a persistent kernel: on the down projection even this measured 16.7 us
-    against the K loop's 14.7 (benchmarks/quant_h200_notes.md); configs may still ask for it."""
+    The partials are read as [TILES_AT_ONCE, SPLITS_P2, BLOCK_N] tiles, all loads in flight together:
+    a loop of one load per split and tile made the last program wait ~one L2 round trip for each
+    (about 38 of them on the down projection), the tail that left the split kernels behind the K loop."""
     tl.debug_barrier()  # every thread's partials issued before the (release) ticket
     ticket = tl.atomic_add(cnt_ptr + group, 1, sem="acq_rel", scope="gpu")
     if ticket == num_splits - 1:
-        rb = tl.arange(0, BLOCK_N)
-        for tile in range(group, num_tiles, step):
-            rn = tile * BLOCK_N + rb
-            total = tl.zeros([BLOCK_N], dtype=tl.float32)
-            for s in range(num_splits):  # .cg: from L2, where the other SMs' partials are
-                total += tl.load(ws_ptr + s * N + rn, mask=rn < N, other=0.0, cache_modifier=".cg")
-            tl.store(out_ptr + rn, total.to(out_ptr.dtype.element_ty), mask=rn < N)
+        ri = tl.arange(0, TILES_AT_ONCE)[:, None]
+        rs = tl.arange(0, SPLITS_P2)[None, :, None]
+        rb = tl.arange(0, BLOCK_N)[None, :]
+        for first in range(group, num_tiles, step * TILES_AT_ONCE):
+            rn = (first + ri * step) * BLOCK_N + rb  # [T, BN]
+            ok = (first + ri * step < num_tiles) & (rn < N)
+            parts = tl.load(ws_ptr + rs * N + rn[:, None, :], mask=ok[:, None, :] & (rs < num_splits), other=0.0,
+                            cache_modifier=".cg")  # from L2, where the other SMs' partials are
+            tl.store(out_ptr + rn, tl.sum(parts, axis=1).to(out_ptr.dtype.element_ty), mask=ok)
         tl.store(cnt_ptr + group, 0)  # ready for the next launch (or graph replay)
 
 

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
-    DOT_BLOCK_M,
     DOT_MIN_K,
     QuantGemvConfig,
     _persistent_reduce,
@@ -39,6 +38,7 @@ from floorline.kernels.quant_common import (
     _slot_xs,
     _split_tile,
     check_config,
+    dot_block_m,
     geometry,
     get_config,
     half2_ok,
@@ -224,7 +224,8 @@ def _int4_gemv_m1_kernel(
     N, K, num_groups, stride_qn, num_tiles, num_splits, one_bits, sixteen_bits,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     EVEN_K: tl.constexpr, SPLIT: tl.constexpr, X_SILU_MUL: tl.constexpr, PREFETCH: tl.constexpr,
-    HALF2: tl.constexpr = False, EMULATE: tl.constexpr = False, USE_PDL: tl.constexpr = False,
+    HALF2: tl.constexpr = False, EMULATE: tl.constexpr = False, SPLITS_P2: tl.constexpr = 1,
+    TILES_AT_ONCE: tl.constexpr = 1, USE_PDL: tl.constexpr = False,
 ):
     """Persistent M = 1 GEMV: program p owns K tile p % num_splits and walks row tiles with a stride.
 
@@ -289,7 +290,8 @@ def _int4_gemv_m1_kernel(
         if PREFETCH:
             w = w_next
     if SPLIT:
-        _persistent_reduce(out_ptr, ws_ptr, cnt_ptr, first, num_tiles, step, num_splits, N, BLOCK_N)
+        _persistent_reduce(out_ptr, ws_ptr, cnt_ptr, first, num_tiles, step, num_splits, N, BLOCK_N,
+                           SPLITS_P2, TILES_AT_ONCE)
 
 
 @triton.jit
@@ -348,7 +350,8 @@ def int4_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
 def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                      k: int, group: int, *, silu_mul: bool = False,
                      config: QuantGemvConfig | None = None) -> torch.Tensor:
-    """Triton GEMV for 1 <= M <= 16 rows; `silu_mul`: x is [M, 2K] gate | up. Returns [M, N]."""
+    """Triton GEMV for 1 <= M <= DOT_MAX_M rows (past 16 on the dot paths); `silu_mul`: x is [M, 2K] gate | up.
+    Returns [M, N]."""
     _check(qweight, scales, zeros, k, group)
     x = operand(x, k, silu_mul, "quant_int4")
     m, n = x.shape[0], qweight.shape[0]
@@ -368,7 +371,7 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     _int4_gemv_kernel[(geo.tiles, geo.splits)](
         x, qweight, scales, zeros, out, geo.ws, geo.tickets,
         m, n, k, kp, kp // group, x.stride(0), qweight.stride(0), geo.blocks_per_split, geo.splits, *MAGIC,
-        BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group,
+        BLOCK_M=dot_block_m(m) if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
         DOT_IEEE=x.dtype == torch.float32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
@@ -385,7 +388,7 @@ def _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out):
         n, k, kp // group, qweight.stride(0), geo.tiles, geo.splits, *MAGIC,
         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group,
         EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1, X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch,
-        HALF2=half2_ok(cfg, x), EMULATE=x.device.type != "cuda",
+        HALF2=half2_ok(cfg, x), EMULATE=x.device.type != "cuda", **geo.reduce,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
     )
     return out

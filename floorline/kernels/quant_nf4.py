@@ -12,7 +12,7 @@ Layout (per merged layer; each checkpoint shard keeps its own double-quantizatio
 The code lookup (`nf4_lookup`) is a warp shuffle on the GPU: lane l holds CODE[l % 16] (fp32, so the
 dequantization is exactly the reference's), and `shfl.idx` with the word shifted to the slot reads
 it. The interpreter takes a gather from the 16-entry table (or a select tree). The M = 1 path
-factors absmax out of each block's sum (one FMA per weight). For 2..16 rows with 16-bit activations
+factors absmax out of each block's sum (one FMA per weight). For 2..64 rows with 16-bit activations
 configs with `pairs` take `quant_pairs`' NF4 dots; the first dot path (here) scales the codes, rounds
 them to the activation dtype and joins the slots into one tile for a single `tl.dot`.
 """
@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from floorline.kernels.nf4_lookup import NF4_CODE, lookup_id, nf4_code_of, nf4_lane_table
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
-    DOT_BLOCK_M,
     DOT_MIN_K,
     QuantGemvConfig,
     _load_x,
@@ -39,6 +38,7 @@ from floorline.kernels.quant_common import (
     _slot_xs,
     _split_tile,
     check_config,
+    dot_block_m,
     geometry,
     get_config,
     half2_ok,
@@ -58,6 +58,36 @@ BLOCK = 64  # weights per absmax block
 NESTED_BLOCK = 256  # absmax blocks per nested (second-level) scale
 
 
+@triton.jit
+def _nf4_fma_load(q_ptrs, a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, k, rb, KB, NESTED: tl.constexpr,
+                  EVEN_K: tl.constexpr):
+    """The K loop's tile at k: words [2, NB, BN, 4] (uint32) and the blocks' absmax [BN, NB] (blocks past
+    the end read as zero words unless EVEN_K)."""
+    kb = k // 64 + rb
+    kb_mask = kb < KB
+    absmax = _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, KB, kb_mask, NESTED, not EVEN_K)
+    if EVEN_K:
+        w = tl.load(q_ptrs, eviction_policy="evict_first")
+    else:
+        w = tl.load(q_ptrs, mask=kb_mask[None, :, None, None], other=0, eviction_policy="evict_first")
+    return w.to(tl.uint32, bitcast=True), absmax
+
+
+@triton.jit
+def _nf4_fma_tile(acc, w, absmax, x_ptrs, code_ptr, table, k, rb, KB, K, LOOKUP: tl.constexpr,
+                  EVEN_K: tl.constexpr):
+    """acc [2, NB, BN] + each block's absmax times its code-times-x sums, over the tile at k."""
+    kb_mask = k // 64 + rb < KB
+    t = tl.zeros(w.shape, dtype=tl.float32)
+    for S in tl.static_range(8):
+        if EVEN_K:
+            xs = _load_x(x_ptrs + S * 8, None, K, False, False)
+        else:
+            xs = _load_x(x_ptrs + S * 8, kb_mask[None, :, None, None], K, False)
+        t += nf4_code_of(w, S, code_ptr, table, LOOKUP) * xs.to(tl.float32)
+    return acc + tl.trans(absmax)[None, :, :] * tl.sum(t, axis=3)  # the block's absmax, once per 4 words
+
+
 @triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits"])
 def _nf4_gemv_kernel(
     x_ptr,  # [M, K] (or [M, 2K] gate | up), last-dim stride 1
@@ -71,8 +101,6 @@ def _nf4_gemv_kernel(
     USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr, DOT_IEEE: tl.constexpr,
     NESTED: tl.constexpr, LOOKUP: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
-    if USE_PDL:
-        gdc_wait()
     NB: tl.constexpr = BLOCK_K // 64
     KB = K // 64
     tile, split, k_start, k_end, rn, rn_w = _split_tile(K, k_blocks_per_split, N, BLOCK_N, BLOCK_K)
@@ -80,6 +108,8 @@ def _nf4_gemv_kernel(
     base, offset, mbase = _row_state(base_ptr, off_ptr, map_ptr, rn_w, NESTED)
     rb = tl.arange(0, NB)
     if USE_DOT:
+        if USE_PDL:
+            gdc_wait()
         # One tl.dot per tile (quant_common's _slot_dot): the eight slots as code * absmax; 8 words a block.
         q_ptrs, x_ptrs, xoff, m_mask = _slot_dot_pointers(q_ptr, x_ptr, rn64, M, stride_qn, stride_xm, k_start,
                                                           NB, 8, BLOCK_M, BLOCK_K)
@@ -115,27 +145,22 @@ def _nf4_gemv_kernel(
         q_ptrs = q_ptr + rn64[None, None, :, None] * stride_qn + k_start // 8 + woff
         x_ptrs = x_ptr + k_start + xoff
         table = nf4_lane_table(tl.zeros([2, NB, BLOCK_N, 4], dtype=tl.int32), LOOKUP)
-        acc = tl.zeros([2, NB, BLOCK_N], dtype=tl.float32)
-        for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
-            kb = k // 64 + rb
-            kb_mask = kb < KB
-            absmax = _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, KB, kb_mask, NESTED,
-                                   not EVEN_K)
-            if EVEN_K:
-                w = tl.load(q_ptrs, eviction_policy="evict_first")
-            else:
-                w = tl.load(q_ptrs, mask=kb_mask[None, :, None, None], other=0, eviction_policy="evict_first")
-            w = w.to(tl.uint32, bitcast=True)
-            t = tl.zeros(w.shape, dtype=tl.float32)
-            for S in tl.static_range(8):
-                if EVEN_K:
-                    xs = _load_x(x_ptrs + S * 8, None, K, False, False)
-                else:
-                    xs = _load_x(x_ptrs + S * 8, kb_mask[None, :, None, None], K, False)
-                t += nf4_code_of(w, S, code_ptr, table, LOOKUP) * xs.to(tl.float32)
-            acc += tl.trans(absmax)[None, :, :] * tl.sum(t, axis=3)  # the block's absmax, once per 4 words
+        # The first tile's weights and absmax never depend on the previous kernel: they are requested before
+        # waiting for it, which overlaps them with its tail where it launches this one early (PDL). H200, NF4
+        # batch-1 decode at 2048: 2.926 / 2.929 -> 2.916 / 2.902 ms a step; the same peel in int4's K loop lost
+        # (2.351 / 2.356 -> 2.398 / 2.389), so that one waits first.
+        w, absmax = _nf4_fma_load(q_ptrs, a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, k_start, rb, KB,
+                                  NESTED, EVEN_K)
+        if USE_PDL:
+            gdc_wait()
+        acc = _nf4_fma_tile(tl.zeros([2, NB, BLOCK_N], dtype=tl.float32), w, absmax, x_ptrs, code_ptr, table,
+                            k_start, rb, KB, K, LOOKUP, EVEN_K)
+        for k in tl.range(k_start + BLOCK_K, k_end, BLOCK_K, num_stages=NUM_STAGES):
             q_ptrs += BLOCK_K // 8
             x_ptrs += BLOCK_K
+            w, absmax = _nf4_fma_load(q_ptrs, a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, k, rb, KB,
+                                      NESTED, EVEN_K)
+            acc = _nf4_fma_tile(acc, w, absmax, x_ptrs, code_ptr, table, k, rb, KB, K, LOOKUP, EVEN_K)
         out = tl.sum(tl.sum(acc, axis=0), axis=0)
         _epilogue(out, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
                   False, SPLIT)
@@ -161,7 +186,8 @@ def _nf4_gemv_m1_kernel(
     N, K, stride_qn, num_tiles, num_splits,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     SPLIT: tl.constexpr, NESTED: tl.constexpr, LOOKUP: tl.constexpr, X_SILU_MUL: tl.constexpr,
-    PREFETCH: tl.constexpr, HALF2: tl.constexpr = False, USE_PDL: tl.constexpr = False,
+    PREFETCH: tl.constexpr, HALF2: tl.constexpr = False, SPLITS_P2: tl.constexpr = 1,
+    TILES_AT_ONCE: tl.constexpr = 1, USE_PDL: tl.constexpr = False,
 ):
     """Persistent M = 1 GEMV (quant_int4's `_int4_gemv_m1_kernel`, with NF4 codes and block absmax):
     program p owns K tile p % num_splits, loads its x once and walks row tiles with a stride. HALF2:
@@ -217,7 +243,8 @@ def _nf4_gemv_m1_kernel(
         if PREFETCH:
             w = w_next
     if SPLIT:
-        _persistent_reduce(out_ptr, ws_ptr, cnt_ptr, first, num_tiles, step, num_splits, N, BLOCK_N)
+        _persistent_reduce(out_ptr, ws_ptr, cnt_ptr, first, num_tiles, step, num_splits, N, BLOCK_N,
+                           SPLITS_P2, TILES_AT_ONCE)
 
 
 @triton.jit
@@ -302,7 +329,8 @@ def _nested_args(absmax: torch.Tensor, nested: tuple | None) -> tuple:
 def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, nested: tuple | None,
                     code: torch.Tensor, *, silu_mul: bool = False, lookup: str | None = None,
                     config: QuantGemvConfig | None = None) -> torch.Tensor:
-    """Triton GEMV for 1 <= M <= 16 rows; `silu_mul`: x is [M, 2K] gate | up. Returns [M, N].
+    """Triton GEMV for 1 <= M <= DOT_MAX_M rows (past 16 on the dot paths); `silu_mul`: x is [M, 2K] gate | up.
+    Returns [M, N].
 
     `lookup`: one of LOOKUPS; None takes the shuffle on CUDA, the gather elsewhere (the interpreter).
     """
@@ -326,7 +354,7 @@ def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor
             n, k, qweight.stride(0), geo.tiles, geo.splits,
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
             SPLIT=geo.splits > 1, NESTED=nested is not None, LOOKUP=lookup_id(lookup, x.device),
-            X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch, HALF2=half2_ok(cfg, x), num_warps=cfg.num_warps,
+            X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch, HALF2=half2_ok(cfg, x), **geo.reduce, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
             **pdl_args(x.device))
         return out
@@ -334,7 +362,7 @@ def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor
     _nf4_gemv_kernel[(geo.tiles, geo.splits)](
         x, qweight, absmax, *_nested_args(absmax, nested), code, out, geo.ws, geo.tickets,
         m, n, k, x.stride(0), qweight.stride(0), geo.blocks_per_split, geo.splits,
-        BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        BLOCK_M=dot_block_m(m) if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
         DOT_IEEE=x.dtype == torch.float32, NESTED=nested is not None, LOOKUP=lookup_id(lookup, x.device),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),

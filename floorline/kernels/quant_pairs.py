@@ -1,4 +1,4 @@
-"""4-bit dot paths for 2..16 rows that build the tensor-core operands from the packed words in registers.
+"""4-bit dot paths for 2..64 rows that build the tensor-core operands from the packed words in registers.
 
 The first dot path (`quant_int4`'s USE_DOT) dequantizes every slot to fp32 (q - z) * s, joins the
 eight slots into one tile and sends it through shared memory to reach the dot operand layout: about
@@ -42,7 +42,7 @@ import torch
 
 from floorline.kernels.nf4_lookup import lane_table_asm
 from floorline.kernels.pdl import gdc_wait, pdl_args
-from floorline.kernels.quant_common import DOT_BLOCK_M, QuantGemvConfig, _slot_dot_epilogue, _split_tile, geometry
+from floorline.kernels.quant_common import QuantGemvConfig, _slot_dot_epilogue, _split_tile, dot_block_m, geometry
 from floorline.kernels.quant_nf4_state import _block_absmax, _row_state
 from floorline.kernels.triton_compat import HAS_TRITON, tl, triton
 
@@ -301,7 +301,7 @@ def _launch(kernel, x: torch.Tensor, qweight: torch.Tensor, k: int, cfg: QuantGe
     kernel[(geo.tiles, geo.splits)](
         x, qweight.view(torch.int16), *params, out, geo.ws, geo.tickets,
         m, n, k, *sizes, x.stride(0), 2 * qweight.stride(0), geo.blocks_per_split, geo.splits,
-        BLOCK_M=DOT_BLOCK_M, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, NUM_STAGES=cfg.num_stages,
+        BLOCK_M=dot_block_m(m), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, NUM_STAGES=cfg.num_stages,
         EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1, FP16=x.dtype == torch.float16,
         EMULATE=x.device.type != "cuda", **constexprs,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),

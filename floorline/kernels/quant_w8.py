@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from floorline.kernels.activation import silu_and_mul
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
-    DOT_BLOCK_M,
     QuantGemvConfig,
     _load_x,
     _split_tile,
     check_config,
+    dot_block_m,
     geometry,
     get_config,
     operand,
@@ -194,7 +194,8 @@ def w8_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, fp8
 
 def w8_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, fp8: bool, *,
                    silu_mul: bool = False, config: QuantGemvConfig | None = None) -> torch.Tensor:
-    """Triton GEMV for 1 <= M <= 16 rows; `silu_mul`: x is [M, 2K] gate | up. Returns [M, N]."""
+    """Triton GEMV for 1 <= M <= DOT_MAX_M rows (past 16 on the dot path); `silu_mul`: x is [M, 2K] gate | up.
+    Returns [M, N]."""
     _check(qweight, scale, fp8)
     n, k = qweight.shape
     x = operand(x, k, silu_mul, "quant_w8")
@@ -210,7 +211,7 @@ def w8_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, 
     _w8_gemv_kernel[(geo.tiles, geo.splits)](
         x, qweight, scale, out, geo.ws, geo.tickets, m, n, k, x.stride(0), qweight.stride(0),
         geo.blocks_per_split, geo.splits,
-        BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        BLOCK_M=dot_block_m(m) if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
         DOT_IEEE=x.dtype == torch.float32, FP8=fp8, FP16_X=x.dtype == torch.float16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),

@@ -2,9 +2,10 @@
 
 Quantize-on-load: s = max|w_row| / 448, q = e4m3(w / s) (round to nearest even, 3 mantissa bits).
 Prefill on Hopper (compute capability >= 9.0) runs W8A8: each token's activations are quantized to
-e4m3 with their own scale and `torch._scaled_mm` multiplies on the fp8 tensor cores. Decode (1..16
+e4m3 with their own scale and `torch._scaled_mm` multiplies on the fp8 tensor cores. Decode (1..64
 rows) reads the weights once in the Triton GEMV either way: it is memory-bound, and keeping the
-activations in 16 bits there costs nothing. Elsewhere the weight is dequantized (weight-only).
+activations in 16 bits there costs nothing (at 32 rows the GEMV's dot path beat `_scaled_mm` with
+its per-token activation scales: H200, a Llama-3.1-8B step 5.55 against 7.72 ms). Elsewhere the weight is dequantized (weight-only).
 The weight is stored as its raw bits in uint8: dummy loading can randomize uint8, not float8.
 """
 

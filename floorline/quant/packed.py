@@ -5,9 +5,9 @@ checkpoint arrives as several tensors (AWQ: qweight, qzeros, scales) in any orde
 holds a shard's parts until it has them all, then converts them into its own layout in one go.
 Quantize-on-load methods take the single part "weight".
 
-`apply` picks the path by row count: the Triton GEMV for 1..16 rows on CUDA (decode), else the
-weight dequantized (Triton into a shared buffer on CUDA, the PyTorch reference on CPU) and a
-regular matmul (prefill).
+`apply` picks the path by row count: the Triton GEMV for 1..DOT_MAX_M (64) rows on CUDA (decode; past
+16 rows its dot paths), else the weight dequantized (Triton into a shared buffer on CUDA, the
+PyTorch reference on CPU) and a regular matmul (prefill).
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from floorline.errors import WeightMismatchError
-from floorline.kernels.quant_common import MAX_M, dequant_buffer
+from floorline.kernels.quant_common import DOT_MAX_M, dequant_buffer
 from floorline.quant.base import QuantMethod
 
 
-def gemv_wanted(x: torch.Tensor) -> bool:
-    """Whether `apply` takes the Triton GEMV (tests patch this to run the kernels in the interpreter)."""
-    return x.is_cuda and 1 <= x.shape[0] <= MAX_M
+def gemv_wanted(x: torch.Tensor, max_rows: int) -> bool:
+    """Whether `apply` takes the Triton GEMV for x, which a method's kernels take up to `max_rows` rows
+    (tests patch this to run the kernels in the interpreter)."""
+    return x.is_cuda and 1 <= x.shape[0] <= max_rows
 
 
 def check_shape(t: torch.Tensor, want: tuple[int, ...], what: str) -> None:
@@ -116,7 +117,7 @@ class PackedMethod(QuantMethod):
         return self._forward(layer, x, silu_mul=True)
 
     def _forward(self, layer: torch.nn.Module, x: torch.Tensor, silu_mul: bool) -> torch.Tensor:
-        if x.dim() == 2 and gemv_wanted(x):
+        if x.dim() == 2 and gemv_wanted(x, self.gemv_rows(layer, x)):
             return self.gemv(layer, x, silu_mul)
         if silu_mul:
             from floorline.kernels.activation import silu_and_mul
@@ -124,8 +125,12 @@ class PackedMethod(QuantMethod):
             x = silu_and_mul(x)
         return self.matmul(layer, x)
 
+    def gemv_rows(self, layer: torch.nn.Module, x: torch.Tensor) -> int:
+        """The most rows of x that `gemv` takes (more go to `matmul`)."""
+        return DOT_MAX_M
+
     def gemv(self, layer: torch.nn.Module, x: torch.Tensor, silu_mul: bool) -> torch.Tensor:
-        """The Triton GEMV: x [M <= 16, K] (or [M, 2K] gate | up) -> [M, N]."""
+        """The Triton GEMV: x [M <= gemv_rows, K] (or [M, 2K] gate | up) -> [M, N]."""
         raise NotImplementedError
 
     def matmul(self, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

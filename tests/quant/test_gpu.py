@@ -41,7 +41,7 @@ def test_gpu_gemv_matches_reference_in_bf16(fmt, k, n):
     if fmt == "nf4" and k % 64:
         pytest.skip("NF4 needs K % 64 == 0")
     layer, w = _layer(fmt, k, n)
-    for m in (1, 2, 5, 16):
+    for m in (1, 2, 5, 16, 40):  # 40: a decode batch past 16 (the dot paths' 64-row x tiles)
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
         out = layer.quant_method.gemv(layer, x, False)
         assert out.dtype == torch.bfloat16 and _rel(out, F.linear(x.float(), w)) < 1e-2
@@ -85,9 +85,20 @@ def test_gpu_pair_dots_match_reference(fmt, dtype, k, n, cfg):
     if fmt == "nf4" and k % 64:
         pytest.skip("NF4 needs K % 64 == 0")
     layer, w = _layer(fmt, k, n)
-    for m in (2, 5, 16):
+    for m in (2, 5, 16, 33, 64):  # past 16: 64-row x tiles
         x = torch.randn(m, k, device="cuda", dtype=dtype)
         assert _rel(_gemv_with_config(fmt, layer, x, cfg), F.linear(x.float(), w)) < 1e-2
+
+
+@pytest.mark.parametrize("fmt", list(METHODS))
+def test_gpu_decode_batches_past_16_take_the_dot_paths(fmt):
+    """17..64 rows through the layer: the default configs of the dot paths (fused SiLU operand too)."""
+    layer, w = _layer(fmt, 4096, 6144)
+    for m in (17, 32, 64):
+        x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
+        assert _rel(layer(x), F.linear(x.float(), w)) < 1e-2
+    x2 = torch.randn(24, 8192, device="cuda", dtype=torch.bfloat16)
+    assert _rel(layer.forward_silu_mul(x2), F.linear(silu_and_mul(x2).float(), w)) < 1e-2
 
 
 @pytest.mark.parametrize("fmt", list(METHODS))

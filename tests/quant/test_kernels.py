@@ -122,7 +122,7 @@ PAIRS = [QuantGemvConfig(block_n=16, block_k=64, split_k=1, num_stages=2, use_do
 
 
 @pytest.mark.parametrize("cfg", PAIRS, ids=["one-group-tiles", "split"])
-@pytest.mark.parametrize("m", [2, 16])
+@pytest.mark.parametrize("m", [2, 16, 40])  # 40: past MAX_M, a 64-row x tile
 @pytest.mark.parametrize("n,k,group", [(40, 320, 64), (72, 512, 128), (16, 200, 64)])
 @pytest.mark.parametrize("silu", [False, True])
 def test_int4_pairs_dot_path(cfg, m, n, k, group, silu, seed):
@@ -157,6 +157,34 @@ def test_int4_pairs_configs_fall_back_where_the_path_does_not_apply(seed):
                seed)
 
 
+@pytest.mark.parametrize("fmt", ["int4", "nf4", "int8"])
+def test_more_than_16_rows_run_on_the_dot_paths(fmt, seed):
+    """17..DOT_MAX_M rows: the first dot paths (fp32 x, a 64-row x tile) and the pair dots (fp16) against the
+    reference; the FMA path and 65 rows are refused, naming what is accepted."""
+    first = QuantGemvConfig(block_n=16, block_k=128, split_k=2, num_stages=1, use_dot=True)
+    x32, _ = _x(40, 256, torch.float32, False)
+    if fmt == "int4":
+        qw, s, z = _int4(24, 256, 64)
+        run = lambda x, cfg=None: int4_gemv_triton(x, qw, s, z, 256, 64, config=cfg)  # noqa: E731
+        ref = lambda x: int4_gemm_ref(x, qw, s, z, 256, 64)  # noqa: E731
+    elif fmt == "nf4":
+        qn, a, _ = _nf4(24, 256, False)
+        run = lambda x, cfg=None: nf4_gemv_triton(x, qn, a, None, nf4_code(), config=cfg)  # noqa: E731
+        ref = lambda x: nf4_gemm_ref(x, qn, a, None)  # noqa: E731
+    else:
+        q8, sc = _w8(24, 256, False)
+        run = lambda x, cfg=None: w8_gemv_triton(x, q8, sc, False, config=cfg)  # noqa: E731
+        ref = lambda x: w8_gemm_ref(x, q8, sc, False)  # noqa: E731
+    _close(run(x32, first), ref(x32), torch.float32, seed)
+    _close(run(x32), ref(x32), torch.float32, seed)  # the heuristic's config for 40 rows
+    with pytest.raises(ValueError, match="M == 1 only"):
+        run(x32, QuantGemvConfig(block_n=8, block_k=128))
+    with pytest.raises(ValueError, match=f"1 <= M <= {qc.DOT_MAX_M}"):
+        run(_x(qc.DOT_MAX_M + 1, 256, torch.float32, False)[0])
+    with pytest.raises(ValueError, match="dot paths"):
+        qc.set_tuned_config(fmt, 24, 256, 32, QuantGemvConfig(8, 128))
+
+
 # persistent M = 1 kernels: several row tiles per program (2 programs "per SM" on the CPU's few), one K
 # tile per program (K > block_k: split partials and tickets), masked K tails, prefetch, one-warp programs
 PERSISTENT = [QuantGemvConfig(block_n=4, block_k=128, num_warps=2, num_stages=1, programs_per_sm=1),
@@ -175,6 +203,23 @@ M1_IDS = ["split", "prefetch", "one-warp", "half2-split", "half2-prefetch"]
 @pytest.mark.parametrize("silu", [False, True])
 def test_int4_persistent_m1_kernel(cfg, dtype, n, k, group, silu, seed):
     _check_int4_config(cfg, 1, n, k, group, silu, dtype, seed)
+
+
+@pytest.mark.parametrize("elements", [16, 32])
+def test_persistent_split_reduce_in_chunks(elements, monkeypatch, seed):
+    """The last program of a row group sums its partials a few row tiles at a time when they do not fit
+    one load (1 and 2 tiles here, of 4-5 a program: a short last chunk), for int4 and NF4."""
+    monkeypatch.setattr(qc, "REDUCE_ELEMENTS", elements)
+    cfg = PERSISTENT[0]  # 4 rows, 128-wide K tiles: 3 splits (SPLITS_P2 = 4)
+    geo = qc.persistent_geometry(cfg, 36, 384, torch.empty(1, 36))
+    assert geo.splits == 3 and geo.reduce["TILES_AT_ONCE"] == elements // 16 and geo.tiles == 9
+    qw, s, z = _int4(36, 384, 64)
+    x, _ = _x(1, 384, torch.float32, False)
+    _close(int4_gemv_triton(x, qw, s, z, 384, 64, config=cfg), int4_gemm_ref(x, qw, s, z, 384, 64),
+           torch.float32, seed)
+    qn, a, _ = _nf4(36, 384, False)
+    _close(nf4_gemv_triton(x, qn, a, None, nf4_code(), config=cfg), nf4_gemm_ref(x, qn, a, None), torch.float32,
+           seed)
 
 
 def test_half2_configs_keep_the_fp32_loop_for_fp32_activations(seed):
@@ -226,7 +271,7 @@ def test_nf4_gemv_default_config(dtype, m, n, k, nested, seed):
 
 
 @pytest.mark.parametrize("cfg", PAIRS, ids=["one-block-tiles", "split"])
-@pytest.mark.parametrize("m", [2, 16])
+@pytest.mark.parametrize("m", [2, 16, 40])
 @pytest.mark.parametrize("n,k", [(40, 320), (72, 512)])
 @pytest.mark.parametrize("nested,silu", [(True, False), (False, True)])
 def test_nf4_pairs_dot_path(cfg, m, n, k, nested, silu, seed):
@@ -314,8 +359,8 @@ def test_launchers_reject_bad_inputs():
     qw, s, z = _int4(16, 128, 128)
     with pytest.raises(ValueError, match="x must be"):
         int4_gemv_triton(torch.randn(2, 64), qw, s, z, 128, 128)
-    with pytest.raises(ValueError, match="1 <= M <= 16"):
-        int4_gemv_triton(torch.randn(17, 128), qw, s, z, 128, 128)
+    with pytest.raises(ValueError, match="1 <= M <= 64"):
+        int4_gemv_triton(torch.randn(65, 128), qw, s, z, 128, 128)
     with pytest.raises(ValueError, match="scales must be"):
         int4_gemv_triton(torch.randn(1, 128), qw, s.float(), z, 128, 128)
     with pytest.raises(ValueError, match="multiple of 128"):
