@@ -147,7 +147,8 @@ def _base_config(fmt: str, n: int, k: int, m: int) -> QuantGemvConfig:
     """Untuned defaults. 4-bit M = 1 tiles are long in K: each thread's x elements serve all its rows.
     Where one 4096-wide tile covers K, the persistent kernel (x loaded once per program) won every shape
     of the H200 sweep; longer K keeps the K loop: a persistent split-K (one ticket a program, 2048-wide
-    K tiles) measured 16.7 us against 14.7 for the int4 down projection (too few row tiles a program)."""
+    K tiles) measured 16.7 us against 14.7 for the int4 down projection (too few row tiles a program), and
+15.7 with its partials summed in one load (`_persistent_reduce`)."""
     if m > MAX_M:  # 128-row tiles of the (first) dot paths: most frequent among the H200's 64-row winners
         return QuantGemvConfig(block_n=128, block_k=128, num_warps=4, num_stages=3, use_dot=True)
     if m > 1 and fmt in ("int4", "nf4"):  # the pair dots: the H200 sweeps' most frequent winners (64 rows, 3 stages;
@@ -215,8 +216,6 @@ def set_tuned_config(fmt: str, n: int, k: int, bucket: int, config: QuantGemvCon
         raise ValueError(f"quantized GEMV: format must be one of {FORMATS}, got {fmt!r}")
     if bucket not in M_BUCKETS + DOT_M_BUCKETS:
         raise ValueError(f"quantized GEMV: M-bucket must be one of {M_BUCKETS + DOT_M_BUCKETS}, got {bucket}")
-    if bucket > MAX_M and not config.use_dot:
-        raise ValueError(f"quantized GEMV: only the dot paths (use_dot=True) take more than {MAX_M} rows")
     if bucket > 1 and not config.use_dot:
         raise ValueError("quantized GEMV: the FMA path (use_dot=False) handles M == 1 only")
     TUNED_CONFIGS[(fmt, n, k, bucket)] = config
@@ -332,15 +331,15 @@ def unfused_silu(x: torch.Tensor, silu_mul: bool, cfg: QuantGemvConfig) -> tuple
     return x, silu_mul
 
 
-def operand(x: torch.Tensor, k: int, silu_mul: bool, name: str, max_m: int = DOT_MAX_M) -> torch.Tensor:
+def operand(x: torch.Tensor, k: int, silu_mul: bool, name: str) -> torch.Tensor:
     """Checks x [M, K] (or [M, 2K] gate | up with `silu_mul`) and returns it with a unit last stride."""
     width = 2 * k if silu_mul else k
     if x.dim() != 2 or x.shape[1] != width:
         raise ValueError(f"{name}: x must be [M, {width}] for a weight of {k} input features, got {tuple(x.shape)}")
     if x.dtype not in KERNEL_DTYPES:
         raise ValueError(f"{name}: x must be float16/bfloat16/float32, got {x.dtype}")
-    if not 1 <= x.shape[0] <= max_m:
-        raise ValueError(f"{name}: the GEMV takes 1 <= M <= {max_m} rows, got {x.shape[0]}")
+    if not 1 <= x.shape[0] <= DOT_MAX_M:
+        raise ValueError(f"{name}: the GEMV takes 1 <= M <= {DOT_MAX_M} rows, got {x.shape[0]}")
     return x if x.stride(1) == 1 else x.contiguous()
 
 

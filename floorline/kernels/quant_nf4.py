@@ -354,9 +354,8 @@ def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor
             n, k, qweight.stride(0), geo.tiles, geo.splits,
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
             SPLIT=geo.splits > 1, NESTED=nested is not None, LOOKUP=lookup_id(lookup, x.device),
-            X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch, HALF2=half2_ok(cfg, x), **geo.reduce, num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages,
-            **pdl_args(x.device))
+            X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch, HALF2=half2_ok(cfg, x), **geo.reduce,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device))
         return out
     geo = geometry(cfg, m, n, k, out)
     _nf4_gemv_kernel[(geo.tiles, geo.splits)](

@@ -5,7 +5,8 @@ Prefill on Hopper (compute capability >= 9.0) runs W8A8: each token's activation
 e4m3 with their own scale and `torch._scaled_mm` multiplies on the fp8 tensor cores. Decode (1..64
 rows) reads the weights once in the Triton GEMV either way: it is memory-bound, and keeping the
 activations in 16 bits there costs nothing (at 32 rows the GEMV's dot path beat `_scaled_mm` with
-its per-token activation scales: H200, a Llama-3.1-8B step 5.55 against 7.72 ms). Elsewhere the weight is dequantized (weight-only).
+its per-token activation scales: H200, a Llama-3.1-8B step 5.55 against 7.72 ms). Elsewhere the
+weight is dequantized (weight-only).
 The weight is stored as its raw bits in uint8: dummy loading can randomize uint8, not float8.
 """
 

@@ -95,3 +95,21 @@ def test_benchmark_down_rows_take_gate_up_and_the_sweep_writes_loadable_json(mon
     monkeypatch.setattr(qc, "TUNED_CONFIGS", {})
     assert qc.load_tuned_configs(out) == 1 and qc.TUNED_CONFIGS[("int8", 32, 128, 1)] == rows[0].best
     assert bench.main(["--out", str(out)]) == 2  # --out without --sweep
+
+
+def test_benchmark_rows_past_16_and_the_dequant_path(monkeypatch, capsys):
+    """32 rows: the quantized dot paths (or, with `dequant`, dequantize + matmul) and bf16's cuBLAS, checked
+    against the reference like every row; --dequant with --sweep is refused."""
+    import floorline.bench.quant as bench
+
+    monkeypatch.setattr(bench, "time_per_call", lambda calls: [c() for c in calls] and 1e-5)
+    labels = {}
+    for fmt, dequant in (("int4", False), ("int4", True), ("bf16", False)):
+        rows, failures = bench.bench_shape(fmt, "tiny", (32,), torch.device("cpu"), 0, sweep=False, deadline=math.inf,
+                                           kn=(256, 64), dtype=torch.float32, dequant=dequant)
+        assert not failures
+        labels[fmt, dequant] = rows[0].config
+    assert labels["int4", False].startswith("dot") and labels["int4", True] == "dequantize + cuBLAS"
+    assert labels["bf16", False] == "cuBLAS"
+    assert bench.main(["--dequant", "--sweep"]) == 2
+    assert "pick one" in capsys.readouterr().err

@@ -159,8 +159,8 @@ def test_int4_pairs_configs_fall_back_where_the_path_does_not_apply(seed):
 
 @pytest.mark.parametrize("fmt", ["int4", "nf4", "int8"])
 def test_more_than_16_rows_run_on_the_dot_paths(fmt, seed):
-    """17..DOT_MAX_M rows: the first dot paths (fp32 x, a 64-row x tile) and the pair dots (fp16) against the
-    reference; the FMA path and 65 rows are refused, naming what is accepted."""
+    """17..DOT_MAX_M rows on the first dot paths (fp32 x, a 64-row x tile; the pair dots' 40-row cases are with
+    their tests) against the reference; the FMA path and 65 rows are refused, naming what is accepted."""
     first = QuantGemvConfig(block_n=16, block_k=128, split_k=2, num_stages=1, use_dot=True)
     x32, _ = _x(40, 256, torch.float32, False)
     if fmt == "int4":
@@ -181,7 +181,7 @@ def test_more_than_16_rows_run_on_the_dot_paths(fmt, seed):
         run(x32, QuantGemvConfig(block_n=8, block_k=128))
     with pytest.raises(ValueError, match=f"1 <= M <= {qc.DOT_MAX_M}"):
         run(_x(qc.DOT_MAX_M + 1, 256, torch.float32, False)[0])
-    with pytest.raises(ValueError, match="dot paths"):
+    with pytest.raises(ValueError, match="M == 1 only"):
         qc.set_tuned_config(fmt, 24, 256, 32, QuantGemvConfig(8, 128))
 
 
