@@ -166,3 +166,17 @@ def test_gpu_engine_graphs_equal_eager_in_every_format(quant_tiny_dir, fmt, head
     want = [o.outputs[0].token_ids for o in eager.generate(prompts, params)]
     assert [o.outputs[0].token_ids for o in graphs.generate(prompts, params)] == want
 
+
+
+@pytest.mark.parametrize("fmt", list(METHODS))
+def test_gpu_engine_decode_steps_past_16_rows_equal_eager(quant_tiny_dir, fmt):
+    """20 sequences decoding together: 17..64-row steps on the dot paths, captured in a graph bucket (24), give
+    the eager engine's tokens."""
+    from floorline.api import LLM
+    from floorline.sampling_params import SamplingParams
+
+    prompts = [[(7 * i + 3 * j) % 200 + 3 for j in range(3 + i % 6)] for i in range(20)]
+    params = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    kw = dict(quantization=fmt, num_kv_blocks=128, max_num_seqs=32)
+    want = [o.outputs[0].token_ids for o in LLM(quant_tiny_dir, enforce_eager=True, **kw).generate(prompts, params)]
+    assert [o.outputs[0].token_ids for o in LLM(quant_tiny_dir, **kw).generate(prompts, params)] == want

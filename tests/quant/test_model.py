@@ -52,6 +52,17 @@ def test_gemv_kernels_inside_the_model_match_the_reference_path(quant_tiny_dir, 
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+def test_dot_paths_for_17_to_64_rows_inside_the_model_match_the_reference_path(quant_tiny_dir, monkeypatch, fmt):
+    """A 40-row forward with every Linear on its GEMV's dot paths (in the interpreter, fp32) as decode
+    steps of 17..64 rows run them, against the dequantize + matmul path."""
+    model = LLM(quant_tiny_dir, quantization=fmt, num_kv_blocks=16).engine.model
+    ids = [(5 * i + 2) % VOCAB for i in range(40)]
+    ref = model_logits(model, ids)
+    monkeypatch.setattr(packed, "gemv_wanted", lambda x, max_rows: 1 <= x.shape[0] <= max_rows)
+    torch.testing.assert_close(model_logits(model, ids), ref, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_quantize_command_round_trip_gives_the_same_logits(quant_tiny_dir, tmp_path, fmt, capsys):
     out = tmp_path / f"tiny-{fmt}"
     assert main(["quantize", "--model", quant_tiny_dir, "--quantization", fmt, "--output", str(out)]) == 0
