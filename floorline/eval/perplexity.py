@@ -113,10 +113,12 @@ def perplexity(engine, token_ids: list[int], window: int = 512, stride: int = 25
 def quantization_label(model: torch.nn.Module) -> str:
     """The weight formats of a built model's Linear layers, e.g. "int4", or "none"; a quantized LM head
     (`--lm-head-quantization`, which may differ) is not counted."""
+    from floorline.layers.embedding import LMHead
     from floorline.layers.linear import Linear
 
+    heads = {id(m.proj) for m in model.modules() if isinstance(m, LMHead) and m.proj is not None}
     names = sorted({m.quant_method.name for m in model.modules()
-                    if isinstance(m, Linear) and m.prefix != "lm_head"} - {"none"})
+                    if isinstance(m, Linear) and id(m) not in heads} - {"none"})
     return "+".join(names) or "none"
 
 

@@ -48,6 +48,11 @@ def test_the_head_may_take_another_format_than_the_weights(quant_tiny_dir):
     model = LLM(quant_tiny_dir, quantization="int4", lm_head_quantization="int8", num_kv_blocks=16).engine.model
     _head_check(model, tensors["lm_head.weight"], "int8")
     assert model.layers[0].mlp.down_proj.quant_method.name == "int4"
+    from floorline.eval.perplexity import quantization_label
+
+    assert quantization_label(model) == "int4"  # the weights' format: the head (LMHead.proj) is left out
+    model.lm_head.proj.prefix = "renamed"  # found as the LMHead's Linear, not by its name
+    assert quantization_label(model) == "int4"
 
 
 def test_a_tied_head_quantizes_the_embedding_which_stays_float(quant_tiny_dir, tmp_path):
