@@ -202,6 +202,9 @@ def sweep_candidates(fmt: str, m: int, k: int = 4096) -> list[QuantGemvConfig]:
                       (8, 4096, 2, 8, False, True), (8, 4096, 2, 10, False, True), (4, 4096, 2, 8, True, True),
                       (2, 4096, 2, 8, True, True), (2, 4096, 2, 10, True, True), (4, 4096, 1, 12, False, True),
                       (4, 4096, 1, 16, False, True),
+                      # as many programs as fit an SM at once (offline sm_90 registers, 64K a SM): NF4 n16 w4 takes
+                      # 167 registers (3 programs; the table's x5 runs in two waves), n8 w4 96 (5; the table: x6)
+                      (16, 4096, 4, 3, False, False), (8, 4096, 4, 5, False, False),
                       # split in two 2048-wide K tiles (half the x registers; the partials summed in one load a
                       # row group, `_persistent_reduce`)
                       (2, 2048, 2, 12, True, True), (4, 2048, 2, 12, False, True), (4, 2048, 2, 16, False, True),
