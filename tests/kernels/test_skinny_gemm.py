@@ -297,10 +297,12 @@ def test_residual_epilogue_and_norm_prologue_match_unfused(m, cfg, dtype, bias, 
     x, w, b = _inputs(m, 320, 72, dtype, bias)
     residual = torch.randn(m, 72).to(dtype)
     s, ss = skinny_gemm_triton(x, w, b, config=cfg, residual=residual)
-    s_ref, ss_ref = skinny_gemm_fused_ref(x, w, b, residual=residual)
+    s_ref, _ = skinny_gemm_fused_ref(x, w, b, residual=residual)
     assert ss.shape == (m, triton_cdiv(72, cfg.block_n)) and ss.dtype == torch.float32
     _assert_close(s, s_ref, TOL[dtype], seed)
-    _assert_close(ss.sum(1, keepdim=True), ss_ref, dict(rtol=1e-4, atol=1e-4), seed)  # fp32 sum order
+    # the partials are of the s the kernel stored (fp32 sum order aside): in fp16 a split-K s may sit an ulp
+    # from the reference's, which moved the reference's sum of squares by 1.9e-4 (seed 10151012486452938992)
+    _assert_close(ss.sum(1, keepdim=True), s.float().pow(2).sum(1, keepdim=True), dict(rtol=1e-4, atol=1e-4), seed)
 
     _, w2, b2 = _inputs(m, 72, 40, dtype, bias)
     nw = (1 + 0.3 * torch.randn(72)).to(dtype)
