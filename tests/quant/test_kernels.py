@@ -185,6 +185,19 @@ def test_more_than_16_rows_run_on_the_dot_paths(fmt, seed):
         qc.set_tuned_config(fmt, 24, 256, 32, QuantGemvConfig(8, 128))
 
 
+def test_rows_past_16_have_their_own_config_buckets(monkeypatch):
+    """17..32 rows read bucket 32, 33..64 bucket 64 (table entries or FLOORLINE_QUANT_CONFIGS); other
+    bucket numbers are refused."""
+    monkeypatch.setattr(qc, "TUNED_CONFIGS", dict(qc.TUNED_CONFIGS))
+    b32, b64 = QuantGemvConfig(32, 128, use_dot=True), QuantGemvConfig(64, 256, use_dot=True)
+    qc.set_tuned_config("int8", 24, 256, 32, b32)
+    qc.set_tuned_config("int8", 24, 256, 64, b64)
+    assert [qc.quant_m_bucket(m) for m in (16, 17, 32, 33, 64)] == [16, 32, 32, 64, 64]
+    assert qc.get_config("int8", 24, 256, 17, 16, "cpu") == b32 and qc.get_config("int8", 24, 256, 40, 16, "cpu") == b64
+    with pytest.raises(ValueError, match="M-bucket must be one of"):
+        qc.set_tuned_config("int8", 24, 256, 48, b64)
+
+
 # persistent M = 1 kernels: several row tiles per program (2 programs "per SM" on the CPU's few), one K
 # tile per program (K > block_k: split partials and tickets), masked K tails, prefetch, one-warp programs
 PERSISTENT = [QuantGemvConfig(block_n=4, block_k=128, num_warps=2, num_stages=1, programs_per_sm=1),
