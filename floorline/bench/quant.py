@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from floorline.bench import bnb
+from floorline.kernels.activation import silu_and_mul
 from floorline.bench.kernels import SHAPES, read_bandwidth, rel_error, split_variants, time_per_call
-from floorline.kernels.quant_common import FORMATS as QUANT_FORMATS
-from floorline.kernels.quant_common import DOT_MAX_M, MAX_M, QuantGemvConfig, get_config, quant_m_bucket
+from floorline.kernels.quant_configs import FORMATS as QUANT_FORMATS
+from floorline.kernels.quant_configs import DOT_MAX_M, MAX_M, QuantGemvConfig, get_config, quant_m_bucket
 from floorline.kernels.decode_attention import num_sms_of
 from floorline.kernels.skinny_gemm import skinny_gemm_triton
 from floorline.kernels.skinny_gemm_configs import auto_split_k
@@ -100,15 +101,23 @@ def build_layers(fmt: str, k: int, n: int, device: torch.device, l2_bytes: int, 
     return copies, w, nbytes
 
 
+def _prefill_path(fmt: str, layer, x: torch.Tensor, dequant: bool) -> bool:
+    """Whether `_call` takes x the prefill way: more rows than the GEMV takes (bf16: cuBLAS past MAX_M),
+    or, with `dequant`, every quantized row count (dequantize, then cuBLAS)."""
+    if fmt == "bf16":
+        return x.shape[0] > MAX_M
+    if fmt in ("bnb-nf4", "fp8-w8a8"):
+        return False  # their own kernels at every M
+    return dequant or x.shape[0] > layer.quant_method.gemv_rows(layer, x)
+
+
 def _call(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig | None = None, silu_mul: bool = False,
           dequant: bool = False):
-    """One GEMV of `fmt` as decode runs it; rows past what the GEMV takes (or all, with `dequant`) go the
-    prefill way: the weight dequantized, then cuBLAS (bf16: cuBLAS past MAX_M rows)."""
-    from floorline.kernels.activation import silu_and_mul
-
+    """One GEMV of `fmt` as decode runs it, or the prefill way where `_prefill_path` says so."""
+    if _prefill_path(fmt, layer, x, dequant):
+        x = silu_and_mul(x) if silu_mul else x
+        return F.linear(x, layer.weight) if fmt == "bf16" else layer.quant_method.matmul(layer, x)
     if fmt == "bf16":
-        if x.shape[0] > MAX_M:
-            return F.linear(silu_and_mul(x) if silu_mul else x, layer.weight)
         return skinny_gemm_triton(x, layer.weight, silu_mul=silu_mul)
     if fmt == "bnb-nf4":
         return layer(x)
@@ -117,8 +126,6 @@ def _call(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig | None = None, 
 
         return w8a8_matmul(x, layer.qweight, layer.scale)
     method = layer.quant_method
-    if dequant or x.shape[0] > method.gemv_rows(layer, x):
-        return method.matmul(layer, silu_and_mul(x) if silu_mul else x)
     if cfg is None:
         return method.gemv(layer, x, silu_mul)
     return _gemv_with_config(fmt, layer, x, cfg, silu_mul)
@@ -147,8 +154,6 @@ def _reference_weight(fmt: str, layer, w: torch.Tensor) -> torch.Tensor:
 
 def check_format(fmt: str, layer, w: torch.Tensor, ms: tuple[int, ...]) -> list[str]:
     """Relative errors against the reference; returns the failures."""
-    from floorline.kernels.activation import silu_and_mul
-
     failures = []
     ref_w = _reference_weight(fmt, layer, w)
     k = layer.in_features
@@ -158,7 +163,7 @@ def check_format(fmt: str, layer, w: torch.Tensor, ms: tuple[int, ...]) -> list[
         x = torch.randn(m, 2 * k if silu else k, device=w.device).to(w.dtype)
         if fmt in UNFUSED and silu:
             continue
-        out = layer(x) if fmt == "bnb-nf4" else _call(fmt, layer, x, silu_mul=silu)
+        out = _call(fmt, layer, x, silu_mul=silu)
         xr = silu_and_mul(x) if silu else x
         if fmt == "fp8-w8a8":
             from floorline.quant.fp8 import w8a8_ref
@@ -255,10 +260,8 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
         else:
             row.seconds = time_per_call(calls)
         kernel_fmt = "nf4" if fmt in NF4_LOOKUP else fmt
-        if fmt == "bf16" and m > MAX_M:
-            row.config = "cuBLAS"
-        elif kernel_fmt in QUANT_FORMATS and (dequant or m > layers[0].quant_method.gemv_rows(layers[0], x)):
-            row.config = "dequantize + cuBLAS"
+        if _prefill_path(fmt, layers[0], x, dequant):
+            row.config = "cuBLAS" if fmt == "bf16" else "dequantize + cuBLAS"
         elif kernel_fmt in QUANT_FORMATS:
             unit = {"int4": getattr(layers[0].quant_method, "group", 128), "nf4": 64}.get(kernel_fmt, 16)
             row.config = _short(get_config(kernel_fmt, n, k, m, unit, device))

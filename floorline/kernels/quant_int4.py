@@ -25,8 +25,6 @@ import torch.nn.functional as F
 
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
-    DOT_MIN_K,
-    QuantGemvConfig,
     _persistent_reduce,
     _persistent_store,
     _row_words,
@@ -37,15 +35,14 @@ from floorline.kernels.quant_common import (
     _slot_x,
     _slot_xs,
     _split_tile,
-    check_config,
     dot_block_m,
     geometry,
-    get_config,
     half2_ok,
     operand,
     persistent_geometry,
     unfused_silu,
 )
+from floorline.kernels.quant_configs import DOT_MIN_K, QuantGemvConfig, check_config, get_config
 from floorline.kernels.quant_half2 import int4_mac4, x_pairs, x_scale, x_sums
 from floorline.kernels.quant_packing import unpack_int4
 from floorline.kernels.quant_pairs import int4_pairs_launch, pairs_ok
@@ -269,7 +266,7 @@ def _int4_gemv_m1_kernel(
         # C = sum of x times the floats' offsets (1 for even slots, 16 for odd), X / 16 = sum of x / 16
         c = tl.sum((x0 + x2 + x4 + x6) + 16.0 * (x1 + x3 + x5 + x7), axis=3)  # [NC, NB, 1]
         xs = tl.sum(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, axis=3) * 0.0625
-    for tile in tl.range(first, num_tiles, step, num_stages=1):  # never pipelined (quant_common.check_config)
+    for tile in tl.range(first, num_tiles, step, num_stages=1):  # never pipelined (quant_configs.check_config)
         rn = tile * BLOCK_N + rb
         rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
         if PREFETCH:

@@ -25,8 +25,6 @@ import torch.nn.functional as F
 from floorline.kernels.nf4_lookup import NF4_CODE, lookup_id, nf4_code_of, nf4_lane_table
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
-    DOT_MIN_K,
-    QuantGemvConfig,
     _load_x,
     _persistent_reduce,
     _persistent_store,
@@ -37,15 +35,14 @@ from floorline.kernels.quant_common import (
     _slot_dot_pointers,
     _slot_xs,
     _split_tile,
-    check_config,
     dot_block_m,
     geometry,
-    get_config,
     half2_ok,
     operand,
     persistent_geometry,
     unfused_silu,
 )
+from floorline.kernels.quant_configs import DOT_MIN_K, QuantGemvConfig, check_config, get_config
 from floorline.kernels.quant_half2 import nf4_mac4, x_pairs, x_scale
 from floorline.kernels.quant_nf4_state import _block_absmax, _row_state
 from floorline.kernels.quant_packing import unpack_nf4
@@ -222,7 +219,7 @@ def _nf4_gemv_m1_kernel(
         xp = x_pairs(x0, x1, x2, x3, x4, x5, x6, x7, scale, 2, NB)
     else:
         table = nf4_lane_table(tl.zeros([2, NB, BLOCK_N, 4], dtype=tl.int32), LOOKUP)
-    for tile in tl.range(first, num_tiles, step, num_stages=1):  # never pipelined (quant_common.check_config)
+    for tile in tl.range(first, num_tiles, step, num_stages=1):  # never pipelined (quant_configs.check_config)
         rn = tile * BLOCK_N + rr
         rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
         if PREFETCH:

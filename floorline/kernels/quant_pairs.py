@@ -42,7 +42,8 @@ import torch
 
 from floorline.kernels.nf4_lookup import lane_table_asm
 from floorline.kernels.pdl import gdc_wait, pdl_args
-from floorline.kernels.quant_common import QuantGemvConfig, _slot_dot_epilogue, _split_tile, dot_block_m, geometry
+from floorline.kernels.quant_common import _slot_dot_epilogue, _split_tile, dot_block_m, geometry
+from floorline.kernels.quant_configs import QuantGemvConfig
 from floorline.kernels.quant_nf4_state import _block_absmax, _row_state
 from floorline.kernels.triton_compat import HAS_TRITON, tl, triton
 

@@ -22,15 +22,13 @@ import torch.nn.functional as F
 from floorline.kernels.activation import silu_and_mul
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
-    QuantGemvConfig,
     _load_x,
     _split_tile,
-    check_config,
     dot_block_m,
     geometry,
-    get_config,
     operand,
 )
+from floorline.kernels.quant_configs import QuantGemvConfig, check_config, get_config
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
 

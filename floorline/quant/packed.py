@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from floorline.errors import WeightMismatchError
-from floorline.kernels.quant_common import DOT_MAX_M, dequant_buffer
+from floorline.kernels.quant_common import dequant_buffer
+from floorline.kernels.quant_configs import DOT_MAX_M
 from floorline.quant.base import QuantMethod
 
 

@@ -78,7 +78,7 @@ def test_benchmark_logic_runs_in_the_interpreter(monkeypatch, capsys):
 
 def test_benchmark_down_rows_take_gate_up_and_the_sweep_writes_loadable_json(monkeypatch, tmp_path):
     import floorline.bench.quant as bench
-    import floorline.kernels.quant_common as qc
+    import floorline.kernels.quant_configs as qc
 
     monkeypatch.setattr(bench, "time_per_call", lambda calls: [c() for c in calls] and 1e-5)
     down, failures = bench.bench_shape("int8", "down", (1,), torch.device("cpu"), 0, sweep=False,

@@ -177,7 +177,7 @@ def test_gemv_rows_past_16_take_the_dot_paths():
     """Up to DOT_MAX_M rows go to the GEMV (its dot paths) in every format, FP8 W8A8 included: its weight-only
     dot path beat `_scaled_mm` with per-token activation scales at 32-row decode steps (H200, Llama-3.1-8B:
     5.55 against 7.72 GPU ms a step), and decode then rounds alike at every batch size."""
-    from floorline.kernels.quant_common import DOT_MAX_M
+    from floorline.kernels.quant_configs import DOT_MAX_M
 
     x = torch.zeros(1, 128, dtype=torch.float16)
     w8a8 = Fp8Method()

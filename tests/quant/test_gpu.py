@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from floorline.kernels.activation import silu_and_mul
 from floorline.bench.quant import _gemv_with_config
-from floorline.kernels.quant_common import QuantGemvConfig
+from floorline.kernels.quant_configs import QuantGemvConfig
 from floorline.layers.linear import Linear
 from floorline.quant.fp8 import Fp8Method, w8a8_ref, w8a8_supported
 from floorline.quant.int4 import Int4Method

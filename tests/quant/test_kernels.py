@@ -9,13 +9,9 @@ import pytest
 import torch
 
 import floorline.kernels.quant_common as qc
+import floorline.kernels.quant_configs as qcfg
 from floorline.kernels.activation import silu_and_mul
-from floorline.kernels.quant_common import (
-    QuantGemvConfig,
-    get_config,
-    heuristic_config,
-    load_tuned_configs,
-)
+from floorline.kernels.quant_configs import QuantGemvConfig, get_config, heuristic_config, load_tuned_configs
 from floorline.kernels.quant_int4 import (
     int4_dequantize_ref,
     int4_dequantize_triton,
@@ -179,23 +175,23 @@ def test_more_than_16_rows_run_on_the_dot_paths(fmt, seed):
     _close(run(x32), ref(x32), torch.float32, seed)  # the heuristic's config for 40 rows
     with pytest.raises(ValueError, match="M == 1 only"):
         run(x32, QuantGemvConfig(block_n=8, block_k=128))
-    with pytest.raises(ValueError, match=f"1 <= M <= {qc.DOT_MAX_M}"):
-        run(_x(qc.DOT_MAX_M + 1, 256, torch.float32, False)[0])
+    with pytest.raises(ValueError, match=f"1 <= M <= {qcfg.DOT_MAX_M}"):
+        run(_x(qcfg.DOT_MAX_M + 1, 256, torch.float32, False)[0])
     with pytest.raises(ValueError, match="M == 1 only"):
-        qc.set_tuned_config(fmt, 24, 256, 32, QuantGemvConfig(8, 128))
+        qcfg.set_tuned_config(fmt, 24, 256, 32, QuantGemvConfig(8, 128))
 
 
 def test_rows_past_16_have_their_own_config_buckets(monkeypatch):
     """17..32 rows read bucket 32, 33..64 bucket 64 (table entries or FLOORLINE_QUANT_CONFIGS); other
     bucket numbers are refused."""
-    monkeypatch.setattr(qc, "TUNED_CONFIGS", dict(qc.TUNED_CONFIGS))
+    monkeypatch.setattr(qcfg, "TUNED_CONFIGS", dict(qcfg.TUNED_CONFIGS))
     b32, b64 = QuantGemvConfig(32, 128, use_dot=True), QuantGemvConfig(64, 256, use_dot=True)
-    qc.set_tuned_config("int8", 24, 256, 32, b32)
-    qc.set_tuned_config("int8", 24, 256, 64, b64)
-    assert [qc.quant_m_bucket(m) for m in (16, 17, 32, 33, 64)] == [16, 32, 32, 64, 64]
-    assert qc.get_config("int8", 24, 256, 17, 16, "cpu") == b32 and qc.get_config("int8", 24, 256, 40, 16, "cpu") == b64
+    qcfg.set_tuned_config("int8", 24, 256, 32, b32)
+    qcfg.set_tuned_config("int8", 24, 256, 64, b64)
+    assert [qcfg.quant_m_bucket(m) for m in (16, 17, 32, 33, 64)] == [16, 32, 32, 64, 64]
+    assert qcfg.get_config("int8", 24, 256, 17, 16, "cpu") == b32 and qcfg.get_config("int8", 24, 256, 40, 16, "cpu") == b64
     with pytest.raises(ValueError, match="M-bucket must be one of"):
-        qc.set_tuned_config("int8", 24, 256, 48, b64)
+        qcfg.set_tuned_config("int8", 24, 256, 48, b64)
 
 
 # persistent M = 1 kernels: several row tiles per program (2 programs "per SM" on the CPU's few), one K
@@ -406,7 +402,7 @@ def test_config_table_and_heuristic(monkeypatch, tmp_path):
     assert dot.use_dot and dot.block_k % 64 == 0
     small = heuristic_config("int4", 40, 64, 1, 128, num_sms=4)
     assert small.block_k == 128 and small.block_n <= 64
-    monkeypatch.setattr(qc, "TUNED_CONFIGS", {})
+    monkeypatch.setattr(qcfg, "TUNED_CONFIGS", {})
     tuned = QuantGemvConfig(block_n=64, block_k=256, split_k=2, num_warps=8, num_stages=3, use_dot=True)
     path = tmp_path / "q.json"
     entry = {"format": "int4", "n": 4096, "k": 4096, "m_bucket": 4, "config": tuned.as_dict()}
@@ -415,12 +411,12 @@ def test_config_table_and_heuristic(monkeypatch, tmp_path):
     assert get_config("int4", 4096, 4096, 3, 128, "cpu") == tuned
     assert get_config("nf4", 4096, 4096, 3, 64, "cpu") != tuned
     with pytest.raises(ValueError, match="M == 1 only"):
-        qc.set_tuned_config("int4", 1, 1, 2, QuantGemvConfig(16, 128))
+        qcfg.set_tuned_config("int4", 1, 1, 2, QuantGemvConfig(16, 128))
 
 
 def test_swept_configs_load_from_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setattr(qc, "TUNED_CONFIGS", {})
-    monkeypatch.setattr(qc, "_ENV_LOADED", False)
+    monkeypatch.setattr(qcfg, "TUNED_CONFIGS", {})
+    monkeypatch.setattr(qcfg, "_ENV_LOADED", False)
     swept = QuantGemvConfig(block_n=4, block_k=4096, num_warps=2, num_stages=1, programs_per_sm=8)
     path = tmp_path / "swept.json"
     old_entry = {"format": "nf4", "n": 64, "k": 4096, "m_bucket": 1,  # written before programs_per_sm existed
@@ -440,8 +436,8 @@ def test_a_bad_config_file_names_the_variable(monkeypatch, tmp_path, content):
     path = tmp_path / "swept.json"
     if content is not None:
         path.write_text(content)
-    monkeypatch.setattr(qc, "TUNED_CONFIGS", dict(qc.TUNED_CONFIGS))
-    monkeypatch.setattr(qc, "_ENV_LOADED", False)
+    monkeypatch.setattr(qcfg, "TUNED_CONFIGS", dict(qcfg.TUNED_CONFIGS))
+    monkeypatch.setattr(qcfg, "_ENV_LOADED", False)
     monkeypatch.setenv("FLOORLINE_QUANT_CONFIGS", str(path))
     with pytest.raises(FloorlineError, match="FLOORLINE_QUANT_CONFIGS=.*bench.quant --sweep --out"):
         get_config("int4", 6144, 4096, 1, 128, "cpu")
