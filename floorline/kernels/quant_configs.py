@@ -18,7 +18,7 @@ import torch
 
 from floorline.errors import FloorlineError
 from floorline.kernels.decode_attention import num_sms_of
-from floorline.kernels.skinny_gemm_configs import M_BUCKETS, MAX_M, SkinnyConfig, auto_split_k, m_bucket
+from floorline.kernels.skinny_gemm_configs import M_BUCKETS, MAX_M, SkinnyConfig, auto_split_k, check_tiles, m_bucket
 from floorline.kernels.triton_compat import triton
 
 FORMATS = ("int8", "fp8", "int4", "nf4")
@@ -225,16 +225,9 @@ def check_config(cfg: QuantGemvConfig, m: int, k_unit: int, name: str, dot_min_k
                  four_bit: bool = False) -> None:
     """Raises a ValueError naming what `cfg` gets wrong for this launch; `four_bit`: the format has the
     persistent, fp16x2 and pair kernels (programs_per_sm, half2, pairs)."""
-    if not cfg.use_dot and m != 1:
-        raise ValueError(f"{name}: the FMA path (use_dot=False) handles M == 1 only, got M = {m}")
-    for field in ("block_n", "block_k", "num_warps"):
-        v = getattr(cfg, field)
-        if v < 1 or v & (v - 1):
-            raise ValueError(f"{name}: {field} must be a power of two, got {v}")
+    check_tiles(cfg, m, name, dot_min_k)
     if cfg.block_k % k_unit:
         raise ValueError(f"{name}: block_k must be a multiple of {k_unit}, got {cfg.block_k}")
-    if cfg.use_dot and (cfg.block_n < 16 or cfg.block_k < dot_min_k):
-        raise ValueError(f"{name}: the dot path needs block_n >= 16 and block_k >= {dot_min_k}")
     if not four_bit and (cfg.programs_per_sm or cfg.half2 or cfg.pairs):  # never silently ignored
         raise ValueError(f"{name}: the 8-bit formats have no persistent, fp16x2 or pair kernels; configs take "
                          f"programs_per_sm=0, half2=False, pairs=False (got {cfg})")

@@ -42,7 +42,7 @@ from floorline.kernels.triton_compat import tl, triton
 from floorline.kernels.pdl import early_launch_args, gdc_launch_dependents, gdc_wait
 from floorline.kernels.tickets import tickets
 
-from floorline.kernels.skinny_gemm_configs import MAX_M, SkinnyConfig, get_config
+from floorline.kernels.skinny_gemm_configs import MAX_M, SkinnyConfig, check_tiles, get_config
 
 DOT_BLOCK_M = 16  # tl.dot needs >= 16 rows; rows past M are masked and never fetched
 _FAST_DTYPES = (torch.float16, torch.bfloat16)
@@ -348,14 +348,7 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
         return skinny_gemm_fused_ref(x_in, w, bias, silu_mul=silu_mul, norm_weight=norm_weight, eps=eps,
                                      residual=residual)
     cfg = config or get_config(n, k, m, x.device)
-    if not cfg.use_dot and m != 1:
-        raise ValueError(f"skinny_gemm: the FMA path (use_dot=False) handles M == 1 only, got M = {m}")
-    for name in ("block_n", "block_k", "num_warps"):
-        v = getattr(cfg, name)
-        if v < 1 or v & (v - 1):
-            raise ValueError(f"skinny_gemm: {name} must be a power of two, got {v}")
-    if cfg.use_dot and (cfg.block_n < 16 or cfg.block_k < 16):
-        raise ValueError("skinny_gemm: the dot path needs block_n >= 16 and block_k >= 16")
+    check_tiles(cfg, m, "skinny_gemm")
     if silu_mul and cfg.use_dot:
         # The dot path loads x once per row tile, so a fused activation is recomputed by every tile
         # (H200, Llama-3.1-8B down projection: 95.8 us at M = 4 and 180.7 at M = 16, against a ~27 us

@@ -95,6 +95,19 @@ def m_bucket(m: int) -> int:
     return next(b for b in M_BUCKETS if b >= m)
 
 
+def check_tiles(cfg: SkinnyConfig, m: int, name: str, dot_min_k: int = 16) -> None:
+    """Raises a ValueError naming what `cfg`'s tiles get wrong for an M-row launch (the checks every
+    GEMV's configs share; the quantized formats add theirs in `quant_configs.check_config`)."""
+    if not cfg.use_dot and m != 1:
+        raise ValueError(f"{name}: the FMA path (use_dot=False) handles M == 1 only, got M = {m}")
+    for field in ("block_n", "block_k", "num_warps"):
+        v = getattr(cfg, field)
+        if v < 1 or v & (v - 1):
+            raise ValueError(f"{name}: {field} must be a power of two, got {v}")
+    if cfg.use_dot and (cfg.block_n < 16 or cfg.block_k < dot_min_k):
+        raise ValueError(f"{name}: the dot path needs block_n >= 16 and block_k >= {dot_min_k}")
+
+
 def auto_split_k(n: int, k: int, block_n: int, block_k: int, num_sms: int) -> int:
     """Doubles the split count while the grid has fewer programs than SMs and splits keep >= 2 K blocks.
 
