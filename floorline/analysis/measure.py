@@ -33,7 +33,7 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (cls, re.compile(p, re.IGNORECASE)) for cls, p in (
         ("other", r"memcpy|memset"),
         ("attention", r"attn|attention|flash|fmha|paged|sdpa|kv_write|reshape_and_cache|_decode_split|"
-                      r"_decode_merge|_prefill_kernel"),
+                      r"_prefill_kernel"),
         ("sampling", r"argmax|argmin|topk|top_k|sort|multinomial|exponential|sampl|softmax|cumsum|scan|"
                      r"distribution|philox|gumbel"),
         ("gemm", r"gemm|gemv|nvjet|cublas|cutlass|xmma|matmul|_mm_|splitk|tensorop|wgmma|marlin|dequant|"

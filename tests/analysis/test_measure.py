@@ -23,7 +23,6 @@ from floorline.errors import FloorlineError
     ("_decode_attention_kernel", "attention"),
     ("_paged_attention_split_kernel", "attention"),
     ("_decode_split_kernel", "attention"),
-    ("_decode_merge_kernel", "attention"),
     ("_prefill_kernel", "attention"),
     ("_skinny_gemm_kernel", "gemm"),
     ("_apply_rotary_kernel", "norm_elementwise"),

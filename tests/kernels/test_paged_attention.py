@@ -196,6 +196,20 @@ def test_decode_padded_empty_sequence_writes_zeros(num_splits: int) -> None:
     assert (out[1] == 0).all()
 
 
+def test_decode_merge_in_chunks_and_counters_reset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last split merges its KV head's splits a chunk at a time (here one split a chunk) and resets
+    its counter: a second launch on other lengths (a graph replay) is right too."""
+    import floorline.kernels.decode_attention as da
+
+    monkeypatch.setattr(da, "MERGE_ELEMENTS", 1)
+    for lens in ((70, 1, 17), (3, 64, 65)):
+        b = make_batch([(1, n) for n in lens], 8, 2, 32, 16, torch.float32)
+        expected = paged_attention_ref(*b.args(), b.scale, 1, b.max_seq_len)
+        out = da.decode_attention(b.q, b.key_cache, b.value_cache, b.seq_lens, b.block_tables, b.scale,
+                                  b.max_seq_len, out=poisoned_out(b.q), num_splits=8, block_n=16)
+        assert_close(out, expected, torch.float32)
+
+
 def test_decode_strided_q_and_cache() -> None:
     """q as a view of a fused qkv projection and K/V as halves of one cache tensor."""
     from floorline.kernels.decode_attention import decode_attention
