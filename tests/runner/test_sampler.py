@@ -244,7 +244,7 @@ def test_seeded_distribution_matches_softmax():
 
 
 def test_logprobs_are_of_raw_logits():
-    params = [SP(temperature=0, repetition_penalty=1.8), SP(temperature=0.3, top_k=5),
+    params = [SP(temperature=0, repetition_penalty=1.8, logprobs=0), SP(temperature=0.3, top_k=5),
               SP(frequency_penalty=2.0, min_p=0.3), SP(temperature=0)]
     logits = random_logits(len(params))
     torch.manual_seed(0)
@@ -268,13 +268,33 @@ def test_top_logprobs():
     assert zero.top_logprob_ids is None
 
 
+def test_no_logprobs_unless_a_row_asks():
+    logits = random_logits(3)
+    out = Sampler()(logits, build([SP(temperature=0), SP(), SP(temperature=0.5)]))
+    assert out.logprobs is None and out.top_logprobs is None
+    assert out.token_ids[0] == logits[0].argmax()
+
+
+@pytest.mark.parametrize("chunks", [1, 4, 16])
+def test_chunked_argmax_is_argmax(chunks):
+    """The two-pass argmax the sampler runs on CUDA: the first maximal index, ties and NaN as torch's."""
+    from floorline.runner.sampler import chunked_argmax
+
+    x = torch.randn(5, 64)
+    x[1, [7, 40]] = 9.0  # tie across pieces: the first wins
+    x[2, [33, 34]] = 9.0  # tie inside a piece
+    x[3, 50] = float("nan")  # NaN is the maximum, as in torch.argmax
+    x[4] = 0.0  # all equal
+    assert torch.equal(chunked_argmax(x, chunks), x.argmax(dim=-1))
+
+
 def test_min_tokens_masks_eos_and_stop_ids():
     logits = torch.zeros(4, 10)
     logits[:, 7] = 50.0  # eos
     logits[:, 3] = 40.0  # a stop token id
     logits[:, 5] = 30.0
     params = [
-        SP(temperature=0, min_tokens=2, stop_token_ids=[3]),  # 1 output so far: masked
+        SP(temperature=0, min_tokens=2, stop_token_ids=[3], logprobs=0),  # 1 output so far: masked
         SP(temperature=0, min_tokens=2, stop_token_ids=[3]),  # 2 outputs: free
         SP(temperature=0, min_tokens=3, stop_token_ids=[3], ignore_eos=True),  # only stop ids
         SP(min_tokens=5, stop_token_ids=[3, 99]),  # sampled row; 99 is beyond the vocab
@@ -336,3 +356,18 @@ def test_cuda_step_never_syncs():
         Sampler()(logits, meta)
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.gpu
+def test_gpu_row_argmax_is_argmax():
+    """On CUDA the sampler's argmax takes two passes over 256 pieces of a Llama-3 vocabulary row."""
+    from floorline.runner.sampler import row_argmax
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    x = torch.randn(33, 128256, device="cuda")
+    x[1, [7, 100000]] = 9.0
+    x[2, [501, 502]] = 9.0
+    x[3, 5] = float("nan")
+    x[4] = 0.0
+    assert torch.equal(row_argmax(x), x.argmax(dim=-1))
