@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from floorline.kernels.activation import silu_and_mul
-from floorline.kernels.pdl import gdc_wait, pdl_args
+from floorline.kernels.pdl import early_launch_args, gdc_launch_dependents, gdc_wait
 from floorline.kernels.quant_common import (
     _load_x,
     _split_tile,
@@ -83,7 +83,12 @@ def _w8_gemv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr, DOT_IEEE: tl.constexpr,
     FP8: tl.constexpr, FP16_X: tl.constexpr = False, USE_PDL: tl.constexpr = False,
+    EARLY_LAUNCH: tl.constexpr = False,
 ):
+    if EARLY_LAUNCH:
+        # The next kernel may launch (it reads this one's output after gdc_wait): on the H200 the 8-bit steps
+        # measured 0.04-0.06 ms faster; the 4-bit GEMVs do not, they measured 0.09-0.18 ms slower with it.
+        gdc_launch_dependents()
     if USE_PDL:
         gdc_wait()
     tile, split, k_start, k_end, rn, rn_w = _split_tile(K, k_blocks_per_split, N, BLOCK_N, BLOCK_K)
@@ -212,7 +217,7 @@ def w8_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, 
         BLOCK_M=dot_block_m(m) if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
         DOT_IEEE=x.dtype == torch.float32, FP8=fp8, FP16_X=x.dtype == torch.float16,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **early_launch_args(x.device),
     )
     return out
 
