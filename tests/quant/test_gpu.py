@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from floorline.kernels.activation import silu_and_mul
 from floorline.bench.quant import _gemv_with_config
 from floorline.kernels.quant_configs import QuantGemvConfig
+from floorline.kernels.quant_w8 import w8_gemm_ref
 from floorline.layers.linear import Linear
 from floorline.quant.fp8 import Fp8Method, w8a8_ref, w8a8_supported
 from floorline.quant.int4 import Int4Method
@@ -144,12 +145,17 @@ def test_gpu_nf4_lookups_agree():
 @pytest.mark.skipif(not torch.cuda.is_available() or not w8a8_supported(torch.device("cuda")),
                     reason="FP8 W8A8 needs compute capability >= 9.0")
 def test_gpu_fp8_w8a8_scaled_mm_matches_reference():
+    """Past DOT_MAX_M rows (prefill) W8A8 runs `_scaled_mm` on per-token fp8 activations; up to it (decode) the
+    weight-only GEMV reads the same fp8 weights, with the activations unrounded."""
     layer = Linear(4096, [6144], dtype=torch.bfloat16, device="cuda", quant_method=Fp8Method(w8a8=True))
     layer.load(0, "weight", (torch.randn(6144, 4096, device="cuda") / 64).to(torch.bfloat16))
     layer.finish_loading()
-    for m in (17, 64, 300):
+    for m in (65, 300):
         x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
         assert _rel(layer(x), w8a8_ref(x, layer.qweight, layer.scale)) < 1e-2
+    for m in (17, 64):
+        x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
+        assert _rel(layer(x), w8_gemm_ref(x, layer.qweight, layer.scale, fp8=True)) < 1e-2
 
 
 @pytest.mark.parametrize("fmt", list(METHODS))
