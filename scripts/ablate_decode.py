@@ -5,10 +5,11 @@
     python scripts/ablate_decode.py no-6144.4096,nonorm -- bench decode ...   # several at once
 
 Removing a kernel changes the numbers the model computes (garbage tokens), never the shapes, so the
-step's timing stays meaningful: its drop is the piece's marginal cost, overlap and launch gaps
-included, which per-kernel profiles cannot give once kernels launch early. Variants:
+step's timing stays meaningful: its drop is the piece's cost inside the step, overlap and launch
+gaps included. Variants:
 
-* `base`: nothing removed (the baseline); `noattn`: no decode attention (q passes through); `nokv`: no rotary + KV-cache write;
+* `base`: nothing removed (the baseline);
+* `noattn`: no decode attention (q passes through); `nokv`: no rotary + KV-cache write;
 * `nonorm`: no add + RMSNorm kernels (the formats that run them; bf16 fuses them into the GEMVs);
 * `no-N.K`: no quantized GEMV of that shape (out N, in K; the down projection's SiLU goes with it).
 """

@@ -3,9 +3,10 @@
     python scripts/decode_timeline.py --quantization int4 --lm-head-quantization int4 [--context 2048] [--out t.json]
 
 Profiles a few decode steps (CUDA-graph replays, PDL and early launch as they run) of Llama-3.1-8B with
-dummy weights and prints, per kernel name, how far it moved the timeline's end: `end_i - max(end_j, j < i)`,
-summed per step. Under early launch a kernel's own duration includes its wait for the previous one,
-so durations overcount; the marginal costs add up to the step. Needs a CUDA GPU.
+dummy weights and prints, per kernel name, how far it moved the timeline's end (`analysis.measure.
+timeline_costs`, which `floorline floor --measure` sums by class), per step. Under early launch a kernel's
+own duration includes its wait for the previous one, so durations overcount; the marginal costs add up to
+the step. Needs a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -30,15 +31,14 @@ def short_name(name: str) -> str:
 
 def marginal_costs(events: list[tuple[str, float, float]]) -> dict[str, tuple[int, float, float]]:
     """(name, start, end) events -> {short name: (count, summed marginal cost, summed duration)}."""
+    from floorline.analysis.measure import KernelEvent, timeline_costs
+
     out: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0])
-    frontier = None
-    for name, start, end in sorted(events, key=lambda e: e[1]):
-        frontier = start if frontier is None else frontier
-        row = out[short_name(name)]
+    for e, cost in timeline_costs(KernelEvent(name, end - start, start) for name, start, end in events):
+        row = out[short_name(e.name)]
         row[0] += 1
-        row[1] += max(0.0, end - max(frontier, start))
-        row[2] += end - start
-        frontier = max(frontier, end)
+        row[1] += cost
+        row[2] += e.duration_s
     return {k: (int(v[0]), v[1], v[2]) for k, v in out.items()}
 
 

@@ -1,8 +1,10 @@
 """The measured floor: time real decode steps of an engine and explain the gap to the analytic floor.
 
 Steps are timed with CUDA graphs on and off (the difference is launch overhead), then profiled
-with torch.profiler: every kernel is put in a class by its name, and the step time not covered
-by kernels is the idle gap. With bandwidth measured on the same GPU the gap splits exactly:
+with torch.profiler: every kernel is put in a class by its name and charged its marginal cost on
+the timeline (`timeline_costs`: kernels that launch early overlap their predecessors), and the
+step time not covered by kernels is the idle gap. With bandwidth measured on the same GPU the gap
+splits exactly:
 
     step - floor = idle + (GEMV time - weight bytes / bw) + (attention time - KV bytes / bw)
                    + norms/elementwise + sampling + other
@@ -54,10 +56,27 @@ def classify_kernel(name: str) -> str:
 
 @dataclass(frozen=True)
 class KernelEvent:
-    """One kernel execution seen by the profiler."""
+    """One kernel execution seen by the profiler (`start_s` where the profiler gives it)."""
 
     name: str
     duration_s: float
+    start_s: float | None = None
+
+
+def timeline_costs(events: Iterable[KernelEvent]) -> list[tuple[KernelEvent, float]]:
+    """Each event with its marginal cost: how far it moved the end of everything that started before it.
+
+    With early launch a kernel starts while its predecessor runs and waits for it, so durations
+    overlap and their sum exceeds the step; marginal costs add up to the busy time (the step minus its
+    idle gaps) and charge each kernel only for the time it alone kept the device busy."""
+    out = []
+    frontier = None
+    for e in sorted(events, key=lambda e: e.start_s):
+        end = e.start_s + e.duration_s
+        frontier = e.start_s if frontier is None else frontier
+        out.append((e, max(0.0, end - max(frontier, e.start_s))))
+        frontier = max(frontier, end)
+    return out
 
 
 @dataclass(frozen=True)
@@ -67,21 +86,25 @@ class KernelProfile:
     per_class: dict[str, float]  # seconds per step
     kernels_per_step: float
     top: list[tuple[str, str, float]]  # (name, class, seconds per step), longest first
+    marginal: bool = False  # times are marginal costs on the timeline (`timeline_costs`), not durations
 
 
 def kernel_breakdown(events: Iterable[KernelEvent], num_steps: int, top: int = 8) -> KernelProfile:
-    """Sums kernel time per class and per kernel name, per step."""
+    """Sums kernel time per class and per kernel name, per step: marginal costs (`timeline_costs`) when
+    every event has its start, else durations."""
+    events = list(events)
+    timed = all(e.start_s is not None for e in events)
+    costs = timeline_costs(events) if timed else [(e, e.duration_s) for e in events]
     per_class = dict.fromkeys(KERNEL_CLASSES, 0.0)
     per_name: dict[str, float] = {}
-    count = 0
-    for e in events:
-        per_class[classify_kernel(e.name)] += e.duration_s
-        per_name[e.name] = per_name.get(e.name, 0.0) + e.duration_s
-        count += 1
+    for e, t in costs:
+        per_class[classify_kernel(e.name)] += t
+        per_name[e.name] = per_name.get(e.name, 0.0) + t
+    count = len(costs)
     steps = max(num_steps, 1)
     longest = sorted(per_name.items(), key=lambda kv: -kv[1])[:top]
     return KernelProfile({k: v / steps for k, v in per_class.items()}, count / steps,
-                         [(_short(n), classify_kernel(n), t / steps) for n, t in longest])
+                         [(_short(n), classify_kernel(n), t / steps) for n, t in longest], marginal=timed)
 
 
 def _short(name: str, width: int = 90) -> str:
@@ -104,6 +127,7 @@ class DecodeMeasurement:
     kernels_per_step: float = 0.0
     top_kernels: list[tuple[str, str, float]] = field(default_factory=list)  # (name, class, s per step)
     profiled_mode: str = "none"
+    timeline_costs: bool = False  # kernel_s holds marginal costs on the timeline (`timeline_costs`)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -265,7 +289,7 @@ def measure_decode(engine, context: int, batch: int = 1, num_steps: int = 32, wa
 
         from floorline.kernels.pdl import early_launch_enabled
 
-        if torch.cuda.is_available() and early_launch_enabled(engine.device):
+        if torch.cuda.is_available() and early_launch_enabled(engine.device) and not result.timeline_costs:
             result.notes.append("early launch is on: a kernel's profiled time includes its wait for the previous "
                                 "kernel, so per-class times overlap (FLOORLINE_PDL_EARLY=0 gives a breakdown)")
     finally:
@@ -287,6 +311,10 @@ def _pick_profile(result: DecodeMeasurement, profiles: dict[str, KernelProfile])
         result.kernel_s, result.kernels_per_step, result.top_kernels = (chosen.per_class, chosen.kernels_per_step,
                                                                         chosen.top)
         result.profiled_mode = mode
+        result.timeline_costs = chosen.marginal
+        if chosen.marginal:
+            result.notes.append("kernel times are marginal costs on the profiled timeline (the time each kernel "
+                                "alone kept the GPU busy), which add up to the step with early launch on too")
 
 
 def _prefill(engine, request_ids: list[str], context: int) -> None:
@@ -361,8 +389,11 @@ def kernel_events_from_profiler(prof) -> list[KernelEvent]:
         if getattr(e, "device_type", None) != cuda:
             continue
         tr = getattr(e, "time_range", None)
-        dur_us = tr.elapsed_us() if tr is not None else getattr(e, "device_time", 0.0)
-        events.append(KernelEvent(e.name, dur_us * 1e-6))
+        if tr is not None:
+            start = getattr(tr, "start", None)
+            events.append(KernelEvent(e.name, tr.elapsed_us() * 1e-6, None if start is None else start * 1e-6))
+        else:
+            events.append(KernelEvent(e.name, getattr(e, "device_time", 0.0) * 1e-6))
     if events:
         return events
     try:  # older layouts: read kineto's raw activity list

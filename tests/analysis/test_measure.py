@@ -100,15 +100,32 @@ def test_no_graphs_uses_eager():
 def test_events_from_fake_profiler():
     cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
 
-    def ev(name, dev, us):
-        return types.SimpleNamespace(name=name, device_type=dev,
-                                     time_range=types.SimpleNamespace(elapsed_us=lambda: us))
+    def ev(name, dev, us, start=None):
+        tr = types.SimpleNamespace(elapsed_us=lambda: us)
+        if start is not None:
+            tr.start = start
+        return types.SimpleNamespace(name=name, device_type=dev, time_range=tr)
 
-    prof = types.SimpleNamespace(events=lambda: [ev("aten::mm", cpu, 50), ev("gemv2T_kernel", cuda, 40),
+    prof = types.SimpleNamespace(events=lambda: [ev("aten::mm", cpu, 50), ev("gemv2T_kernel", cuda, 40, 100),
                                                  ev("_rms_norm_kernel", cuda, 2)])
     events = kernel_events_from_profiler(prof)
     assert [e.name for e in events] == ["gemv2T_kernel", "_rms_norm_kernel"]
-    assert events[0].duration_s == pytest.approx(40e-6)
+    assert events[0].duration_s == pytest.approx(40e-6) and events[0].start_s == pytest.approx(100e-6)
+    assert events[1].start_s is None  # a layout without start times
+
+
+def test_breakdown_charges_overlapping_kernels_their_marginal_cost():
+    """Early launch: attention starts inside the GEMV and waits for it; durations would count the overlap
+    twice, marginal costs add up to the busy time."""
+    events = [KernelEvent("gemv2T_kernel", 10e-6, 0.0), KernelEvent("_decode_split_kernel", 5e-6, 8e-6),
+              KernelEvent("_rms_norm_kernel", 2e-6, 15e-6)]  # after a 2 us idle gap
+    prof = kernel_breakdown(events, num_steps=1)
+    assert prof.marginal
+    assert prof.per_class["gemm"] == pytest.approx(10e-6)
+    assert prof.per_class["attention"] == pytest.approx(3e-6)
+    assert prof.per_class["norm_elementwise"] == pytest.approx(2e-6)
+    without_starts = kernel_breakdown([KernelEvent(e.name, e.duration_s) for e in events], num_steps=1)
+    assert not without_starts.marginal and without_starts.per_class["attention"] == pytest.approx(5e-6)
 
 
 class _FakeEngine:
