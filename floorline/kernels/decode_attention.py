@@ -278,7 +278,7 @@ def decode_attention(
     direct = num_splits == 1
     if direct:
         part_o = part_lse = out  # unused placeholders
-        counters = seq_lens
+        counters = seq_lens  # unused placeholder (no tickets without splits)
     else:
         part_o = torch.empty(num_seqs, num_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
         part_lse = torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device)
