@@ -9,7 +9,10 @@
 #      into .bnb/ and delete every libbitsandbytes_*.so but cuda130 (4 MB instead of 43);
 #   5. the throughput benchmark at 256 and 512 sequences (STAGES contains "throughput");
 #   6. A/B of the decode-path switches (STAGES contains "ab"): bench decode at 2048 and 16384 and
-#      the bf16 GEMV rows of bench.quant under FLOORLINE_FUSE / FLOORLINE_PDL_EARLY on and off.
+#      the bf16 GEMV rows of bench.quant under FLOORLINE_FUSE / FLOORLINE_PDL_EARLY on and off;
+#   7. ablations of the batch-1 step (STAGES contains "ablate"): bench decode at 2048 with one piece
+#      removed at a time (scripts/ablate_decode.py; ABLATE_ARGS picks the format, default int4 weights
+#      and head), then the kernels' marginal costs (scripts/decode_timeline.py).
 # Default STAGES: "tests decode". Logs go to $OUT (or ./gpu_out); the last lines printed are the tables.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +29,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,nohea
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 status=0
 if [[ $STAGES == *tests* ]]; then
-  timeout ${TEST_TIMEOUT:-180} python3 -m pytest -q -m gpu -p no:cacheprovider tests --timeout 120 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 || status=1
+  timeout ${TEST_TIMEOUT:-420} python3 -m pytest -q -m gpu -p no:cacheprovider tests --timeout 120 2>&1 | tee "$OUT/gpu_tests.log" | tail -25 || status=1
 fi
 if [[ $STAGES == *gemv* ]] && [ -f floorline/bench/kernels.py ]; then
   timeout ${GEMV_TIMEOUT:-170} python3 -m floorline.bench.kernels --sweep --budget-s ${GEMV_BUDGET:-140} --out "$OUT/gemv_best.json" 2>&1 | tee "$OUT/gemv.log" | tail -40 || status=1
@@ -58,5 +61,13 @@ if [[ $STAGES == *ab* ]]; then
     FLOORLINE_FUSE=$1 FLOORLINE_PDL_EARLY=$2 timeout ${AB_TIMEOUT:-70} python3 -m floorline.bench.quant --formats bf16 \
       --m 1 2>&1 | grep -E "^bf16 " | tee -a "$OUT/ab.log" || status=1
   done
+fi
+if [[ $STAGES == *ablate* ]]; then
+  args=${ABLATE_ARGS:-"--quantization int4 --lm-head-quantization int4"}
+  for v in ${ABLATE_VARIANTS:-base noattn nokv nonorm no-6144.4096 no-4096.4096 no-28672.4096 no-4096.14336 no-128256.4096}; do
+    echo "== $v: $(timeout ${ABLATE_TIMEOUT:-100} python3 scripts/ablate_decode.py "$v" -- bench decode --model "$MODEL" \
+      --load-format dummy --contexts 2048 --steps 32 $args 2>&1 | grep -A1 'context  ms' | tail -1)" | tee -a "$OUT/ablate.log"
+  done
+  timeout ${TIMELINE_TIMEOUT:-120} python3 scripts/decode_timeline.py $args 2>&1 | tee "$OUT/timeline.log" | head -16 || status=1
 fi
 exit $status
