@@ -108,7 +108,7 @@ def _prefill_path(fmt: str, layer, x: torch.Tensor, dequant: bool) -> bool:
         return x.shape[0] > MAX_M
     if fmt in ("bnb-nf4", "fp8-w8a8"):
         return False  # their own kernels at every M
-    return dequant or x.shape[0] > layer.quant_method.gemv_rows(layer, x)
+    return dequant or x.shape[0] > DOT_MAX_M
 
 
 def _call(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig | None = None, silu_mul: bool = False,

@@ -21,10 +21,11 @@ from floorline.kernels.quant_configs import DOT_MAX_M
 from floorline.quant.base import QuantMethod
 
 
-def gemv_wanted(x: torch.Tensor, max_rows: int) -> bool:
-    """Whether `apply` takes the Triton GEMV for x, which a method's kernels take up to `max_rows` rows
-    (tests patch this to run the kernels in the interpreter)."""
-    return x.is_cuda and 1 <= x.shape[0] <= max_rows
+def gemv_wanted(x: torch.Tensor) -> bool:
+    """Whether `apply` takes the Triton GEMV for x: 1..DOT_MAX_M rows on CUDA, in every packed format (FP8
+    W8A8 too: its weight-only dot path beat `_scaled_mm` at 32 rows). Tests patch this to run the kernels
+    in the interpreter."""
+    return x.is_cuda and 1 <= x.shape[0] <= DOT_MAX_M
 
 
 def check_shape(t: torch.Tensor, want: tuple[int, ...], what: str) -> None:
@@ -118,7 +119,7 @@ class PackedMethod(QuantMethod):
         return self._forward(layer, x, silu_mul=True)
 
     def _forward(self, layer: torch.nn.Module, x: torch.Tensor, silu_mul: bool) -> torch.Tensor:
-        if x.dim() == 2 and gemv_wanted(x, self.gemv_rows(layer, x)):
+        if x.dim() == 2 and gemv_wanted(x):
             return self.gemv(layer, x, silu_mul)
         if silu_mul:
             from floorline.kernels.activation import silu_and_mul
@@ -126,12 +127,8 @@ class PackedMethod(QuantMethod):
             x = silu_and_mul(x)
         return self.matmul(layer, x)
 
-    def gemv_rows(self, layer: torch.nn.Module, x: torch.Tensor) -> int:
-        """The most rows of x that `gemv` takes (more go to `matmul`)."""
-        return DOT_MAX_M
-
     def gemv(self, layer: torch.nn.Module, x: torch.Tensor, silu_mul: bool) -> torch.Tensor:
-        """The Triton GEMV: x [M <= gemv_rows, K] (or [M, 2K] gate | up) -> [M, N]."""
+        """The Triton GEMV: x [M <= DOT_MAX_M, K] (or [M, 2K] gate | up) -> [M, N]."""
         raise NotImplementedError
 
     def matmul(self, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -173,14 +173,17 @@ def test_missing_part_and_bad_shape_are_reported():
         layer.load(0, "qzeros", torch.zeros(1))
 
 
-def test_gemv_rows_past_16_take_the_dot_paths():
-    """Up to DOT_MAX_M rows go to the GEMV (its dot paths) in every format, FP8 W8A8 included: its weight-only
-    dot path beat `_scaled_mm` with per-token activation scales at 32-row decode steps (H200, Llama-3.1-8B:
-    5.55 against 7.72 GPU ms a step), and decode then rounds alike at every batch size."""
-    from floorline.kernels.quant_configs import DOT_MAX_M
+def test_decode_rows_up_to_dot_max_m_take_the_gemv():
+    """1..DOT_MAX_M rows on CUDA go to the Triton GEMV (its dot paths past 16), more to the dequantize +
+    matmul path; CPU tensors always take the reference path."""
+    from types import SimpleNamespace
 
-    x = torch.zeros(1, 128, dtype=torch.float16)
-    w8a8 = Fp8Method()
-    w8a8.w8a8 = True  # (what create_weights keeps on Hopper)
-    for method in (Int4Method(), Nf4Method(), Int8Method(), Fp8Method(), w8a8):
-        assert method.gemv_rows(None, x) == DOT_MAX_M, type(method).__name__
+    from floorline.kernels.quant_configs import DOT_MAX_M
+    from floorline.quant.packed import gemv_wanted
+
+    def on_cuda(m):
+        return SimpleNamespace(is_cuda=True, shape=(m, 128))
+
+    assert gemv_wanted(on_cuda(1)) and gemv_wanted(on_cuda(17)) and gemv_wanted(on_cuda(DOT_MAX_M))
+    assert not gemv_wanted(on_cuda(DOT_MAX_M + 1)) and not gemv_wanted(on_cuda(0))
+    assert not gemv_wanted(torch.zeros(1, 128))

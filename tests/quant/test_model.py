@@ -47,7 +47,7 @@ def test_gemv_kernels_inside_the_model_match_the_reference_path(quant_tiny_dir, 
     """Rows <= 16 take the Triton GEMV (here in the interpreter), fused SiLU-and-mul included."""
     model = LLM(quant_tiny_dir, quantization=fmt, num_kv_blocks=16).engine.model
     ref = model_logits(model, IDS)
-    monkeypatch.setattr(packed, "gemv_wanted", lambda x, max_rows: 1 <= x.shape[0] <= 16)
+    monkeypatch.setattr(packed, "gemv_wanted", lambda x: 1 <= x.shape[0] <= 16)
     torch.testing.assert_close(model_logits(model, IDS), ref, rtol=2e-4, atol=2e-4)
 
 
@@ -58,7 +58,7 @@ def test_dot_paths_for_17_to_64_rows_inside_the_model_match_the_reference_path(q
     model = LLM(quant_tiny_dir, quantization=fmt, num_kv_blocks=16).engine.model
     ids = [(5 * i + 2) % VOCAB for i in range(40)]
     ref = model_logits(model, ids)
-    monkeypatch.setattr(packed, "gemv_wanted", lambda x, max_rows: 1 <= x.shape[0] <= max_rows)
+    monkeypatch.setattr(packed, "gemv_wanted", lambda x: 1 <= x.shape[0] <= packed.DOT_MAX_M)
     torch.testing.assert_close(model_logits(model, ids), ref, rtol=2e-4, atol=2e-4)
 
 
