@@ -127,7 +127,7 @@ class DecodeMeasurement:
     kernels_per_step: float = 0.0
     top_kernels: list[tuple[str, str, float]] = field(default_factory=list)  # (name, class, s per step)
     profiled_mode: str = "none"
-    timeline_costs: bool = False  # kernel_s holds marginal costs on the timeline (`timeline_costs`)
+    marginal: bool = False  # kernel_s holds marginal costs on the timeline (`timeline_costs`), not durations
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -289,7 +289,7 @@ def measure_decode(engine, context: int, batch: int = 1, num_steps: int = 32, wa
 
         from floorline.kernels.pdl import early_launch_enabled
 
-        if torch.cuda.is_available() and early_launch_enabled(engine.device) and not result.timeline_costs:
+        if torch.cuda.is_available() and early_launch_enabled(engine.device) and not result.marginal:
             result.notes.append("early launch is on: a kernel's profiled time includes its wait for the previous "
                                 "kernel, so per-class times overlap (FLOORLINE_PDL_EARLY=0 gives a breakdown)")
     finally:
@@ -311,7 +311,7 @@ def _pick_profile(result: DecodeMeasurement, profiles: dict[str, KernelProfile])
         result.kernel_s, result.kernels_per_step, result.top_kernels = (chosen.per_class, chosen.kernels_per_step,
                                                                         chosen.top)
         result.profiled_mode = mode
-        result.timeline_costs = chosen.marginal
+        result.marginal = chosen.marginal
         if chosen.marginal:
             result.notes.append("kernel times are marginal costs on the profiled timeline (the time each kernel "
                                 "alone kept the GPU busy), which add up to the step with early launch on too")

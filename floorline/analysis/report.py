@@ -80,7 +80,7 @@ def gap_text(m: DecodeMeasurement) -> str:
              f"gap {_ms(m.step_s - m.floor_s, 3)} ms"]
     if m.kernel_s:
         kernels = ", ".join(f"{CLASS_LABELS[k]} {_ms(v, 3)}" for k, v in m.kernel_s.items())
-        kind = "marginal cost on the timeline" if m.timeline_costs else "profiled durations"
+        kind = "marginal cost on the timeline" if m.marginal else "profiled durations"
         lines.append(f"  kernels per step ({m.profiled_mode}, {m.kernels_per_step:.0f} launches, {kind}): {kernels} ms")
         for name, v in m.gap_components().items():
             lines.append(f"  gap: {name:34s} {_ms(v, 3):>8} ms")
