@@ -10,8 +10,8 @@ With one split the program writes the output directly.
 With PDL the program loads its first K/V tile before `gdc_wait`: every position but the newest was
 written by an earlier step, so that read overlaps the previous kernel (the rotary + cache write);
 the newest position, which that kernel writes, is read after the wait and folded in on its own.
-On the H200 this took the bf16 step at batch 1 and context 2048 from 4.325-4.364 to 4.197-4.203 ms
-(int4: no change; benchmarks/RESULTS.md, eighth session).
+On the H200 this took the bf16 step at batch 1 and context 2048 from 4.325 to 4.203 ms (int4: no
+change; benchmarks/RESULTS.md, eighth session).
 
 CUDA graphs: the launch grid is `(num_seqs, num_kv_heads, num_splits)` and each program derives
 its range from `seq_lens` on the device, so one captured graph serves every length as long as
