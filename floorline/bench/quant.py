@@ -311,7 +311,8 @@ def _short(c: QuantGemvConfig) -> str:
     if c.use_dot:
         kind = "dot pairs" if c.pairs else "dot"
     elif c.persistent:
-        kind = f"persistent x{c.programs_per_sm}" + (" pf" if c.prefetch else "") + (" h2" if c.half2 else "")
+        kind = (f"persistent x{c.programs_per_sm}" + (" pf" if c.prefetch else "") + (" h2" if c.half2 else "")
+                + (" early" if c.early_launch else ""))
     else:
         kind = "fma"
     return f"{kind} n{c.block_n} k{c.block_k} s{c.split_k} w{c.num_warps} st{c.num_stages}"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from floorline.kernels.decode_attention import num_sms_of
+from floorline.kernels.pdl import early_launch_args, pdl_args
 from floorline.kernels.quant_configs import DOT_MAX_M, QuantGemvConfig
 from floorline.kernels.skinny_gemm import DOT_BLOCK_M, _dot, _epilogue, _operand
 from floorline.kernels.tickets import tickets
@@ -82,6 +83,11 @@ def persistent_geometry(cfg: QuantGemvConfig, n: int, k: int, out: torch.Tensor)
 def dot_block_m(m: int) -> int:
     """Rows of a dot path's x tile: 16 (tl.dot's least) up to the next power of two of m."""
     return max(DOT_BLOCK_M, triton.next_power_of_2(m))
+
+
+def persistent_pdl_args(cfg: QuantGemvConfig, device: torch.device) -> dict:
+    """A persistent launch's PDL keywords: with `early_launch`, the EARLY_LAUNCH trigger too."""
+    return early_launch_args(device) if cfg.early_launch else pdl_args(device)
 
 
 def half2_ok(cfg: QuantGemvConfig, x: torch.Tensor) -> bool:

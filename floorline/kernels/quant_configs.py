@@ -35,13 +35,16 @@ class QuantGemvConfig(SkinnyConfig):
     each owning one K tile (split = K / block_k) and walking row tiles; `prefetch` loads the next row
     tile's weights while the current one is summed; `half2` runs the persistent loop in packed fp16x2
     (`quant_half2`) for fp16 / bf16 activations; `pairs` runs the 4-bit dot paths that build their operands
-    from the words in registers (`quant_pairs`; fp16 / bf16 activations, groups of >= 64). The three are
-    4-bit options: the 8-bit launcher refuses them (`check_config`'s `four_bit`)."""
+    from the words in registers (`quant_pairs`; fp16 / bf16 activations, groups of >= 64); `early_launch`:
+    the persistent kernel lets its successor launch as it starts (PDL's `gdc_launch_dependents`; the
+    8-bit GEMV always does). The four are 4-bit options: the 8-bit launcher refuses them (`check_config`'s
+    `four_bit`). Isolated GEMV timings cannot see `early_launch`: it is set from end-to-end A/Bs."""
 
     programs_per_sm: int = 0
     prefetch: bool = False
     half2: bool = False
     pairs: bool = False
+    early_launch: bool = False
 
     @property
     def persistent(self) -> bool:
@@ -122,12 +125,15 @@ TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
     ('int4', 128256, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=1, num_stages=1, use_dot=False, programs_per_sm=12, prefetch=False, half2=True),
     # M = 1 4-bit: the persistent kernels where they won (third H200 session, 2026-12-01, runs 2-3; the fp16x2
     # "half2" entries and int4 o_proj from the fourth session's sweeps, same day, runs 1-2)
-    ('int4', 6144, 4096, 1): QuantGemvConfig(block_n=2, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=True, half2=True),
+    # int4 qkv lets the rotary + KV write launch during it (early_launch; ninth session: 2.167 -> 2.114-2.121 ms)
+    ('int4', 6144, 4096, 1): QuantGemvConfig(block_n=2, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=True, half2=True, early_launch=True),
     ('int4', 4096, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False),
     ('int4', 28672, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=10, prefetch=False, half2=True),
     ('int4', 4096, 14336, 1): QuantGemvConfig(block_n=8, block_k=2048, split_k=2, num_warps=2, num_stages=1, use_dot=False),
-    ('nf4', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False, programs_per_sm=5, prefetch=False),
-    ('nf4', 4096, 4096, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False, programs_per_sm=6, prefetch=False),
+    # NF4 qkv launches early as int4's does (2.737 -> 2.702 ms a step); NF4 o_proj at 5 programs an SM, the most
+    # its 96 registers let one wave hold, not 6 (2.686 against 2.700: within the noise) (ninth session, A/Bs)
+    ('nf4', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False, programs_per_sm=5, prefetch=False, early_launch=True),
+    ('nf4', 4096, 4096, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False, programs_per_sm=5, prefetch=False),
     ('nf4', 28672, 4096, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False, half2=True),
     ('nf4', 4096, 14336, 1): QuantGemvConfig(block_n=8, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False),
 }
@@ -228,9 +234,12 @@ def check_config(cfg: QuantGemvConfig, m: int, k_unit: int, name: str, dot_min_k
     check_tiles(cfg, m, name, dot_min_k)
     if cfg.block_k % k_unit:
         raise ValueError(f"{name}: block_k must be a multiple of {k_unit}, got {cfg.block_k}")
-    if not four_bit and (cfg.programs_per_sm or cfg.half2 or cfg.pairs):  # never silently ignored
+    if not four_bit and (cfg.programs_per_sm or cfg.half2 or cfg.pairs or cfg.early_launch):  # never ignored
         raise ValueError(f"{name}: the 8-bit formats have no persistent, fp16x2 or pair kernels; configs take "
-                         f"programs_per_sm=0, half2=False, pairs=False (got {cfg})")
+                         f"programs_per_sm=0, half2=False, pairs=False, early_launch=False (got {cfg})")
+    if cfg.early_launch and not cfg.persistent:
+        raise ValueError(f"{name}: early_launch is an option of the persistent M = 1 kernels (programs_per_sm > 0, "
+                         f"use_dot=False), got {cfg}")
     if cfg.pairs and not cfg.use_dot:
         raise ValueError(f"{name}: pairs is an option of the dot path (use_dot=True, 2..{DOT_MAX_M} rows)")
     if cfg.persistent and cfg.num_stages != 1:  # 2-3 stages doubled the H200 times

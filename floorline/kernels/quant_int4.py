@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from floorline.kernels.pdl import gdc_wait, pdl_args
+from floorline.kernels.pdl import gdc_launch_dependents, gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
     _persistent_reduce,
     _persistent_store,
@@ -40,6 +40,7 @@ from floorline.kernels.quant_common import (
     half2_ok,
     operand,
     persistent_geometry,
+    persistent_pdl_args,
     unfused_silu,
 )
 from floorline.kernels.quant_configs import DOT_MIN_K, QuantGemvConfig, check_config, get_config
@@ -222,7 +223,7 @@ def _int4_gemv_m1_kernel(
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     EVEN_K: tl.constexpr, SPLIT: tl.constexpr, X_SILU_MUL: tl.constexpr, PREFETCH: tl.constexpr,
     HALF2: tl.constexpr = False, EMULATE: tl.constexpr = False, SPLITS_P2: tl.constexpr = 1,
-    TILES_AT_ONCE: tl.constexpr = 1, USE_PDL: tl.constexpr = False,
+    TILES_AT_ONCE: tl.constexpr = 1, USE_PDL: tl.constexpr = False, EARLY_LAUNCH: tl.constexpr = False,
 ):
     """Persistent M = 1 GEMV: program p owns K tile p % num_splits and walks row tiles with a stride.
 
@@ -231,6 +232,8 @@ def _int4_gemv_m1_kernel(
     are in flight while the current one is summed. HALF2: the packed fp16x2 loop of `quant_half2`
     (EMULATE: in Triton ops, for the interpreter).
     """
+    if EARLY_LAUNCH:  # the successor's programs may become resident now (see the config's early_launch)
+        gdc_launch_dependents()
     GW: tl.constexpr = GROUP // 8
     NB: tl.constexpr = BLOCK_K // GROUP
     NC: tl.constexpr = GW // 4
@@ -386,7 +389,7 @@ def _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out):
         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group,
         EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1, X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch,
         HALF2=half2_ok(cfg, x), EMULATE=x.device.type != "cuda", **geo.reduce,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **persistent_pdl_args(cfg, x.device),
     )
     return out
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from floorline.kernels.nf4_lookup import NF4_CODE, lookup_id, nf4_code_of, nf4_lane_table
-from floorline.kernels.pdl import gdc_wait, pdl_args
+from floorline.kernels.pdl import gdc_launch_dependents, gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
     _load_x,
     _persistent_reduce,
@@ -40,6 +40,7 @@ from floorline.kernels.quant_common import (
     half2_ok,
     operand,
     persistent_geometry,
+    persistent_pdl_args,
     unfused_silu,
 )
 from floorline.kernels.quant_configs import DOT_MIN_K, QuantGemvConfig, check_config, get_config
@@ -184,11 +185,13 @@ def _nf4_gemv_m1_kernel(
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     SPLIT: tl.constexpr, NESTED: tl.constexpr, LOOKUP: tl.constexpr, X_SILU_MUL: tl.constexpr,
     PREFETCH: tl.constexpr, HALF2: tl.constexpr = False, SPLITS_P2: tl.constexpr = 1,
-    TILES_AT_ONCE: tl.constexpr = 1, USE_PDL: tl.constexpr = False,
+    TILES_AT_ONCE: tl.constexpr = 1, USE_PDL: tl.constexpr = False, EARLY_LAUNCH: tl.constexpr = False,
 ):
     """Persistent M = 1 GEMV (quant_int4's `_int4_gemv_m1_kernel`, with NF4 codes and block absmax):
     program p owns K tile p % num_splits, loads its x once and walks row tiles with a stride. HALF2:
     the packed fp16x2 loop of `quant_half2` (emulated in Triton ops unless LOOKUP is the shuffle)."""
+    if EARLY_LAUNCH:  # the successor's programs may become resident now (see the config's early_launch)
+        gdc_launch_dependents()
     NB: tl.constexpr = BLOCK_K // 64
     KB = K // 64
     pid = tl.program_id(0)
@@ -352,7 +355,7 @@ def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
             SPLIT=geo.splits > 1, NESTED=nested is not None, LOOKUP=lookup_id(lookup, x.device),
             X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch, HALF2=half2_ok(cfg, x), **geo.reduce,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device))
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **persistent_pdl_args(cfg, x.device))
         return out
     geo = geometry(cfg, m, n, k, out)
     _nf4_gemv_kernel[(geo.tiles, geo.splits)](

@@ -87,7 +87,7 @@ def _w8_gemv_kernel(
 ):
     if EARLY_LAUNCH:
         # The next kernel may launch (it reads this one's output after gdc_wait): on the H200 the 8-bit steps
-        # measured 0.04-0.06 ms faster; the 4-bit GEMVs do not, they measured 0.09-0.18 ms slower with it.
+        # measured 0.04-0.06 ms faster (the 4-bit GEMVs choose per config: `QuantGemvConfig.early_launch`).
         gdc_launch_dependents()
     if USE_PDL:
         gdc_wait()

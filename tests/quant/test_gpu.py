@@ -71,6 +71,21 @@ def test_gpu_persistent_m1_kernels_match_reference(fmt, k, n, cfg):
         assert _rel(_gemv_with_config(fmt, layer, x, cfg, silu), ref) < 1e-2
 
 
+@pytest.mark.parametrize("fmt", ["int4", "nf4"])
+def test_gpu_early_launch_successor_reads_the_finished_output(fmt):
+    """A persistent GEMV with `early_launch` lets the next kernel start while it runs: that kernel (here a
+    second GEMV taking the first one's output as x) must still see every row of it."""
+    first, w1 = _layer(fmt, 4096, 4096)
+    second, w2 = _layer(fmt, 4096, 4096)
+    early = QuantGemvConfig(4, 4096, num_warps=2, num_stages=1, programs_per_sm=8, early_launch=True)
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):  # back to back: each launch overlaps the previous one's tail
+        y = _gemv_with_config(fmt, first, x, early)
+        out = second.quant_method.gemv(second, y, False)
+    ref = F.linear(F.linear(x.float(), w1).to(torch.bfloat16).float(), w2)
+    assert _rel(out, ref) < 2e-2
+
+
 PAIRS = [QuantGemvConfig(128, 128, num_warps=4, num_stages=2, use_dot=True, pairs=True),
          QuantGemvConfig(64, 256, split_k=2, num_warps=4, num_stages=3, use_dot=True, pairs=True),
          QuantGemvConfig(256, 128, num_warps=8, num_stages=2, use_dot=True, pairs=True),

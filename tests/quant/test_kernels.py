@@ -386,7 +386,10 @@ def test_launchers_reject_bad_inputs():
         int4_gemv_triton(torch.randn(1, 128), qw, s, z, 128, 128, config=pipelined)
     with pytest.raises(ValueError, match="pairs is an option of the dot path"):
         int4_gemv_triton(torch.randn(1, 128), qw, s, z, 128, 128, config=QuantGemvConfig(4, 128, pairs=True))
-    for four_bit_only in (dict(programs_per_sm=2, num_stages=1), dict(half2=True), dict(use_dot=True, pairs=True)):
+    with pytest.raises(ValueError, match="early_launch is an option of the persistent M = 1 kernels"):
+        int4_gemv_triton(torch.randn(1, 128), qw, s, z, 128, 128, config=QuantGemvConfig(4, 128, early_launch=True))
+    for four_bit_only in (dict(programs_per_sm=2, num_stages=1), dict(half2=True), dict(use_dot=True, pairs=True),
+                          dict(early_launch=True)):
         with pytest.raises(ValueError, match="8-bit formats have no persistent, fp16x2 or pair kernels"):
             w8_gemv_triton(torch.randn(2, 64), *_w8(8, 64, False), False,
                            config=QuantGemvConfig(16, 64, **{"use_dot": True, **four_bit_only}))
