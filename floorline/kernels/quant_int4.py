@@ -335,10 +335,10 @@ def int4_dequantize_ref(qweight: torch.Tensor, scales: torch.Tensor, zeros: torc
                         group: int) -> torch.Tensor:
     """[N, K] fp32 weight: (Q - Z) * S group by group, padding columns dropped."""
     _check(qweight, scales, zeros, k, group)
-    q = unpack_int4(qweight, group).float()  # [N, Kp]
-    s = scales.float().t().repeat_interleave(group, dim=1)  # [N, Kp]
-    z = zeros.float().t().repeat_interleave(group, dim=1)
-    return ((q - z) * s)[:, :k]
+    n = qweight.shape[0]
+    q = unpack_int4(qweight, group).view(n, -1, group).float()  # [N, G, group]
+    q.sub_(zeros.float().t()[:, :, None]).mul_(scales.float().t()[:, :, None])  # in place: one buffer
+    return q.view(n, -1)[:, :k]
 
 
 def int4_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: int,

@@ -309,9 +309,9 @@ def nf4_dequantize_ref(qweight: torch.Tensor, absmax: torch.Tensor, nested: tupl
     """[N, K] fp32 weight. `nested` = (nested_absmax, nested_map, row_base, row_offset, row_map) or None."""
     _check(qweight, absmax, nested)
     code = nf4_code(qweight.device) if code is None else code.float()
-    idx = unpack_nf4(qweight, BLOCK).long()
-    scale = nf4_absmax_ref(absmax, nested).repeat_interleave(BLOCK, dim=1)
-    return code[idx] * scale
+    n = qweight.shape[0]
+    w = code[unpack_nf4(qweight, BLOCK).long()].view(n, -1, BLOCK)  # [N, K / 64, 64]
+    return w.mul_(nf4_absmax_ref(absmax, nested)[:, :, None]).view(n, -1)
 
 
 def nf4_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, nested: tuple | None = None,

@@ -52,14 +52,25 @@ def pack_int4(codes: torch.Tensor, group: int) -> torch.Tensor:
     return _to_int32(words.reshape(codes.shape[0], -1))
 
 
+def _unpack_slots(qweight: torch.Tensor, period: int, shifts: tuple[int, ...], wrap_last: bool) -> torch.Tensor:
+    """int32 words [N, W] -> codes [N, 8 W] (uint8), slot s at bits shifts[s] (module docstring).
+
+    The shifts stay in int32: an arithmetic shift copies the sign bit only above the four bits that the
+    mask keeps. `wrap_last`: int4's slot 7, code bit 0 at bit 31 and bits 1..3 at bits 0..2. One output
+    buffer, written slot by slot (the CPU dequantizes every call; int64 temporaries cost 8x)."""
+    n, nw = qweight.shape
+    w = qweight.reshape(n, nw // (period // 8), 1, period // 8)
+    out = torch.empty(n, w.shape[1], 8, period // 8, dtype=torch.uint8, device=qweight.device)
+    for s, shift in enumerate(shifts):
+        out[:, :, s : s + 1] = (w >> shift) & 15
+    if wrap_last:
+        out[:, :, 7:8] = ((w >> 31) & 1) | ((w & 7) << 1)
+    return out.reshape(n, nw * 8)
+
+
 def unpack_int4(qweight: torch.Tensor, group: int) -> torch.Tensor:
     """int32 words [N, Kp / 8] -> [N, Kp] codes 0..15 (uint8)."""
-    n, nw = qweight.shape
-    w = qweight.to(torch.int64) & 0xFFFFFFFF
-    w = w.reshape(n, nw // (group // 8), 1, group // 8)
-    slots = [(w >> shift) & 15 for shift in INT4_SLOT_SHIFT]
-    slots.append(((w >> 31) & 1) | ((w & 7) << 1))
-    return torch.cat(slots, dim=2).reshape(n, nw * 8).to(torch.uint8)
+    return _unpack_slots(qweight, group, INT4_SLOT_SHIFT, wrap_last=True)
 
 
 def pack_nf4(codes: torch.Tensor, block: int = 64) -> torch.Tensor:
@@ -73,9 +84,7 @@ def pack_nf4(codes: torch.Tensor, block: int = 64) -> torch.Tensor:
 
 def unpack_nf4(qweight: torch.Tensor, block: int = 64) -> torch.Tensor:
     """int32 words [N, K / 8] -> [N, K] codes 0..15 (uint8)."""
-    n, nw = qweight.shape
-    w = (qweight.to(torch.int64) & 0xFFFFFFFF).reshape(n, nw // (block // 8), 1, block // 8)
-    return torch.cat([(w >> shift) & 15 for shift in NF4_SLOT_SHIFT], dim=2).reshape(n, nw * 8).to(torch.uint8)
+    return _unpack_slots(qweight, block, NF4_SLOT_SHIFT, wrap_last=False)
 
 
 def bytes_to_codes(packed: torch.Tensor) -> torch.Tensor:
