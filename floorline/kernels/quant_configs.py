@@ -37,8 +37,8 @@ class QuantGemvConfig(SkinnyConfig):
     (`quant_half2`) for fp16 / bf16 activations; `pairs` runs the 4-bit dot paths that build their operands
     from the words in registers (`quant_pairs`; fp16 / bf16 activations, groups of >= 64); `early_launch`:
     the persistent kernel lets its successor launch as it starts (PDL's `gdc_launch_dependents`; the
-    8-bit GEMV always does). The four are 4-bit options: the 8-bit launcher refuses them (`check_config`'s
-    `four_bit`). Isolated GEMV timings cannot see `early_launch`: it is set from end-to-end A/Bs."""
+    8-bit GEMV always does). `programs_per_sm`, `half2`, `pairs` and `early_launch` are 4-bit options: the
+    8-bit launcher refuses them (`check_config`'s `four_bit`). Isolated GEMV timings cannot see `early_launch`: it is set from end-to-end A/Bs."""
 
     programs_per_sm: int = 0
     prefetch: bool = False
