@@ -1,6 +1,7 @@
 """Where a decode step's time goes when kernels overlap: each kernel's marginal cost on the GPU timeline.
 
     python scripts/decode_timeline.py --quantization int4 --lm-head-quantization int4 [--context 2048] [--out t.json]
+        [--by-position]
 
 Profiles a few decode steps (CUDA-graph replays, PDL and early launch as they run) of Llama-3.1-8B with
 dummy weights and prints, per kernel name, how far it moved the timeline's end (`analysis.measure.
@@ -24,7 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def short_name(name: str) -> str:
-    """A kernel's readable name: the Triton function, or torch's functor, or the name's start."""
+    """A kernel's readable name: the Triton function, or torch's functor, or the name's start
+    (names `by_layer_position` made stay as they are)."""
+    if re.fullmatch(r".+\[\+?\d+\]", name):
+        return name
     m = re.search(r"(_[a-z0-9_]+_kernel|ArgMaxOps|MaxNanFunctor|sum_functor|Memcpy \w+)", name)
     return m.group(1) if m else name[:48]
 
@@ -42,7 +46,29 @@ def marginal_costs(events: list[tuple[str, float, float]]) -> dict[str, tuple[in
     return {k: (int(v[0]), v[1], v[2]) for k, v in out.items()}
 
 
-def _profile(a: argparse.Namespace) -> list[tuple[str, float, float]]:
+def by_layer_position(events: list[tuple[str, float, float]], steps: int, layers: int) -> list[tuple[str, float, float]]:
+    """The events renamed by their place in a layer, so that launches of one kernel function for
+    different shapes (qkv, o_proj, gate_up) count apart: `name[i]` is the i-th launch of `name` in a
+    layer, `name[+j]` the j-th launch past layers x that in a step (the LM head, the final norm).
+
+    Assumes what a graph replay gives: every step launches the same kernels in the same order, and a
+    kernel's launches beyond its per-layer ones come last in the step."""
+    ordered = sorted(events, key=lambda e: e[1])
+    per_step = collections.Counter(short_name(n) for n, _, _ in ordered)
+    seen: collections.Counter = collections.Counter()
+    out = []
+    for name, start, end in ordered:
+        short = short_name(name)
+        count = per_step[short] // steps
+        index = seen[short] % count if count else 0
+        seen[short] += 1
+        period = count // layers
+        label = f"{short}[{index % period}]" if index < period * layers else f"{short}[+{index - period * layers}]"
+        out.append((label, start, end))
+    return out
+
+
+def _profile(a: argparse.Namespace) -> tuple[list[tuple[str, float, float]], int]:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -67,8 +93,9 @@ def _profile(a: argparse.Namespace) -> list[tuple[str, float, float]]:
                 engine.step()
             torch.cuda.synchronize()
     cuda = torch.autograd.DeviceType.CUDA
-    return [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
-            if getattr(e, "device_type", None) == cuda]
+    events = [(e.name, e.time_range.start, e.time_range.end) for e in prof.events()
+              if getattr(e, "device_type", None) == cuda]
+    return events, engine.runner.model.config.num_layers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,10 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", type=int, default=2048)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--out", help="also write the raw (name, start_us, end_us) events as JSON")
+    p.add_argument("--by-position", action="store_true",
+                   help="count each kernel by its place in the layer (qkv, o_proj and gate_up apart)")
     a = p.parse_args(argv)
-    events = _profile(a)
+    events, layers = _profile(a)
     if a.out:
         Path(a.out).write_text(json.dumps(events))
+    if a.by_position:
+        events = by_layer_position(events, a.steps, layers)
     rows = sorted(marginal_costs(events).items(), key=lambda kv: -kv[1][1])
     print(f"{'kernel':50s} {'per step':>8s} {'marginal us/step':>16s} {'duration us/step':>16s}")
     for name, (n, marginal, duration) in rows:

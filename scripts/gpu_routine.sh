@@ -12,7 +12,7 @@
 #      the bf16 GEMV rows of bench.quant under FLOORLINE_FUSE / FLOORLINE_PDL_EARLY on and off;
 #   7. ablations of the batch-1 step (STAGES contains "ablate"): bench decode at 2048 with one piece
 #      removed at a time (scripts/ablate_decode.py; ABLATE_ARGS picks the format, default int4 weights
-#      and head), then the kernels' marginal costs (scripts/decode_timeline.py).
+#      and head), then the kernels' marginal costs by place in the layer (scripts/decode_timeline.py --by-position).
 # Default STAGES: "tests decode". Logs go to $OUT (or ./gpu_out); the last lines printed are the tables.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +68,6 @@ if [[ $STAGES == *ablate* ]]; then
     echo "== $v: $(timeout ${ABLATE_TIMEOUT:-100} python3 scripts/ablate_decode.py "$v" -- bench decode --model "$MODEL" \
       --load-format dummy --contexts 2048 --steps 32 $args 2>&1 | grep -A1 'context  ms' | tail -1)" | tee -a "$OUT/ablate.log"
   done
-  timeout ${TIMELINE_TIMEOUT:-120} python3 scripts/decode_timeline.py $args 2>&1 | tee "$OUT/timeline.log" | head -16 || status=1
+  timeout ${TIMELINE_TIMEOUT:-120} python3 scripts/decode_timeline.py --by-position $args 2>&1 | tee "$OUT/timeline.log" | head -16 || status=1
 fi
 exit $status

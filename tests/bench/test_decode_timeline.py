@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from decode_timeline import marginal_costs, short_name  # noqa: E402
+from decode_timeline import by_layer_position, marginal_costs, short_name  # noqa: E402
 
 
 def test_marginal_costs_count_only_what_moves_the_end():
@@ -27,3 +27,16 @@ def test_short_names():
     assert short_name("_decode_split_kernel_0d1d2d") == "_decode_split_kernel"
     torch_argmax = "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::ArgMaxOps<float>"
     assert short_name(torch_argmax) == "ArgMaxOps"
+
+
+def test_by_layer_position_tells_the_shapes_of_one_kernel_apart():
+    """Two steps of two layers: `_gemv_kernel` twice a layer (say qkv, o_proj) and once more at the
+    step's end (the head); `_attn_kernel` once a layer."""
+    step = ["_gemv_kernel", "_attn_kernel", "_gemv_kernel"] * 2 + ["_gemv_kernel"]
+    events = [(name, float(t), t + 0.5) for t, name in enumerate(step + step)]
+    labels = [name for name, _, _ in by_layer_position(list(reversed(events)), steps=2, layers=2)]
+    one = ["_gemv_kernel[0]", "_attn_kernel[0]", "_gemv_kernel[1]"] * 2 + ["_gemv_kernel[+0]"]
+    assert labels == one + one
+    costs = marginal_costs(by_layer_position(events, steps=2, layers=2))
+    assert costs["_gemv_kernel[+0]"][0] == 2 and costs["_gemv_kernel[1]"][0] == 4
+    assert short_name("_gemv_kernel[+0]") == "_gemv_kernel[+0]"
