@@ -12,7 +12,8 @@
 #      the bf16 GEMV rows of bench.quant under FLOORLINE_FUSE / FLOORLINE_PDL_EARLY on and off;
 #   7. ablations of the batch-1 step (STAGES contains "ablate"): bench decode at 2048 with one piece
 #      removed at a time (scripts/ablate_decode.py; ABLATE_ARGS picks the format, default int4 weights
-#      and head), then the kernels' marginal costs by place in the layer (scripts/decode_timeline.py --by-position).
+#      and head), then the kernels' marginal costs by their place in the layer
+#      (scripts/decode_timeline.py --by-position).
 # Default STAGES: "tests decode". Logs go to $OUT (or ./gpu_out); the last lines printed are the tables.
 set -uo pipefail
 cd "$(dirname "$0")/.."
