@@ -3,7 +3,8 @@
 Configs come from a table keyed by (format, N, K, M-bucket) that `python -m floorline.bench.quant
 --sweep` prints (FLOORLINE_QUANT_CONFIGS=f.json loads such a file over it), else from
 `heuristic_config`; nothing is autotuned at run time. The M-buckets are the skinny GEMM's 1..16 plus
-32 and 64 for the dot paths' 17..DOT_MAX_M rows.
+32 and 64 for the dot paths' 17..DOT_MAX_M rows. A swept entry replaces the table's whole entry: the
+sweep times GEMVs alone and never sets `early_launch`, so pasting its winners drops that field.
 """
 
 from __future__ import annotations
