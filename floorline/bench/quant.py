@@ -101,7 +101,7 @@ def build_layers(fmt: str, k: int, n: int, device: torch.device, l2_bytes: int, 
     return copies, w, nbytes
 
 
-def _prefill_path(fmt: str, layer, x: torch.Tensor, dequant: bool) -> bool:
+def _prefill_path(fmt: str, x: torch.Tensor, dequant: bool) -> bool:
     """Whether `_call` takes x the prefill way: more rows than the GEMV takes (bf16: cuBLAS past MAX_M),
     or, with `dequant`, every quantized row count (dequantize, then cuBLAS)."""
     if fmt == "bf16":
@@ -114,7 +114,7 @@ def _prefill_path(fmt: str, layer, x: torch.Tensor, dequant: bool) -> bool:
 def _call(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig | None = None, silu_mul: bool = False,
           dequant: bool = False):
     """One GEMV of `fmt` as decode runs it, or the prefill way where `_prefill_path` says so."""
-    if _prefill_path(fmt, layer, x, dequant):
+    if _prefill_path(fmt, x, dequant):
         x = silu_and_mul(x) if silu_mul else x
         return F.linear(x, layer.weight) if fmt == "bf16" else layer.quant_method.matmul(layer, x)
     if fmt == "bf16":
@@ -260,7 +260,7 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
         else:
             row.seconds = time_per_call(calls)
         kernel_fmt = "nf4" if fmt in NF4_LOOKUP else fmt
-        if _prefill_path(fmt, layers[0], x, dequant):
+        if _prefill_path(fmt, x, dequant):
             row.config = "cuBLAS" if fmt == "bf16" else "dequantize + cuBLAS"
         elif kernel_fmt in QUANT_FORMATS:
             unit = {"int4": getattr(layers[0].quant_method, "group", 128), "nf4": 64}.get(kernel_fmt, 16)
