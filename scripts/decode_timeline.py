@@ -25,21 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def short_name(name: str) -> str:
-    """A kernel's readable name: the Triton function, or torch's functor, or the name's start
-    (names `by_layer_position` made stay as they are)."""
-    if re.fullmatch(r".+\[\+?\d+\]", name):
-        return name
+    """A kernel's readable name: the Triton function, or torch's functor, or the name's start."""
     m = re.search(r"(_[a-z0-9_]+_kernel|ArgMaxOps|MaxNanFunctor|sum_functor|Memcpy \w+)", name)
     return m.group(1) if m else name[:48]
 
 
-def marginal_costs(events: list[tuple[str, float, float]]) -> dict[str, tuple[int, float, float]]:
-    """(name, start, end) events -> {short name: (count, summed marginal cost, summed duration)}."""
+def marginal_costs(events: list[tuple[str, float, float]], key=short_name) -> dict[str, tuple[int, float, float]]:
+    """(name, start, end) events -> {key(name): (count, summed marginal cost, summed duration)}."""
     from floorline.analysis.measure import KernelEvent, timeline_costs
 
     out: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0])
     for e, cost in timeline_costs(KernelEvent(name, end - start, start) for name, start, end in events):
-        row = out[short_name(e.name)]
+        row = out[key(e.name)]
         row[0] += 1
         row[1] += cost
         row[2] += e.duration_s
@@ -111,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     events, layers = _profile(a)
     if a.out:
         Path(a.out).write_text(json.dumps(events))
-    if a.by_position:
-        events = by_layer_position(events, a.steps, layers)
-    rows = sorted(marginal_costs(events).items(), key=lambda kv: -kv[1][1])
+    if a.by_position:  # its labels are short names already
+        costs = marginal_costs(by_layer_position(events, a.steps, layers), key=str)
+    else:
+        costs = marginal_costs(events)
+    rows = sorted(costs.items(), key=lambda kv: -kv[1][1])
     print(f"{'kernel':50s} {'per step':>8s} {'marginal us/step':>16s} {'duration us/step':>16s}")
     for name, (n, marginal, duration) in rows:
         print(f"{name:50s} {n / a.steps:8.1f} {marginal / a.steps:16.1f} {duration / a.steps:16.1f}")

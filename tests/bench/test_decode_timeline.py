@@ -37,6 +37,5 @@ def test_by_layer_position_tells_the_shapes_of_one_kernel_apart():
     labels = [name for name, _, _ in by_layer_position(list(reversed(events)), steps=2, layers=2)]
     one = ["_gemv_kernel[0]", "_attn_kernel[0]", "_gemv_kernel[1]"] * 2 + ["_gemv_kernel[+0]"]
     assert labels == one + one
-    costs = marginal_costs(by_layer_position(events, steps=2, layers=2))
+    costs = marginal_costs(by_layer_position(events, steps=2, layers=2), key=str)
     assert costs["_gemv_kernel[+0]"][0] == 2 and costs["_gemv_kernel[1]"][0] == 4
-    assert short_name("_gemv_kernel[+0]") == "_gemv_kernel[+0]"
