@@ -5,9 +5,10 @@
 The first dot path (`scripts/sass_count.py int4-dot --block-n 64 --block-k 256 --stages 3`: 5.88 a
 weight; since the pair dots of `kernels/quant_pairs.py`, which grew out of this study, only fp32
 activations and int4 groups of 32 take it) dequantizes all eight slots to (q - z) * s in fp32, joins
-them into one tile and converts it to the dot operand layout through shared memory. The designs here keep each slot's operand elementwise in
-the loaded words (one `tl.dot` a slot), which lets Triton move the layout conversion onto the packed
-words (cp.async into shared memory, then register loads) and dequantize in the operand layout:
+them into one tile and converts it to the dot operand layout through shared memory. The designs here
+keep each slot's operand elementwise in the loaded words (one `tl.dot` a slot), which lets Triton move
+the layout conversion onto the packed words (cp.async into shared memory, then register loads) and
+dequantize in the operand layout:
 
 * `k_slots`: codes as bf16 128 + q (OR into 0x4300), no scale or zero: the floor of the idea;
 * `k_group`: one group an iteration, scale and zero applied to the group's sums (x sums in the kernel);

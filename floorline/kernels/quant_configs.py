@@ -39,7 +39,8 @@ class QuantGemvConfig(SkinnyConfig):
     from the words in registers (`quant_pairs`; fp16 / bf16 activations, groups of >= 64); `early_launch`:
     the persistent kernel lets its successor launch as it starts (PDL's `gdc_launch_dependents`; the
     8-bit GEMV always does). `programs_per_sm`, `half2`, `pairs` and `early_launch` are 4-bit options: the
-    8-bit launcher refuses them (`check_config`'s `four_bit`). Isolated GEMV timings cannot see `early_launch`: it is set from end-to-end A/Bs."""
+    8-bit launcher refuses them (`check_config`'s `four_bit`). Isolated GEMV timings cannot see
+    `early_launch`: it is set from end-to-end A/Bs."""
 
     programs_per_sm: int = 0
     prefetch: bool = False
@@ -145,7 +146,7 @@ def _base_config(fmt: str, n: int, k: int, m: int) -> QuantGemvConfig:
     Where one 4096-wide tile covers K, the persistent kernel (x loaded once per program) won every shape
     of the H200 sweep; longer K keeps the K loop: a persistent split-K (one ticket a program, 2048-wide
     K tiles) measured 16.7 us against 14.7 for the int4 down projection (too few row tiles a program), and
-15.7 with its partials summed in one load (`_persistent_reduce`)."""
+    15.7 with its partials summed in one load (`_persistent_reduce`)."""
     if m > MAX_M:  # 128-row tiles of the (first) dot paths: most frequent among the H200's 64-row winners
         return QuantGemvConfig(block_n=128, block_k=128, num_warps=4, num_stages=3, use_dot=True)
     if m > 1 and fmt in ("int4", "nf4"):  # the pair dots: the H200 sweeps' most frequent winners (64 rows, 3 stages;
@@ -231,7 +232,7 @@ def load_tuned_configs(path: str | Path) -> int:
 def check_config(cfg: QuantGemvConfig, m: int, k_unit: int, name: str, dot_min_k: int = 32,
                  four_bit: bool = False) -> None:
     """Raises a ValueError naming what `cfg` gets wrong for this launch; `four_bit`: the format has the
-    persistent, fp16x2 and pair kernels (programs_per_sm, half2, pairs)."""
+    persistent, fp16x2 and pair kernels (programs_per_sm, half2, pairs, early_launch)."""
     check_tiles(cfg, m, name, dot_min_k)
     if cfg.block_k % k_unit:
         raise ValueError(f"{name}: block_k must be a multiple of {k_unit}, got {cfg.block_k}")
