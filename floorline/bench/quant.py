@@ -95,8 +95,10 @@ def build_layers(fmt: str, k: int, n: int, device: torch.device, l2_bytes: int, 
         first = Linear(k, [n], dtype=dtype, device=device, quant_method=_method(fmt))
         first.load(0, "weight", w)
         first.finish_loading()
-    # what a launch reads: codes, scales and the per-row state kept as buffers (NF4's row_base, ...)
-    nbytes = sum(t.numel() * t.element_size() for t in [*first.parameters(), *first.buffers()])
+    # what a launch reads: codes, scales and the per-row state kept as buffers (NF4's row_base, ...); int4's
+    # row_params is its M = 1 kernels' copy of the scales and zeros, read instead of them, the same bytes
+    nbytes = sum(t.numel() * t.element_size() for name, t in [*first.named_parameters(), *first.named_buffers()]
+                 if name != "row_params")
     copies = [first] + [copy.deepcopy(first) for _ in range(max(1, -(-3 * l2_bytes // nbytes) - 1))]
     return copies, w, nbytes
 
@@ -141,7 +143,7 @@ def _gemv_with_config(fmt: str, layer, x: torch.Tensor, cfg: QuantGemvConfig, si
         return w8_gemv_triton(x, layer.qweight, layer.scale, fmt == "fp8", silu_mul=silu_mul, config=cfg)
     if fmt == "int4":
         return int4_gemv_triton(x, layer.qweight, layer.scales, layer.zeros, layer.in_features, method.group,
-                                silu_mul=silu_mul, config=cfg)
+                                silu_mul=silu_mul, config=cfg, row_params=getattr(layer, "row_params", None))
     return nf4_gemv_triton(x, layer.qweight, layer.absmax, method._nested(layer), layer.code, silu_mul=silu_mul,
                            config=cfg, lookup=method.lookup)
 

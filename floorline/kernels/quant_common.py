@@ -147,6 +147,27 @@ def dequant_buffer(device: torch.device, dtype: torch.dtype, numel: int) -> torc
 
 
 @triton.jit
+def _nc_load(ptrs, ASM: tl.constexpr):
+    """Unmasked read-only load of 32-bit or uint8 elements (uint8 ones come back as int32).
+
+    ASM: as inline PTX. The result of an elementwise op takes whatever layout its consumer wants, where a
+    `tl.load` takes a coalesced layout of its own and, in the persistent loops, converts it through shared
+    memory each row tile (offline sm_90: 4 of int4's 9 barriers a tile). The interpreter has no PTX."""
+    if ptrs.dtype.element_ty == tl.uint8:
+        if ASM:
+            v = tl.inline_asm_elementwise("ld.global.nc.u8 $0, [$1];", "=r,l", [ptrs], dtype=tl.int32,
+                                          is_pure=True, pack=1)
+        else:
+            v = tl.load(ptrs).to(tl.int32)
+    elif ASM:
+        v = tl.inline_asm_elementwise("ld.global.nc.b32 $0, [$1];", "=r,l", [ptrs], dtype=tl.int32, is_pure=True,
+                                      pack=1).to(ptrs.dtype.element_ty, bitcast=True)
+    else:
+        v = tl.load(ptrs)
+    return v
+
+
+@triton.jit
 def _load_x(ptrs, mask, K, X_SILU_MUL: tl.constexpr, MASKED: tl.constexpr = True):
     """x elements (with `X_SILU_MUL`, silu(gate) * up of x [M, 2K]); MASKED=False: no predication."""
     return _operand(ptrs, None, mask, K, MASKED, X_SILU_MUL, False)

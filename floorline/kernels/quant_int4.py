@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from floorline.kernels.pdl import gdc_launch_dependents, gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
+    _nc_load,
     _persistent_reduce,
     _persistent_store,
     _row_words,
@@ -86,6 +87,24 @@ def _load_group_params(s_ptr, z_ptr, offs, group_ok, MASKED: tl.constexpr):
     else:
         s = tl.load(s_ptr + offs)
         z = tl.load(z_ptr + offs)
+    return s.to(tl.float32), z.to(tl.float32)
+
+
+@triton.jit
+def _row_param_words(sz_ptr, offs, group_ok, MASKED: tl.constexpr, EMULATE: tl.constexpr):
+    """Words of the row-major copy of scales and zeros (`int4_row_params`) at offs = row * groups + g; on the
+    GPU unmasked ones come as inline PTX (`_nc_load`), in the layout of the tile's sums."""
+    if MASKED:
+        return tl.load(sz_ptr + offs, mask=group_ok, other=0)
+    return _nc_load(sz_ptr + offs, not EMULATE)
+
+
+@triton.jit
+def _unpack_row_params(w):
+    """`_row_param_words`' words -> fp32 (scales, zeros): the fp16 scale in the low half, the zero in the high."""
+    w = w.to(tl.uint32, bitcast=True)
+    s = (w & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
+    z = (w >> 16).to(tl.uint16).to(tl.float16, bitcast=True)
     return s.to(tl.float32), z.to(tl.float32)
 
 
@@ -224,6 +243,7 @@ def _int4_gemv_m1_kernel(
     EVEN_K: tl.constexpr, SPLIT: tl.constexpr, X_SILU_MUL: tl.constexpr, PREFETCH: tl.constexpr,
     HALF2: tl.constexpr = False, EMULATE: tl.constexpr = False, SPLITS_P2: tl.constexpr = 1,
     TILES_AT_ONCE: tl.constexpr = 1, USE_PDL: tl.constexpr = False, EARLY_LAUNCH: tl.constexpr = False,
+    ROW_PARAMS: tl.constexpr = False,
 ):
     """Persistent M = 1 GEMV: program p owns K tile p % num_splits and walks row tiles with a stride.
 
@@ -256,6 +276,8 @@ def _int4_gemv_m1_kernel(
     rn_w = tl.minimum(first * BLOCK_N + rb, N - 1)
     if PREFETCH:  # weights never depend on the previous kernel: load them before waiting for it
         w = _row_words(q_ptr, rn_w, stride_qn, woff, g_ok, EVEN_K)
+        if ROW_PARAMS:
+            sz = _row_param_words(s_ptr, rn_w[None, :] * num_groups + g[:, None], g_ok, not EVEN_K, EMULATE)
     if USE_PDL:
         gdc_wait()
     x_ptrs = x_ptr + k_start + xoff
@@ -272,12 +294,19 @@ def _int4_gemv_m1_kernel(
     for tile in tl.range(first, num_tiles, step, num_stages=1):  # never pipelined (quant_configs.check_config)
         rn = tile * BLOCK_N + rb
         rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
-        if PREFETCH:
+        if PREFETCH:  # the next tile's words (and row params: their rows clamped to N - 1 are always in bounds)
             nxt = tl.minimum(rn + step * BLOCK_N, N - 1)
             w_next = _row_words(q_ptr, nxt, stride_qn, woff, g_ok, EVEN_K, tile + step, num_tiles)
+            if ROW_PARAMS:
+                sz_next = _row_param_words(s_ptr, nxt[None, :] * num_groups + g[:, None], g_ok, not EVEN_K, EMULATE)
         else:
             w = _row_words(q_ptr, rn_w, stride_qn, woff, g_ok, EVEN_K)
-        s, z = _load_group_params(s_ptr, z_ptr, g[:, None] * N + rn_w[None, :], g_ok, not EVEN_K)  # [NB, BN]
+            if ROW_PARAMS:
+                sz = _row_param_words(s_ptr, rn_w[None, :] * num_groups + g[:, None], g_ok, not EVEN_K, EMULATE)
+        if ROW_PARAMS:  # [NB, BN]
+            s, z = _unpack_row_params(sz)
+        else:
+            s, z = _load_group_params(s_ptr, z_ptr, g[:, None] * N + rn_w[None, :], g_ok, not EVEN_K)
         if HALF2:
             t = int4_mac4(w, xp, NC, NB, BLOCK_N, EMULATE)  # [NC, NB, BN]
             part = s[None, :, :] * (t + (8.0 - z[None, :, :]) * xsum)
@@ -289,6 +318,8 @@ def _int4_gemv_m1_kernel(
         _persistent_store(out, rn, N, out_ptr, ws_ptr, split, SPLIT)
         if PREFETCH:
             w = w_next
+            if ROW_PARAMS:
+                sz = sz_next
     if SPLIT:
         _persistent_reduce(out_ptr, ws_ptr, cnt_ptr, first, num_tiles, step, num_splits, N, BLOCK_N,
                            SPLITS_P2, TILES_AT_ONCE)
@@ -331,6 +362,23 @@ def _check(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: 
                              f"got {tuple(t.shape)} {t.dtype}")
 
 
+def int4_row_params(scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    """The M = 1 kernels' copy of scales and zeros [Kp / G, N] fp16: int32 [N, Kp / G], one word a row and
+    group with the scale's bits in its low half and the zero's in its high half. Row-major, so a warp's
+    lanes (spread along K) read consecutive words; the [Kp / G, N] layout, which the dot paths' row tiles
+    read coalesced, cost these kernels a 32-byte sector per 2-byte load."""
+    lo = scales.t().contiguous().view(torch.int16).to(torch.int32) & 0xFFFF
+    return lo | (zeros.t().contiguous().view(torch.int16).to(torch.int32) << 16)
+
+
+def _check_row_params(row_params: torch.Tensor | None, scales: torch.Tensor) -> None:
+    want = (scales.shape[1], scales.shape[0])
+    if row_params is not None and (row_params.dtype != torch.int32 or tuple(row_params.shape) != want
+                                   or not row_params.is_contiguous()):
+        raise ValueError(f"quant_int4: row_params must be contiguous int32 {list(want)} (int4_row_params), got "
+                         f"{tuple(row_params.shape)} {row_params.dtype}")
+
+
 def int4_dequantize_ref(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: int,
                         group: int) -> torch.Tensor:
     """[N, K] fp32 weight: (Q - Z) * S group by group, padding columns dropped."""
@@ -349,10 +397,12 @@ def int4_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
 
 def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                      k: int, group: int, *, silu_mul: bool = False,
-                     config: QuantGemvConfig | None = None) -> torch.Tensor:
+                     config: QuantGemvConfig | None = None, row_params: torch.Tensor | None = None) -> torch.Tensor:
     """Triton GEMV for 1 <= M <= DOT_MAX_M rows (past 16 on the dot paths); `silu_mul`: x is [M, 2K] gate | up.
-    Returns [M, N]."""
+    `row_params` (`int4_row_params` of scales and zeros): the persistent M = 1 kernels read it instead (the
+    K loop and the dot paths keep the [groups, N] layout). Returns [M, N]."""
     _check(qweight, scales, zeros, k, group)
+    _check_row_params(row_params, scales)
     x = operand(x, k, silu_mul, "quant_int4")
     m, n = x.shape[0], qweight.shape[0]
     kp = 8 * qweight.shape[1]
@@ -364,7 +414,7 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     check_config(cfg, m, group, "quant_int4", dot_min_k=group if pairs else DOT_MIN_K, four_bit=True)
     x, silu_mul = unfused_silu(x, silu_mul, cfg)
     if cfg.persistent:
-        return _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out)
+        return _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out, row_params)
     if pairs:
         return int4_pairs_launch(x, qweight, scales, zeros, k, group, cfg, out)
     geo = geometry(cfg, m, n, kp, out)
@@ -379,16 +429,16 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     return out
 
 
-def _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out):
+def _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out, row_params):
     """The persistent M = 1 kernel: one K tile per program, `programs_per_sm` programs per SM in all."""
     n, kp = qweight.shape[0], 8 * qweight.shape[1]
     geo = persistent_geometry(cfg, n, kp, out)
     _int4_gemv_m1_kernel[(geo.programs,)](
-        x, qweight, scales, zeros, out, geo.ws, geo.tickets,
+        x, qweight, scales if row_params is None else row_params, zeros, out, geo.ws, geo.tickets,
         n, k, kp // group, qweight.stride(0), geo.tiles, geo.splits, *MAGIC,
         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group,
         EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1, X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch,
-        HALF2=half2_ok(cfg, x), EMULATE=x.device.type != "cuda", **geo.reduce,
+        HALF2=half2_ok(cfg, x), EMULATE=x.device.type != "cuda", ROW_PARAMS=row_params is not None, **geo.reduce,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **persistent_pdl_args(cfg, x.device),
     )
     return out

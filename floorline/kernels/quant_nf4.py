@@ -186,6 +186,7 @@ def _nf4_gemv_m1_kernel(
     SPLIT: tl.constexpr, NESTED: tl.constexpr, LOOKUP: tl.constexpr, X_SILU_MUL: tl.constexpr,
     PREFETCH: tl.constexpr, HALF2: tl.constexpr = False, SPLITS_P2: tl.constexpr = 1,
     TILES_AT_ONCE: tl.constexpr = 1, USE_PDL: tl.constexpr = False, EARLY_LAUNCH: tl.constexpr = False,
+    ASM_LOADS: tl.constexpr = False,
 ):
     """Persistent M = 1 GEMV (quant_int4's `_int4_gemv_m1_kernel`, with NF4 codes and block absmax):
     program p owns K tile p % num_splits, loads its x once and walks row tiles with a stride. HALF2:
@@ -230,9 +231,9 @@ def _nf4_gemv_m1_kernel(
             w_next = _row_words(q_ptr, nxt, stride_qn, woff, kb_mask[:, None], EVEN_K, tile + step, num_tiles)
         else:
             w = _row_words(q_ptr, rn_w, stride_qn, woff, kb_mask[:, None], EVEN_K)
-        base, offset, mbase = _row_state(base_ptr, off_ptr, map_ptr, rn_w, NESTED)
+        base, offset, mbase = _row_state(base_ptr, off_ptr, map_ptr, rn_w, NESTED, ASM_LOADS)
         absmax = _block_absmax(a_ptr, nabs_ptr, nmap_ptr, base, offset, mbase, rn_w, kb, KB, kb_mask, NESTED,
-                               not EVEN_K)  # [BN, NB]
+                               not EVEN_K, ASM_LOADS)  # [BN, NB]
         if HALF2:
             t = nf4_mac4(w, xp, table, code_ptr, 2, NB, BLOCK_N, LOOKUP)  # [2, NB, BN]
             out = tl.sum(tl.reshape(tl.trans(absmax)[None, :, :] * t, (2 * NB, BLOCK_N)), axis=0) * inv_scale
@@ -355,8 +356,8 @@ def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor
             n, k, qweight.stride(0), geo.tiles, geo.splits,
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
             SPLIT=geo.splits > 1, NESTED=nested is not None, LOOKUP=lookup_id(lookup, x.device),
-            X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch, HALF2=half2_ok(cfg, x), **geo.reduce,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **persistent_pdl_args(cfg, x.device))
+            X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch, HALF2=half2_ok(cfg, x), ASM_LOADS=x.device.type == "cuda",
+            **geo.reduce, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **persistent_pdl_args(cfg, x.device))
         return out
     geo = geometry(cfg, m, n, k, out)
     _nf4_gemv_kernel[(geo.tiles, geo.splits)](

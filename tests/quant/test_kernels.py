@@ -17,6 +17,7 @@ from floorline.kernels.quant_int4 import (
     int4_dequantize_triton,
     int4_gemm_ref,
     int4_gemv_triton,
+    int4_row_params,
 )
 from floorline.kernels.quant_packing import pack_int4, pack_nf4
 from floorline.kernels.quant_nf4 import (
@@ -212,6 +213,28 @@ M1_IDS = ["split", "prefetch", "one-warp", "half2-split", "half2-prefetch"]
 @pytest.mark.parametrize("silu", [False, True])
 def test_int4_persistent_m1_kernel(cfg, dtype, n, k, group, silu, seed):
     _check_int4_config(cfg, 1, n, k, group, silu, dtype, seed)
+
+
+# the persistent M = 1 kernels with the row-major copy of scales and zeros: split (tickets), prefetch (the next
+# tile's params too), fp16x2; EVEN_K and masked K tails
+ROW_PARAM_CASES = [(PERSISTENT[0], torch.float32), (PERSISTENT[1], torch.float32), (HALF2[1], torch.float16)]
+
+
+@pytest.mark.parametrize("cfg,dtype", ROW_PARAM_CASES, ids=["split", "prefetch", "half2-prefetch"])
+@pytest.mark.parametrize("n,k,group", [(72, 256, 64), (40, 300, 32)])
+def test_int4_m1_kernels_read_the_row_major_params(cfg, dtype, n, k, group, seed):
+    qw, s, z = _int4(n, k, group)
+    rows = int4_row_params(s, z)
+    assert rows.shape == (n, s.shape[0]) and rows.dtype == torch.int32
+    assert torch.equal((rows & 0xFFFF).to(torch.int16).view(torch.float16), s.t())
+    assert torch.equal((rows >> 16).to(torch.int16).view(torch.float16), z.t())
+    x, _ = _x(1, k, dtype, False)
+    out = int4_gemv_triton(x, qw, s, z, k, group, config=cfg, row_params=rows)
+    _close(out, int4_gemm_ref(x, qw, s, z, k, group), dtype, seed, cfg.half2)
+    # the same values from another layout: the same sums, bit for bit
+    assert torch.equal(out, int4_gemv_triton(x, qw, s, z, k, group, config=cfg))
+    with pytest.raises(ValueError, match=r"row_params must be contiguous int32 \[%d, %d\]" % (n, s.shape[0])):
+        int4_gemv_triton(x, qw, s, z, k, group, config=cfg, row_params=rows.t())
 
 
 @pytest.mark.parametrize("elements", [16, 32])
