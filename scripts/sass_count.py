@@ -2,6 +2,7 @@
 
     python scripts/sass_count.py int4-m1                      # the persistent int4 kernel, table config
     python scripts/sass_count.py int4-m1 --half2              # ... with the packed fp16x2 loop
+    python scripts/sass_count.py int4-m1 --half2 --tl-loads   # ... scales by tl.load, as before row_params
     python scripts/sass_count.py nf4-m1 --block-n 8 --warps 4
     python scripts/sass_count.py w8 --fp8                      # the 8-bit M = 1 FMA path
     python scripts/sass_count.py int4-dot --block-n 64 --block-k 256 --stages 3
@@ -44,15 +45,18 @@ def _kernel(name: str, a: argparse.Namespace):
         from floorline.kernels.quant_int4 import _int4_gemv_m1_kernel as fn
 
         cx = dict(BLOCK_N=a.block_n, BLOCK_K=a.block_k, GROUP=128, EVEN_K=True, SPLIT=False,
-                  X_SILU_MUL=a.silu, PREFETCH=a.prefetch, HALF2=a.half2, EMULATE=False, USE_PDL=False)
-        return fn, {**_4BIT, "s_ptr": "*fp16", "z_ptr": "*fp16"}, cx, a.block_n * a.block_k / threads
+                  X_SILU_MUL=a.silu, PREFETCH=a.prefetch, HALF2=a.half2, EMULATE=False, USE_PDL=False,
+                  ROW_PARAMS=not a.tl_loads)
+        params = {"s_ptr": "*fp16", "z_ptr": "*fp16"} if a.tl_loads else {"s_ptr": "*i32", "z_ptr": "*fp16"}
+        return fn, {**_4BIT, **params}, cx, a.block_n * a.block_k / threads
     if name == "nf4-m1":
         from floorline.kernels.quant_nf4 import _nf4_gemv_m1_kernel as fn
 
         ptrs = {**_4BIT, "a_ptr": "*u8", "nabs_ptr": "*fp32", "nmap_ptr": "*fp32", "base_ptr": "*i32",
                 "off_ptr": "*fp32", "map_ptr": "*i32", "code_ptr": "*fp32"}
         cx = dict(BLOCK_N=a.block_n, BLOCK_K=a.block_k, EVEN_K=True, SPLIT=False, NESTED=True,
-                  LOOKUP=2, X_SILU_MUL=a.silu, PREFETCH=a.prefetch, HALF2=a.half2, USE_PDL=False)
+                  LOOKUP=2, X_SILU_MUL=a.silu, PREFETCH=a.prefetch, HALF2=a.half2, USE_PDL=False,
+                  ASM_LOADS=not a.tl_loads)
         return fn, ptrs, cx, a.block_n * a.block_k / threads
     if name == "int4-pairs":
         from floorline.kernels.quant_pairs import _int4_pairs_kernel as fn
@@ -130,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--silu", action="store_true", help="x is gate | up (persistent kernels)")
     p.add_argument("--fp8", action="store_true", help="w8: fp8 instead of int8")
     p.add_argument("--half2", action="store_true", help="persistent kernels: the packed fp16x2 loop")
+    p.add_argument("--tl-loads", action="store_true",
+                   help="persistent kernels: scales by tl.load (int4: from [groups, N]) instead of the PTX loads")
     a = p.parse_args(argv)
     w8, dot = a.kernel == "w8", a.kernel in ("int4-dot", "int4-pairs", "nf4-pairs")
     a.block_n = a.block_n or (16 if w8 else 4)
