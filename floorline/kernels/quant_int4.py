@@ -363,7 +363,7 @@ def _check(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: 
 
 
 def int4_row_params(scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
-    """The M = 1 kernels' copy of scales and zeros [Kp / G, N] fp16: int32 [N, Kp / G], one word a row and
+    """The persistent M = 1 kernels' copy of scales and zeros [Kp / G, N] fp16: int32 [N, Kp / G], one word a row and
     group with the scale's bits in its low half and the zero's in its high half. Row-major, so a warp's
     lanes (spread along K) read consecutive words; the [Kp / G, N] layout, which the dot paths' row tiles
     read coalesced, cost these kernels a 32-byte sector per 2-byte load."""

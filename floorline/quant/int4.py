@@ -125,7 +125,7 @@ class Int4Method(PackedMethod):
 
     def finish_loading(self, layer) -> None:
         super().finish_loading(layer)
-        # the M = 1 kernels' row-major copy of scales and zeros (int4_row_params): 4 bytes a group and row
+        # the persistent M = 1 kernels' row-major copy of scales and zeros (int4_row_params): 4 bytes a group and row
         # more memory (1/16 of the codes' at group 128), rebuilt on every load and never saved
         layer.register_buffer("row_params", int4_row_params(layer.scales.data, layer.zeros.data), persistent=False)
 
