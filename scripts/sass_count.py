@@ -77,9 +77,10 @@ def _kernel(name: str, a: argparse.Namespace):
         from floorline.kernels.quant_int4 import _int4_gemv_kernel as fn
 
         dot = name == "int4-dot"
+        rows = not dot and a.stages > 1 and not a.tl_loads  # the pipelined K loop reads row_params
         cx = dict(BLOCK_M=16 if dot else 1, BLOCK_N=a.block_n, BLOCK_K=a.block_k, GROUP=128, NUM_STAGES=a.stages,
-                  USE_DOT=dot, EVEN_K=True, SPLIT=False, DOT_IEEE=False, USE_PDL=False)
-        return fn, {**_4BIT, "s_ptr": "*fp16", "z_ptr": "*fp16"}, cx, a.block_n * a.block_k / threads
+                  USE_DOT=dot, EVEN_K=True, SPLIT=False, DOT_IEEE=False, USE_PDL=False, ROW_PARAMS=rows)
+        return fn, {**_4BIT, "s_ptr": "*i32" if rows else "*fp16", "z_ptr": "*fp16"}, cx, a.block_n * a.block_k / threads
     from floorline.kernels.quant_w8 import _w8_gemv_kernel as fn
 
     cx = dict(BLOCK_M=1, BLOCK_N=a.block_n, BLOCK_K=a.block_k, NUM_STAGES=a.stages, USE_DOT=False, EVEN_K=True,

@@ -216,6 +216,9 @@ def sweep_candidates(fmt: str, m: int, k: int = 4096) -> list[QuantGemvConfig]:
                       # row group, `_persistent_reduce`)
                       (2, 2048, 2, 12, True, True), (4, 2048, 2, 12, False, True), (4, 2048, 2, 16, False, True),
                       (4, 2048, 1, 16, False, True), (8, 2048, 2, 10, False, True)]
+        if fmt == "int4":  # the K loop pipelined through shared memory (row-outer tiles: quant_int4's
+            # `_int4_fma_rows_loop`), which gets several K tiles a program from 1024-wide tiles
+            tiles += ((8, 1024, 4, 3), (8, 1024, 2, 3), (16, 1024, 4, 2), (8, 2048, 4, 2))
         splits = ()
         if k > 4096:  # the K loop with 2-warp tiles (two groups a thread), pipelined or not, at given splits
             tiles += ((4, 4096, 2, 1), (8, 4096, 2, 1), (8, 2048, 2, 1))

@@ -148,6 +148,67 @@ def _int4_fma_tile(acc, w, s, z, x_ptrs, k, xoff, K, one, sixteen,
 
 
 @triton.jit
+def _int4_fma_rows_loop(x_ptr, q_ptr, s_ptr, z_ptr, rn_w, rn64, k_start, k_end, stride_qn, N, K, num_groups, one,
+                        sixteen, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
+                        NUM_STAGES: tl.constexpr, EVEN_K: tl.constexpr, ROW_PARAMS: tl.constexpr):
+    """The M = 1 K loop pipelined through shared memory: `_int4_fma_tile`'s sums on row-outer tiles
+    [BN, NB, NC, 4]; returns the fp32 [BN] result.
+
+    With the rows innermost ([NC, NB, BN, 4]), the shared buffers Triton's pipeliner allocates keep the
+    rows next to the words while the lanes stride along K: on the H200, ncu counted 8x the ideal shared
+    wavefronts for the cp.async writes and the reads back (2-stage down projection 32 us against 17.5 with
+    no pipelining). With the rows outermost, the buffer's order puts the lanes' 16-byte chunks side by side
+    (offline triton 3.6: shared order [3, 1, 2, 0], lanes along NB and NC). Unpipelined, this shape
+    compiles worse (68 barriers a tile offline), so NUM_STAGES = 1 keeps the other loop. ROW_PARAMS: s_ptr
+    is `int4_row_params`' copy, whose 4-byte words the pipeliner copies with the tile (the [groups, N] fp16
+    scales are 2-byte loads it leaves synchronous)."""
+    NB: tl.constexpr = BLOCK_K // GROUP
+    GW: tl.constexpr = GROUP // 8
+    NC: tl.constexpr = GW // 4
+    rg = tl.arange(0, NB)
+    rg4 = rg[None, :, None, None]
+    rc = tl.arange(0, NC)[None, None, :, None]
+    re = tl.arange(0, 4)[None, None, None, :]
+    woff = rg4 * GW + rc * 4 + re  # [1, NB, NC, 4]
+    xoff = rg4 * GROUP + rc * 4 + re
+    q_ptrs = q_ptr + rn64[:, None, None, None] * stride_qn + k_start // 8 + woff  # [BN, NB, NC, 4]
+    x_ptrs = x_ptr + k_start + xoff
+    acc = tl.zeros([BLOCK_N, NB, NC], dtype=tl.float32)
+    for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+        g = k // GROUP + rg
+        g_ok = (g < num_groups)[None, :]
+        if ROW_PARAMS:  # [BN, NB] words, contiguous along the groups: the pipeliner copies them too
+            if EVEN_K:
+                sz = tl.load(s_ptr + rn_w[:, None] * num_groups + g[None, :])
+            else:
+                sz = tl.load(s_ptr + rn_w[:, None] * num_groups + g[None, :], mask=g_ok, other=0)
+            s, z = _unpack_row_params(sz)
+        else:
+            s, z = _load_group_params(s_ptr, z_ptr, rn_w[:, None] + g[None, :] * N, g_ok, not EVEN_K)
+        if EVEN_K:
+            w = tl.load(q_ptrs, eviction_policy="evict_first")
+        else:
+            w = tl.load(q_ptrs, mask=g_ok[:, :, None, None], other=0, eviction_policy="evict_first")
+        w = w.to(tl.uint32, bitcast=True)
+        t = tl.zeros(w.shape, dtype=tl.float32)
+        c = tl.zeros(xoff.shape, dtype=tl.float32)  # sum of x times f's offsets (1 or 16)
+        xsum = tl.zeros(xoff.shape, dtype=tl.float32)
+        for S in tl.static_range(8):
+            xs = _slot_x(x_ptrs, k + xoff, K, S, GW, EVEN_K, False)
+            t += _int4_slot(w, S, one, sixteen) * xs
+            if S % 2 == 0:
+                c += xs
+            else:
+                c += 16.0 * xs
+            xsum += xs
+        d = tl.sum(c, axis=3) + (z[:, :, None] * 0.0625) * tl.sum(xsum, axis=3)
+        acc += (s[:, :, None] * 16.0) * (tl.sum(t, axis=3) - d)
+        q_ptrs += BLOCK_K // 8
+        x_ptrs += BLOCK_K
+    return tl.sum(tl.sum(acc, axis=2), axis=1)
+
+
+@triton.jit
 def _int4_slot_weights(w, s, z, S: tl.constexpr, one, sixteen):
     """Slot S of words [BN, NB, GW] with the groups' scales / zeros [BN, NB] -> exact (q - z) * s, fp32.
 
@@ -171,7 +232,7 @@ def _int4_gemv_kernel(
     M, N, K, Kp, num_groups, stride_xm, stride_qn, k_blocks_per_split, num_splits, one_bits, sixteen_bits,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     NUM_STAGES: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr,
-    DOT_IEEE: tl.constexpr, USE_PDL: tl.constexpr = False,
+    DOT_IEEE: tl.constexpr, USE_PDL: tl.constexpr = False, ROW_PARAMS: tl.constexpr = False,
 ):
     if USE_PDL:
         gdc_wait()
@@ -201,6 +262,11 @@ def _int4_gemv_kernel(
             q_ptrs += BLOCK_K // 8
             x_ptrs += BLOCK_K
         _slot_dot_epilogue(acc, rn, M, N, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, BLOCK_M, SPLIT)
+    elif NUM_STAGES > 1:  # pipelined: row-outer tiles (`_int4_fma_rows_loop`)
+        out = _int4_fma_rows_loop(x_ptr, q_ptr, s_ptr, z_ptr, rn_w, rn64, k_start, k_end, stride_qn, N, K, num_groups,
+                                  one, sixteen, BLOCK_N, BLOCK_K, GROUP, NUM_STAGES, EVEN_K, ROW_PARAMS)
+        _epilogue(out, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
+                  False, SPLIT)
     else:
         NC: tl.constexpr = GW // 4  # 16-byte chunks per group and row
         rc = tl.arange(0, NC)[:, None, None, None]
@@ -399,8 +465,8 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
                      k: int, group: int, *, silu_mul: bool = False,
                      config: QuantGemvConfig | None = None, row_params: torch.Tensor | None = None) -> torch.Tensor:
     """Triton GEMV for 1 <= M <= DOT_MAX_M rows (past 16 on the dot paths); `silu_mul`: x is [M, 2K] gate | up.
-    `row_params` (`int4_row_params` of scales and zeros): the persistent M = 1 kernels read it instead (the
-    K loop and the dot paths keep the [groups, N] layout). Returns [M, N]."""
+    `row_params` (`int4_row_params` of scales and zeros): the persistent M = 1 kernels and the pipelined K loop
+    read it instead (the unpipelined K loop and the dot paths keep the [groups, N] layout). Returns [M, N]."""
     _check(qweight, scales, zeros, k, group)
     _check_row_params(row_params, scales)
     x = operand(x, k, silu_mul, "quant_int4")
@@ -418,12 +484,13 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     if pairs:
         return int4_pairs_launch(x, qweight, scales, zeros, k, group, cfg, out)
     geo = geometry(cfg, m, n, kp, out)
+    rows = row_params is not None and not cfg.use_dot and cfg.num_stages > 1  # the pipelined K loop's scales
     _int4_gemv_kernel[(geo.tiles, geo.splits)](
-        x, qweight, scales, zeros, out, geo.ws, geo.tickets,
+        x, qweight, row_params if rows else scales, zeros, out, geo.ws, geo.tickets,
         m, n, k, kp, kp // group, x.stride(0), qweight.stride(0), geo.blocks_per_split, geo.splits, *MAGIC,
         BLOCK_M=dot_block_m(m) if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
-        DOT_IEEE=x.dtype == torch.float32,
+        DOT_IEEE=x.dtype == torch.float32, ROW_PARAMS=rows,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
     )
     return out

@@ -78,6 +78,20 @@ def test_gpu_persistent_m1_kernels_match_reference(fmt, k, n, cfg):
             assert torch.equal(out, same)
 
 
+PIPELINED = [QuantGemvConfig(8, 2048, split_k=2, num_warps=2, num_stages=2),
+             QuantGemvConfig(8, 1024, split_k=1, num_warps=4, num_stages=3)]
+
+
+@pytest.mark.parametrize("k,n", [(4096, 6144), (14336, 4096), (576, 1536)])
+@pytest.mark.parametrize("cfg", PIPELINED, ids=["st2-split", "st3"])
+def test_gpu_int4_pipelined_k_loop_matches_reference(k, n, cfg):
+    """The int4 K loop through shared memory (row-outer tiles, row_params copied with them) in bf16."""
+    layer, w = _layer("int4", k, n)
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    out = _gemv_with_config("int4", layer, x, cfg)
+    assert _rel(out, F.linear(x.float(), w)) < 1e-2
+
+
 @pytest.mark.parametrize("fmt", ["int4", "nf4"])
 def test_gpu_early_launch_successor_reads_the_finished_output(fmt):
     """A persistent GEMV with `early_launch` lets the next kernel start while it runs: that kernel (here a

@@ -102,13 +102,15 @@ def test_int4_gemv_default_config(dtype, m, n, k, group, silu, seed):
            half2)
 
 
-@pytest.mark.parametrize("use_dot,m", [(False, 1), (True, 1), (True, 5)])
+@pytest.mark.parametrize("use_dot,m,stages", [(False, 1, 1), (False, 1, 3), (True, 1, 3), (True, 5, 3)])
 @pytest.mark.parametrize("split_k", [1, 3])
 @pytest.mark.parametrize("k,block_k", [(256, 128), (384, 256), (320, 128)])
-def test_int4_gemv_configs_and_split_k(use_dot, m, split_k, k, block_k, seed):
+def test_int4_gemv_configs_and_split_k(use_dot, m, stages, split_k, k, block_k, seed):
+    """The FMA path's K loop takes [NC, NB, BN, 4] tiles unpipelined and row-outer ones pipelined."""
     qw, s, z = _int4(72, k, 64)
     x, _ = _x(m, k, torch.float32, False)
-    cfg = QuantGemvConfig(block_n=16 if use_dot else 8, block_k=block_k, split_k=split_k, use_dot=use_dot)
+    cfg = QuantGemvConfig(block_n=16 if use_dot else 8, block_k=block_k, split_k=split_k, use_dot=use_dot,
+                          num_stages=stages)
     _close(int4_gemv_triton(x, qw, s, z, k, 64, config=cfg), int4_gemm_ref(x, qw, s, z, k, 64), torch.float32, seed)
 
 
@@ -215,12 +217,13 @@ def test_int4_persistent_m1_kernel(cfg, dtype, n, k, group, silu, seed):
     _check_int4_config(cfg, 1, n, k, group, silu, dtype, seed)
 
 
-# the persistent M = 1 kernels with the row-major copy of scales and zeros: split (tickets), prefetch (the next
-# tile's params too), fp16x2; EVEN_K and masked K tails
-ROW_PARAM_CASES = [(PERSISTENT[0], torch.float32), (PERSISTENT[1], torch.float32), (HALF2[1], torch.float16)]
+# the kernels that read the row-major copy of scales and zeros: persistent (split: tickets; prefetch: the next
+# tile's params too; fp16x2) and the pipelined K loop (split-K); EVEN_K and masked K tails
+ROW_PARAM_CASES = [(PERSISTENT[0], torch.float32), (PERSISTENT[1], torch.float32), (HALF2[1], torch.float16),
+                   (QuantGemvConfig(block_n=8, block_k=128, split_k=2, num_warps=2, num_stages=3), torch.float32)]
 
 
-@pytest.mark.parametrize("cfg,dtype", ROW_PARAM_CASES, ids=["split", "prefetch", "half2-prefetch"])
+@pytest.mark.parametrize("cfg,dtype", ROW_PARAM_CASES, ids=["split", "prefetch", "half2-prefetch", "k-loop-pipelined"])
 @pytest.mark.parametrize("n,k,group", [(72, 256, 64), (40, 300, 32)])
 def test_int4_m1_kernels_read_the_row_major_params(cfg, dtype, n, k, group, seed):
     qw, s, z = _int4(n, k, group)
