@@ -129,7 +129,8 @@ def _int4_fma_tile(acc, w, s, z, x_ptrs, k, xoff, K, one, sixteen,
 
     Tiles are [NC, NB, BN, 4] (chunk of a group, group, row, word): with the K axes first, Triton
     spreads lanes over K (consecutive lanes read consecutive 16 bytes) and keeps several rows per
-    thread, which share the thread's x elements.
+    thread, which share the thread's x elements. The pipelined loop passes row-outer tiles [BN, NB, NC, 4]
+    (`_int4_fma_rows_loop`); the sums are over the word axis either way.
     """
     GW: tl.constexpr = GROUP // 8
     t = tl.zeros(w.shape, dtype=tl.float32)
@@ -189,20 +190,8 @@ def _int4_fma_rows_loop(x_ptr, q_ptr, s_ptr, z_ptr, rn_w, rn64, k_start, k_end, 
             w = tl.load(q_ptrs, eviction_policy="evict_first")
         else:
             w = tl.load(q_ptrs, mask=g_ok[:, :, None, None], other=0, eviction_policy="evict_first")
-        w = w.to(tl.uint32, bitcast=True)
-        t = tl.zeros(w.shape, dtype=tl.float32)
-        c = tl.zeros(xoff.shape, dtype=tl.float32)  # sum of x times f's offsets (1 or 16)
-        xsum = tl.zeros(xoff.shape, dtype=tl.float32)
-        for S in tl.static_range(8):
-            xs = _slot_x(x_ptrs, k + xoff, K, S, GW, EVEN_K, False)
-            t += _int4_slot(w, S, one, sixteen) * xs
-            if S % 2 == 0:
-                c += xs
-            else:
-                c += 16.0 * xs
-            xsum += xs
-        d = tl.sum(c, axis=3) + (z[:, :, None] * 0.0625) * tl.sum(xsum, axis=3)
-        acc += (s[:, :, None] * 16.0) * (tl.sum(t, axis=3) - d)
+        acc = _int4_fma_tile(acc, w.to(tl.uint32, bitcast=True), s[:, :, None], z[:, :, None], x_ptrs, k, xoff, K,
+                             one, sixteen, GROUP, EVEN_K)
         q_ptrs += BLOCK_K // 8
         x_ptrs += BLOCK_K
     return tl.sum(tl.sum(acc, axis=2), axis=1)
