@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from floorline.kernels.pdl import gdc_launch_dependents, gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
-    _nc_load,
     _persistent_reduce,
     _persistent_store,
     _row_words,
@@ -45,67 +44,20 @@ from floorline.kernels.quant_common import (
     unfused_silu,
 )
 from floorline.kernels.quant_configs import DOT_MIN_K, QuantGemvConfig, check_config, get_config
+from floorline.kernels.quant_int4_codes import (
+    MAGIC,
+    _check_row_params,
+    _int4_slot,
+    _int4_slot_weights,
+    _load_group_params,
+    _row_param_words,
+    _unpack_row_params,
+)
 from floorline.kernels.quant_half2 import int4_mac4, x_pairs, x_scale, x_sums
 from floorline.kernels.quant_packing import unpack_int4
 from floorline.kernels.quant_pairs import int4_pairs_launch, pairs_ok
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
-
-
-@triton.jit
-def _int4_slot(w, S: tl.constexpr, one, sixteen):
-    """Slot S of uint32 words -> fp32 1 + q / 16 (even S) or 16 + q / 16 (odd S), exactly.
-
-    `one` / `sixteen` are the bits of 1.0f / 16.0f, passed at run time: as registers they let the
-    mask-and-or compile to one LOP3 (an instruction has a single immediate slot).
-    """
-    if S // 2 == 0:
-        v = w
-    elif S // 2 == 1:
-        v = w << 8
-    elif S // 2 == 2:
-        v = w >> 8
-    else:
-        v = (w << 16) | (w >> 16)  # a rotate: one funnel shift
-    if S % 2 == 0:
-        bits = (v & 0x00780000) | one
-    else:
-        bits = (v & 0x00078000) | sixteen
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _load_group_params(s_ptr, z_ptr, offs, group_ok, MASKED: tl.constexpr):
-    """fp32 scales and zeros at offs = g * N + row, in the caller's layout ([BN, NB] or [NB, BN]).
-
-    MASKED: entries where `group_ok` (broadcast to offs) is false read as 0. Callers derive it from the
-    1-D groups, as they do their word load's mask, so both are one compare per group.
-    """
-    if MASKED:
-        s = tl.load(s_ptr + offs, mask=group_ok, other=0.0)
-        z = tl.load(z_ptr + offs, mask=group_ok, other=0.0)
-    else:
-        s = tl.load(s_ptr + offs)
-        z = tl.load(z_ptr + offs)
-    return s.to(tl.float32), z.to(tl.float32)
-
-
-@triton.jit
-def _row_param_words(sz_ptr, offs, group_ok, MASKED: tl.constexpr, EMULATE: tl.constexpr):
-    """Words of the row-major copy of scales and zeros (`int4_row_params`) at offs = row * groups + g; on the
-    GPU unmasked ones come as inline PTX (`_nc_load`), in the layout of the tile's sums."""
-    if MASKED:
-        return tl.load(sz_ptr + offs, mask=group_ok, other=0)
-    return _nc_load(sz_ptr + offs, not EMULATE)
-
-
-@triton.jit
-def _unpack_row_params(w):
-    """`_row_param_words`' words -> fp32 (scales, zeros): the fp16 scale in the low half, the zero in the high."""
-    w = w.to(tl.uint32, bitcast=True)
-    s = (w & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
-    z = (w >> 16).to(tl.uint16).to(tl.float16, bitcast=True)
-    return s.to(tl.float32), z.to(tl.float32)
 
 
 @triton.jit
@@ -195,20 +147,6 @@ def _int4_fma_rows_loop(x_ptr, q_ptr, s_ptr, z_ptr, rn_w, rn64, k_start, k_end, 
         q_ptrs += BLOCK_K // 8
         x_ptrs += BLOCK_K
     return tl.sum(tl.sum(acc, axis=2), axis=1)
-
-
-@triton.jit
-def _int4_slot_weights(w, s, z, S: tl.constexpr, one, sixteen):
-    """Slot S of words [BN, NB, GW] with the groups' scales / zeros [BN, NB] -> exact (q - z) * s, fp32.
-
-    16 s f - (16 + z) s (or - (256 + z) s for odd slots) is exact in fp32: both terms are short products.
-    """
-    f = _int4_slot(w, S, one, sixteen)
-    if S % 2 == 0:
-        b = -(16.0 + z) * s
-    else:
-        b = -(256.0 + z) * s
-    return f * (16.0 * s)[:, :, None] + b[:, :, None]
 
 
 @triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits"])
@@ -332,7 +270,7 @@ def _int4_gemv_m1_kernel(
     if PREFETCH:  # weights never depend on the previous kernel: load them before waiting for it
         w = _row_words(q_ptr, rn_w, stride_qn, woff, g_ok, EVEN_K)
         if ROW_PARAMS:
-            sz = _row_param_words(s_ptr, rn_w[None, :] * num_groups + g[:, None], g_ok, not EVEN_K, EMULATE)
+            sz = _row_param_words(s_ptr, rn_w, g, num_groups, g_ok, not EVEN_K, EMULATE)
     if USE_PDL:
         gdc_wait()
     x_ptrs = x_ptr + k_start + xoff
@@ -353,11 +291,11 @@ def _int4_gemv_m1_kernel(
             nxt = tl.minimum(rn + step * BLOCK_N, N - 1)
             w_next = _row_words(q_ptr, nxt, stride_qn, woff, g_ok, EVEN_K, tile + step, num_tiles)
             if ROW_PARAMS:
-                sz_next = _row_param_words(s_ptr, nxt[None, :] * num_groups + g[:, None], g_ok, not EVEN_K, EMULATE)
+                sz_next = _row_param_words(s_ptr, nxt, g, num_groups, g_ok, not EVEN_K, EMULATE)
         else:
             w = _row_words(q_ptr, rn_w, stride_qn, woff, g_ok, EVEN_K)
             if ROW_PARAMS:
-                sz = _row_param_words(s_ptr, rn_w[None, :] * num_groups + g[:, None], g_ok, not EVEN_K, EMULATE)
+                sz = _row_param_words(s_ptr, rn_w, g, num_groups, g_ok, not EVEN_K, EMULATE)
         if ROW_PARAMS:  # [NB, BN]
             s, z = _unpack_row_params(sz)
         else:
@@ -400,9 +338,6 @@ def _int4_dequant_kernel(q_ptr, s_ptr, z_ptr, out_ptr, N, K, num_groups, stride_
         tl.store(out_ptr + row + col, wt.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-MAGIC = (0x3F800000, 0x41800000)  # bits of 1.0f and 16.0f (`_int4_slot`)
-
-
 def _check(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: int, group: int) -> None:
     if group < 32 or group & (group - 1):
         raise ValueError(f"quant_int4: the group size must be a power of two >= 32, got {group}")
@@ -415,23 +350,6 @@ def _check(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: 
         if t.dtype != torch.float16 or tuple(t.shape) != (groups, n) or not t.is_contiguous():
             raise ValueError(f"quant_int4: {name} must be contiguous fp16 [{groups}, {n}], "
                              f"got {tuple(t.shape)} {t.dtype}")
-
-
-def int4_row_params(scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
-    """The persistent M = 1 kernels' copy of scales and zeros [Kp / G, N] fp16: int32 [N, Kp / G], one word a row and
-    group with the scale's bits in its low half and the zero's in its high half. Row-major, so a warp's
-    lanes (spread along K) read consecutive words; the [Kp / G, N] layout, which the dot paths' row tiles
-    read coalesced, cost these kernels a 32-byte sector per 2-byte load."""
-    lo = scales.t().contiguous().view(torch.int16).to(torch.int32) & 0xFFFF
-    return lo | (zeros.t().contiguous().view(torch.int16).to(torch.int32) << 16)
-
-
-def _check_row_params(row_params: torch.Tensor | None, scales: torch.Tensor) -> None:
-    want = (scales.shape[1], scales.shape[0])
-    if row_params is not None and (row_params.dtype != torch.int32 or tuple(row_params.shape) != want
-                                   or not row_params.is_contiguous()):
-        raise ValueError(f"quant_int4: row_params must be contiguous int32 {list(want)} (int4_row_params), got "
-                         f"{tuple(row_params.shape)} {row_params.dtype}")
 
 
 def int4_dequantize_ref(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: int,

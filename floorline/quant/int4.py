@@ -16,8 +16,8 @@ from floorline.kernels.quant_int4 import (
     int4_dequantize_ref,
     int4_dequantize_triton,
     int4_gemv_triton,
-    int4_row_params,
 )
+from floorline.kernels.quant_int4_codes import int4_row_params
 from floorline.kernels.quant_packing import bytes_to_codes, codes_to_bytes, pack_int4, unpack_int4
 from floorline.quant.awq_gptq import awq_unpack, check_trivial_g_idx, gptq_unpack
 from floorline.quant.packed import PackedMethod, add_param, check_shape, copy_part

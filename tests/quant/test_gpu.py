@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from floorline.kernels.activation import silu_and_mul
 from floorline.bench.quant import _gemv_with_config
 from floorline.kernels.quant_configs import QuantGemvConfig
+from floorline.kernels.quant_int4 import int4_gemv_triton
 from floorline.kernels.quant_w8 import w8_gemm_ref
 from floorline.layers.linear import Linear
 from floorline.quant.fp8 import Fp8Method, w8a8_ref, w8a8_supported
@@ -71,8 +72,6 @@ def test_gpu_persistent_m1_kernels_match_reference(fmt, k, n, cfg):
         out = _gemv_with_config(fmt, layer, x, cfg, silu)
         assert _rel(out, ref) < 1e-2
         if fmt == "int4":  # the same sums from the [groups, N] scales and zeros, bit for bit
-            from floorline.kernels.quant_int4 import int4_gemv_triton
-
             same = int4_gemv_triton(x, layer.qweight, layer.scales, layer.zeros, k, layer.quant_method.group,
                                     silu_mul=silu, config=cfg)
             assert torch.equal(out, same)

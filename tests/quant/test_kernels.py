@@ -17,8 +17,8 @@ from floorline.kernels.quant_int4 import (
     int4_dequantize_triton,
     int4_gemm_ref,
     int4_gemv_triton,
-    int4_row_params,
 )
+from floorline.kernels.quant_int4_codes import int4_row_params
 from floorline.kernels.quant_packing import pack_int4, pack_nf4
 from floorline.kernels.quant_nf4 import (
     nf4_code,
