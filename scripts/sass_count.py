@@ -7,6 +7,7 @@
     python scripts/sass_count.py w8 --fp8                      # the 8-bit M = 1 FMA path
     python scripts/sass_count.py int4-dot --block-n 64 --block-k 256 --stages 3
     python scripts/sass_count.py int4-k --block-n 8 --block-k 2048   # the K loop (the down projection's)
+    python scripts/sass_count.py nf4-k --block-n 8 --block-k 4096 --warps 4   # NF4's K loop
     python scripts/sass_count.py int4-pairs --block-n 64 --block-k 128 --stages 3    # the M > 1 pair dots
     python scripts/sass_count.py nf4-pairs --block-n 64 --block-k 128 --stages 3
 
@@ -58,6 +59,14 @@ def _kernel(name: str, a: argparse.Namespace):
                   LOOKUP=2, X_SILU_MUL=a.silu, PREFETCH=a.prefetch, HALF2=a.half2, USE_PDL=False,
                   ASM_LOADS=not a.tl_loads)
         return fn, ptrs, cx, a.block_n * a.block_k / threads
+    if name == "nf4-k":
+        from floorline.kernels.quant_nf4 import _nf4_gemv_kernel as fn
+
+        ptrs = {**_4BIT, "a_ptr": "*u8", "nabs_ptr": "*fp32", "nmap_ptr": "*fp32", "base_ptr": "*i32",
+                "off_ptr": "*fp32", "map_ptr": "*i32", "code_ptr": "*fp32"}
+        cx = dict(BLOCK_M=1, BLOCK_N=a.block_n, BLOCK_K=a.block_k, NUM_STAGES=a.stages, USE_DOT=False, EVEN_K=True,
+                  SPLIT=False, DOT_IEEE=False, NESTED=True, LOOKUP=2, USE_PDL=False)
+        return fn, ptrs, cx, a.block_n * a.block_k / threads
     if name == "int4-pairs":
         from floorline.kernels.quant_pairs import _int4_pairs_kernel as fn
 
@@ -77,10 +86,10 @@ def _kernel(name: str, a: argparse.Namespace):
         from floorline.kernels.quant_int4 import _int4_gemv_kernel as fn
 
         dot = name == "int4-dot"
-        rows = not dot and a.stages > 1 and not a.tl_loads  # the pipelined K loop reads row_params
         cx = dict(BLOCK_M=16 if dot else 1, BLOCK_N=a.block_n, BLOCK_K=a.block_k, GROUP=128, NUM_STAGES=a.stages,
-                  USE_DOT=dot, EVEN_K=True, SPLIT=False, DOT_IEEE=False, USE_PDL=False, ROW_PARAMS=rows)
-        return fn, {**_4BIT, "s_ptr": "*i32" if rows else "*fp16", "z_ptr": "*fp16"}, cx, a.block_n * a.block_k / threads
+                  USE_DOT=dot, EVEN_K=True, SPLIT=False, DOT_IEEE=False, USE_PDL=False,
+                  HALF2=a.half2 and not dot and a.stages == 1, EMULATE=False)
+        return fn, {**_4BIT, "s_ptr": "*fp16", "z_ptr": "*fp16"}, cx, a.block_n * a.block_k / threads
     from floorline.kernels.quant_w8 import _w8_gemv_kernel as fn
 
     cx = dict(BLOCK_M=1, BLOCK_N=a.block_n, BLOCK_K=a.block_k, NUM_STAGES=a.stages, USE_DOT=False, EVEN_K=True,
@@ -126,7 +135,7 @@ def compile_sm90(fn, ptrs: dict[str, str], constexprs: dict, warps: int, stages:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("kernel", choices=("int4-m1", "nf4-m1", "int4-dot", "int4-k", "int4-pairs", "nf4-pairs", "w8"))
+    p.add_argument("kernel", choices=("int4-m1", "nf4-m1", "int4-dot", "int4-k", "nf4-k", "int4-pairs", "nf4-pairs", "w8"))
     p.add_argument("--block-n", type=int, default=None, help="rows a tile (default: 4, or 16 for w8)")
     p.add_argument("--block-k", type=int, default=None, help="weights a tile along K (default: 4096, or 512 for w8)")
     p.add_argument("--warps", type=int, default=None, help="default: 2, or 4 for w8 and int4-dot")

@@ -216,14 +216,13 @@ def sweep_candidates(fmt: str, m: int, k: int = 4096) -> list[QuantGemvConfig]:
                       # row group, `_persistent_reduce`)
                       (2, 2048, 2, 12, True, True), (4, 2048, 2, 12, False, True), (4, 2048, 2, 16, False, True),
                       (4, 2048, 1, 16, False, True), (8, 2048, 2, 10, False, True)]
-        if fmt == "int4":  # the K loop pipelined through shared memory (row-outer tiles: quant_int4's
-            # `_int4_fma_rows_loop`), which gets several K tiles a program from 1024-wide tiles
-            tiles += ((8, 1024, 4, 3), (8, 1024, 2, 3), (16, 1024, 4, 2), (8, 2048, 4, 2))
-        splits = ()
+        splits, half2_splits = (), ()
         if k > 4096:  # the K loop with 2-warp tiles (two groups a thread), pipelined or not, at given splits
             tiles += ((4, 4096, 2, 1), (8, 4096, 2, 1), (8, 2048, 2, 1))
             splits = ((8, 2048, 2, 1, 2), (8, 1024, 2, 1, 2), (8, 1024, 1, 1, 2), (8, 2048, 2, 2, 2),
                       (8, 1024, 2, 2, 2), (4, 2048, 2, 1, 4), (16, 1024, 2, 1, 2), (8, 1024, 2, 3, 2))
+            if fmt == "int4":  # its K loop in fp16x2 (rows, K tile, warps, splits); NF4's would add shuffles
+                half2_splits = ((8, 2048, 2, 2), (8, 1024, 1, 4), (4, 2048, 1, 2), (16, 2048, 4, 2))
             # persistent split-K: one 2048-wide K tile a program (x loaded once), one ticket a program
             persistent = [(4, 2048, 2, 8, False, True), (4, 2048, 2, 10, False, True), (8, 2048, 2, 8, False, True),
                           (4, 2048, 1, 16, False, True), (2, 2048, 2, 8, True, True), (4, 2048, 2, 16, False, True),
@@ -234,6 +233,7 @@ def sweep_candidates(fmt: str, m: int, k: int = 4096) -> list[QuantGemvConfig]:
                           (4, 2048, 2, 12, False, True)]
         return ([QuantGemvConfig(bn, bk, 1, w, s, False) for bn, bk, w, s in tiles]
                 + [QuantGemvConfig(bn, bk, sk, w, s, False) for bn, bk, w, s, sk in splits]
+                + [QuantGemvConfig(bn, bk, sk, w, 1, False, half2=True) for bn, bk, w, sk in half2_splits]
                 + [QuantGemvConfig(bn, bk, 1, w, 1, False, pps, pf, h2) for bn, bk, w, pps, pf, h2 in persistent])
     tiles = ((16, 512, 4, 3), (8, 512, 4, 3), (16, 1024, 8, 2), (32, 256, 4, 3), (32, 512, 8, 3), (8, 1024, 4, 2),
              (8, 1024, 4, 3), (16, 512, 4, 4), (16, 256, 4, 4), (16, 512, 8, 3), (32, 256, 8, 4))

@@ -1,4 +1,5 @@
-"""Packed fp16x2 math for the persistent M = 1 4-bit GEMVs: two weights an instruction.
+"""Packed fp16x2 math for the persistent M = 1 4-bit GEMVs (and int4's M = 1 K loop): two weights an
+instruction.
 
 The fp32 loops spend an integer op and an FMA on every weight (3.4 SASS instructions a weight with
 the shifts and sums), which on an H200 is about the issue budget of the 4-bit byte floor. Here one
@@ -8,7 +9,8 @@ sm_90, `scripts/sass_count.py int4-m1 --half2`):
 
 * x is converted once per program: scaled by a power of two that puts max |x| in [32, 64) (so the
   fp16 partial sums below cannot overflow, and the scale is undone exactly), rounded to fp16 and
-  packed in the pairs the codes come in.
+  packed in the pairs the codes come in. The K loop converts each tile's x, with one such scale per
+  4-word position (`tile_x_pairs`).
 * int4 (quant_packing's bit positions): r = rotr(w, 3) puts slots (6, 0) at bits 0..3 | 16..19,
   (3, 5) at 4..7 | 20..23, (2, 4) at 8..11 | 24..27 and (1, 7) at 12..15 | 28..31. OR-ed into
   0x6400 (fp16 1024) the low nibbles give 1024 + q, the high ones 1024 + 16 q, exactly; one HSUB2
@@ -85,17 +87,39 @@ NF4_MAC4_CONSTRAINTS = tl.constexpr("=r," + ",".join(["r"] * 21)) if HAS_TRITON 
 
 
 @triton.jit
+def _abs_max8(x0, x1, x2, x3, x4, x5, x6, x7):
+    return tl.maximum(tl.maximum(tl.maximum(tl.abs(x0), tl.abs(x1)), tl.maximum(tl.abs(x2), tl.abs(x3))),
+                      tl.maximum(tl.maximum(tl.abs(x4), tl.abs(x5)), tl.maximum(tl.abs(x6), tl.abs(x7))))
+
+
+@triton.jit
+def _pow2_scale(amax):
+    """(scale, 1 / scale): the power of two that puts amax in [32, 64)."""
+    e = ((amax.to(tl.uint32, bitcast=True) >> 23) & 0xFF).to(tl.int32)
+    sb = tl.minimum(tl.maximum(259 - e, 1), 253)  # biased exponent of 2 ** (5 - (e - 127)), kept finite
+    return (sb << 23).to(tl.float32, bitcast=True), ((254 - sb) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def x_scale(x0, x1, x2, x3, x4, x5, x6, x7):
     """(scale, 1 / scale): the power of two that puts max |x| over the eight tensors in [32, 64).
 
     One scale for the program, not one per thread's 4-word position: the per-position version (no
     cross-thread max) freed 16 registers, and ptxas spent them on issuing the tile's weight loads one
     by one instead of together; the H200 measured int4 gate_up 19.9 -> 23.7 us."""
-    amax = tl.max(tl.maximum(tl.maximum(tl.maximum(tl.abs(x0), tl.abs(x1)), tl.maximum(tl.abs(x2), tl.abs(x3))),
-                             tl.maximum(tl.maximum(tl.abs(x4), tl.abs(x5)), tl.maximum(tl.abs(x6), tl.abs(x7)))))
-    e = ((amax.to(tl.uint32, bitcast=True) >> 23) & 0xFF).to(tl.int32)
-    sb = tl.minimum(tl.maximum(259 - e, 1), 253)  # biased exponent of 2 ** (5 - (e - 127)), kept finite
-    return (sb << 23).to(tl.float32, bitcast=True), ((254 - sb) << 23).to(tl.float32, bitcast=True)
+    amax = tl.max(_abs_max8(x0, x1, x2, x3, x4, x5, x6, x7))
+    return _pow2_scale(amax)
+
+
+@triton.jit
+def tile_x_pairs(lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3, D0: tl.constexpr, D1: tl.constexpr):
+    """The K loops' fp16x2 x: `x_pairs` of the eight slots [D0, D1, 1, 4] (in pairing order) and 1 / scale
+    [D0, D1, 1], scaled per 4-word position (`x_scale` per position: a thread holds all 32 elements of
+    one, so a tile needs no cross-thread max and no barrier)."""
+    amax = tl.max(_abs_max8(lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3), axis=3, keep_dims=True)
+    scale, inv_scale = _pow2_scale(amax)  # [D0, D1, 1, 1]
+    xp = x_pairs(lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3, scale, D0, D1)
+    return xp, tl.reshape(inv_scale, (D0, D1, 1))
 
 
 @triton.jit

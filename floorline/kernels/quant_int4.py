@@ -53,7 +53,7 @@ from floorline.kernels.quant_int4_codes import (
     _row_param_words,
     _unpack_row_params,
 )
-from floorline.kernels.quant_half2 import int4_mac4, x_pairs, x_scale, x_sums
+from floorline.kernels.quant_half2 import int4_mac4, tile_x_pairs, x_pairs, x_scale, x_sums
 from floorline.kernels.quant_packing import unpack_int4
 from floorline.kernels.quant_pairs import int4_pairs_launch, pairs_ok
 from floorline.kernels.skinny_gemm import _epilogue
@@ -81,8 +81,7 @@ def _int4_fma_tile(acc, w, s, z, x_ptrs, k, xoff, K, one, sixteen,
 
     Tiles are [NC, NB, BN, 4] (chunk of a group, group, row, word): with the K axes first, Triton
     spreads lanes over K (consecutive lanes read consecutive 16 bytes) and keeps several rows per
-    thread, which share the thread's x elements. The pipelined loop passes row-outer tiles [BN, NB, NC, 4]
-    (`_int4_fma_rows_loop`); the sums are over the word axis either way.
+    thread, which share the thread's x elements.
     """
     GW: tl.constexpr = GROUP // 8
     t = tl.zeros(w.shape, dtype=tl.float32)
@@ -101,52 +100,15 @@ def _int4_fma_tile(acc, w, s, z, x_ptrs, k, xoff, K, one, sixteen,
 
 
 @triton.jit
-def _int4_fma_rows_loop(x_ptr, q_ptr, s_ptr, z_ptr, rn_w, rn64, k_start, k_end, stride_qn, N, K, num_groups, one,
-                        sixteen, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
-                        NUM_STAGES: tl.constexpr, EVEN_K: tl.constexpr, ROW_PARAMS: tl.constexpr):
-    """The M = 1 K loop pipelined through shared memory: `_int4_fma_tile`'s sums on row-outer tiles
-    [BN, NB, NC, 4]; returns the fp32 [BN] result.
-
-    With the rows innermost ([NC, NB, BN, 4]), the shared buffers Triton's pipeliner allocates keep the
-    rows next to the words while the lanes stride along K: on the H200, ncu counted 8x the ideal shared
-    wavefronts for the cp.async writes and the reads back (2-stage down projection 32 us against 17.5 with
-    no pipelining). With the rows outermost, the buffer's order puts the lanes' 16-byte chunks side by side
-    (offline triton 3.6: shared order [3, 1, 2, 0], lanes along NB and NC). Unpipelined, this shape
-    compiles worse (68 barriers a tile offline), so NUM_STAGES = 1 keeps the other loop. ROW_PARAMS: s_ptr
-    is `int4_row_params`' copy, whose 4-byte words the pipeliner copies with the tile (the [groups, N] fp16
-    scales are 2-byte loads it leaves synchronous)."""
-    NB: tl.constexpr = BLOCK_K // GROUP
-    GW: tl.constexpr = GROUP // 8
-    NC: tl.constexpr = GW // 4
-    rg = tl.arange(0, NB)
-    rg4 = rg[None, :, None, None]
-    rc = tl.arange(0, NC)[None, None, :, None]
-    re = tl.arange(0, 4)[None, None, None, :]
-    woff = rg4 * GW + rc * 4 + re  # [1, NB, NC, 4]
-    xoff = rg4 * GROUP + rc * 4 + re
-    q_ptrs = q_ptr + rn64[:, None, None, None] * stride_qn + k_start // 8 + woff  # [BN, NB, NC, 4]
-    x_ptrs = x_ptr + k_start + xoff
-    acc = tl.zeros([BLOCK_N, NB, NC], dtype=tl.float32)
-    for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
-        g = k // GROUP + rg
-        g_ok = (g < num_groups)[None, :]
-        if ROW_PARAMS:  # [BN, NB] words, contiguous along the groups: the pipeliner copies them too
-            if EVEN_K:
-                sz = tl.load(s_ptr + rn_w[:, None] * num_groups + g[None, :])
-            else:
-                sz = tl.load(s_ptr + rn_w[:, None] * num_groups + g[None, :], mask=g_ok, other=0)
-            s, z = _unpack_row_params(sz)
-        else:
-            s, z = _load_group_params(s_ptr, z_ptr, rn_w[:, None] + g[None, :] * N, g_ok, not EVEN_K)
-        if EVEN_K:
-            w = tl.load(q_ptrs, eviction_policy="evict_first")
-        else:
-            w = tl.load(q_ptrs, mask=g_ok[:, :, None, None], other=0, eviction_policy="evict_first")
-        acc = _int4_fma_tile(acc, w.to(tl.uint32, bitcast=True), s[:, :, None], z[:, :, None], x_ptrs, k, xoff, K,
-                             one, sixteen, GROUP, EVEN_K)
-        q_ptrs += BLOCK_K // 8
-        x_ptrs += BLOCK_K
-    return tl.sum(tl.sum(acc, axis=2), axis=1)
+def _int4_half2_tile(acc, w, s, z, x_ptrs, kx, K, GW: tl.constexpr, NC: tl.constexpr, NB: tl.constexpr,
+                     BLOCK_N: tl.constexpr, EVEN_K: tl.constexpr, EMULATE: tl.constexpr):
+    """One K tile of the M = 1 K loop in packed fp16x2 (`quant_half2`): acc [NC, NB, BN] += s (T + (8 - z) X)
+    / scale, T the tile's fp16x2 sums of x (q - 8) and X the sum of the rounded x, x scaled per 4-word
+    position (`tile_x_pairs`), so the tile needs no cross-thread max."""
+    x0, x1, x2, x3, x4, x5, x6, x7 = _slot_xs(x_ptrs, kx, K, GW, EVEN_K, False)
+    xp, inv_scale = tile_x_pairs(x6, x0, x3, x5, x2, x4, x1, x7, NC, NB)
+    t = int4_mac4(w, xp, NC, NB, BLOCK_N, EMULATE)  # [NC, NB, BN]
+    return acc + (s * inv_scale) * (t + (8.0 - z) * x_sums(xp, NC, NB))
 
 
 @triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits"])
@@ -159,8 +121,12 @@ def _int4_gemv_kernel(
     M, N, K, Kp, num_groups, stride_xm, stride_qn, k_blocks_per_split, num_splits, one_bits, sixteen_bits,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     NUM_STAGES: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr,
-    DOT_IEEE: tl.constexpr, USE_PDL: tl.constexpr = False, ROW_PARAMS: tl.constexpr = False,
+    DOT_IEEE: tl.constexpr, USE_PDL: tl.constexpr = False, HALF2: tl.constexpr = False,
+    EMULATE: tl.constexpr = False,
 ):
+    """The K-loop GEMV: program (tile, split) sums its BLOCK_N rows over its split's K range, on the dot path
+    (USE_DOT) or tile by tile in registers (M = 1), there in fp32 or, with HALF2, in packed fp16x2
+    (`_int4_half2_tile`)."""
     if USE_PDL:
         gdc_wait()
     NB: tl.constexpr = BLOCK_K // GROUP  # groups per tile
@@ -189,11 +155,6 @@ def _int4_gemv_kernel(
             q_ptrs += BLOCK_K // 8
             x_ptrs += BLOCK_K
         _slot_dot_epilogue(acc, rn, M, N, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, BLOCK_M, SPLIT)
-    elif NUM_STAGES > 1:  # pipelined: row-outer tiles (`_int4_fma_rows_loop`)
-        out = _int4_fma_rows_loop(x_ptr, q_ptr, s_ptr, z_ptr, rn_w, rn64, k_start, k_end, stride_qn, N, K, num_groups,
-                                  one, sixteen, BLOCK_N, BLOCK_K, GROUP, NUM_STAGES, EVEN_K, ROW_PARAMS)
-        _epilogue(out, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
-                  False, SPLIT)
     else:
         NC: tl.constexpr = GW // 4  # 16-byte chunks per group and row
         rc = tl.arange(0, NC)[:, None, None, None]
@@ -206,7 +167,10 @@ def _int4_gemv_kernel(
         acc = tl.zeros([NC, NB, BLOCK_N], dtype=tl.float32)
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
             w, s, z = _int4_fma_load(q_ptrs, s_ptr, z_ptr, k, rg, rn_w, N, num_groups, GROUP, not EVEN_K)
-            acc = _int4_fma_tile(acc, w, s, z, x_ptrs, k, xoff, K, one, sixteen, GROUP, EVEN_K)
+            if HALF2:
+                acc = _int4_half2_tile(acc, w, s, z, x_ptrs, k + xoff, K, GW, NC, NB, BLOCK_N, EVEN_K, EMULATE)
+            else:
+                acc = _int4_fma_tile(acc, w, s, z, x_ptrs, k, xoff, K, one, sixteen, GROUP, EVEN_K)
             q_ptrs += BLOCK_K // 8
             x_ptrs += BLOCK_K
         out = tl.sum(tl.sum(acc, axis=0), axis=0)
@@ -372,8 +336,8 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
                      k: int, group: int, *, silu_mul: bool = False,
                      config: QuantGemvConfig | None = None, row_params: torch.Tensor | None = None) -> torch.Tensor:
     """Triton GEMV for 1 <= M <= DOT_MAX_M rows (past 16 on the dot paths); `silu_mul`: x is [M, 2K] gate | up.
-    `row_params` (`int4_row_params` of scales and zeros): the persistent M = 1 kernels and the pipelined K loop
-    read it instead (the unpipelined K loop and the dot paths keep the [groups, N] layout). Returns [M, N]."""
+    `row_params` (`int4_row_params` of scales and zeros): the persistent M = 1 kernels read it instead (the K
+    loops and the dot paths keep the [groups, N] layout). Returns [M, N]."""
     _check(qweight, scales, zeros, k, group)
     _check_row_params(row_params, scales)
     x = operand(x, k, silu_mul, "quant_int4")
@@ -391,13 +355,13 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     if pairs:
         return int4_pairs_launch(x, qweight, scales, zeros, k, group, cfg, out)
     geo = geometry(cfg, m, n, kp, out)
-    rows = row_params is not None and not cfg.use_dot and cfg.num_stages > 1  # the pipelined K loop's scales
     _int4_gemv_kernel[(geo.tiles, geo.splits)](
-        x, qweight, row_params if rows else scales, zeros, out, geo.ws, geo.tickets,
+        x, qweight, scales, zeros, out, geo.ws, geo.tickets,
         m, n, k, kp, kp // group, x.stride(0), qweight.stride(0), geo.blocks_per_split, geo.splits, *MAGIC,
         BLOCK_M=dot_block_m(m) if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
-        DOT_IEEE=x.dtype == torch.float32, ROW_PARAMS=rows,
+        DOT_IEEE=x.dtype == torch.float32, HALF2=not cfg.use_dot and cfg.num_stages == 1 and half2_ok(cfg, x),
+        EMULATE=x.device.type != "cuda",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
     )
     return out

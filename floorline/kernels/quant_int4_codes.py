@@ -4,7 +4,7 @@
   `_int4_slot_weights` into the exact weight (q - z) * s;
 * scales and zero points come either from the [groups, N] fp16 tensors (`_load_group_params`, which the
   dot paths' row tiles read coalesced) or from `int4_row_params`' row-major copy (`_row_param_words`,
-  `_unpack_row_params`), which the persistent M = 1 kernels and the pipelined K loop read.
+  `_unpack_row_params`), which the persistent M = 1 kernels read.
 """
 
 from __future__ import annotations

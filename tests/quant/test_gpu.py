@@ -84,11 +84,25 @@ PIPELINED = [QuantGemvConfig(8, 2048, split_k=2, num_warps=2, num_stages=2),
 @pytest.mark.parametrize("k,n", [(4096, 6144), (14336, 4096), (576, 1536)])
 @pytest.mark.parametrize("cfg", PIPELINED, ids=["st2-split", "st3"])
 def test_gpu_int4_pipelined_k_loop_matches_reference(k, n, cfg):
-    """The int4 K loop through shared memory (row-outer tiles, row_params copied with them) in bf16."""
+    """The int4 K loop pipelined through shared memory (Triton's cp.async stages), in bf16."""
     layer, w = _layer("int4", k, n)
     x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
     out = _gemv_with_config("int4", layer, x, cfg)
     assert _rel(out, F.linear(x.float(), w)) < 1e-2
+
+
+K_LOOP_HALF2 = [QuantGemvConfig(8, 2048, split_k=2, num_warps=2, num_stages=1, half2=True),
+                QuantGemvConfig(16, 1024, split_k=4, num_warps=4, num_stages=1, half2=True),
+                QuantGemvConfig(8, 1024, split_k=4, num_warps=1, num_stages=1, half2=True)]
+
+
+@pytest.mark.parametrize("k,n", [(4096, 6144), (14336, 4096), (576, 1536)])
+@pytest.mark.parametrize("cfg", K_LOOP_HALF2, ids=["split2", "w4-split4", "one-warp"])
+def test_gpu_int4_k_loop_half2_matches_reference(k, n, cfg):
+    """The unpipelined int4 K loop in fp16x2 (inline PTX), in bf16."""
+    layer, w = _layer("int4", k, n)
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    assert _rel(_gemv_with_config("int4", layer, x, cfg), F.linear(x.float(), w)) < 1e-2
 
 
 @pytest.mark.parametrize("fmt", ["int4", "nf4"])

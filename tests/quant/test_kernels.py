@@ -106,12 +106,27 @@ def test_int4_gemv_default_config(dtype, m, n, k, group, silu, seed):
 @pytest.mark.parametrize("split_k", [1, 3])
 @pytest.mark.parametrize("k,block_k", [(256, 128), (384, 256), (320, 128)])
 def test_int4_gemv_configs_and_split_k(use_dot, m, stages, split_k, k, block_k, seed):
-    """The FMA path's K loop takes [NC, NB, BN, 4] tiles unpipelined and row-outer ones pipelined."""
+    """The FMA path's K loop on [NC, NB, BN, 4] tiles, unpipelined and pipelined; the dot path."""
     qw, s, z = _int4(72, k, 64)
     x, _ = _x(m, k, torch.float32, False)
     cfg = QuantGemvConfig(block_n=16 if use_dot else 8, block_k=block_k, split_k=split_k, use_dot=use_dot,
                           num_stages=stages)
     _close(int4_gemv_triton(x, qw, s, z, k, 64, config=cfg), int4_gemm_ref(x, qw, s, z, k, 64), torch.float32, seed)
+
+
+# the unpipelined M = 1 K loop in fp16x2 (per-position x scales): split-K, several K tiles a split, masked K
+# tails (320 = 2.5 tiles), the SiLU operand, groups of 32..128, one- and two-warp programs
+K_LOOP_HALF2 = [QuantGemvConfig(block_n=8, block_k=128, split_k=2, num_warps=2, num_stages=1, half2=True),
+                QuantGemvConfig(block_n=4, block_k=256, split_k=1, num_warps=1, num_stages=1, half2=True)]
+
+
+@pytest.mark.parametrize("cfg", K_LOOP_HALF2, ids=["split", "one-warp"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("n,k,group", [(72, 512, 64), (40, 320, 32), (24, 384, 128)])
+@pytest.mark.parametrize("silu", [False, True])
+def test_int4_k_loop_half2(cfg, dtype, n, k, group, silu, seed):
+    """fp32 activations keep the fp32 loop (half2 needs 16-bit x); both loops must match the reference."""
+    _check_int4_config(cfg, 1, n, k, group, silu, dtype, seed)
 
 
 # the pair dot path (quant_pairs, emulated in Triton ops here): 16-bit activations, groups >= 64;
@@ -218,12 +233,11 @@ def test_int4_persistent_m1_kernel(cfg, dtype, n, k, group, silu, seed):
 
 
 # the kernels that read the row-major copy of scales and zeros: persistent (split: tickets; prefetch: the next
-# tile's params too; fp16x2) and the pipelined K loop (split-K); EVEN_K and masked K tails
-ROW_PARAM_CASES = [(PERSISTENT[0], torch.float32), (PERSISTENT[1], torch.float32), (HALF2[1], torch.float16),
-                   (QuantGemvConfig(block_n=8, block_k=128, split_k=2, num_warps=2, num_stages=3), torch.float32)]
+# tile's params too; fp16x2); EVEN_K and masked K tails
+ROW_PARAM_CASES = [(PERSISTENT[0], torch.float32), (PERSISTENT[1], torch.float32), (HALF2[1], torch.float16)]
 
 
-@pytest.mark.parametrize("cfg,dtype", ROW_PARAM_CASES, ids=["split", "prefetch", "half2-prefetch", "k-loop-pipelined"])
+@pytest.mark.parametrize("cfg,dtype", ROW_PARAM_CASES, ids=["split", "prefetch", "half2-prefetch"])
 @pytest.mark.parametrize("n,k,group", [(72, 256, 64), (40, 300, 32)])
 def test_int4_m1_kernels_read_the_row_major_params(cfg, dtype, n, k, group, seed):
     qw, s, z = _int4(n, k, group)
