@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print("time_quant_configs: needs a CUDA GPU (none is visible)", file=sys.stderr)
         return 2
     from floorline.bench.kernels import SHAPES, rel_error, time_per_call
-    from floorline.bench.quant import _call, build_layers
+    from floorline.bench.quant import _call, build_layers, k_unit
     from floorline.kernels.quant_configs import get_config
 
     bad = [s for s in a.shapes if s not in SHAPES]
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         def timed(cfg=None):
             return time_per_call([lambda l=l: _call(a.format, l, x, cfg, silu_mul=silu) for l in layers]) * 1e6
 
-        unit = 128 if a.format == "int4" else 64 if a.format == "nf4" else 16
-        rows.append((shape, f"default: {get_config(a.format, n, k, 1, unit, dev)}", f"{timed():.1f}"))
+        rows.append((shape, f"default: {get_config(a.format, n, k, 1, k_unit(a.format, layers[0]), dev)}",
+                     f"{timed():.1f}"))
         for cfg in configs:
             try:
                 err = rel_error(_call(a.format, layers[0], x, cfg, silu_mul=silu), want)

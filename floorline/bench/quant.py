@@ -103,6 +103,11 @@ def build_layers(fmt: str, k: int, n: int, device: torch.device, l2_bytes: int, 
     return copies, w, nbytes
 
 
+def k_unit(kernel_fmt: str, layer) -> int:
+    """The K granularity `get_config` takes for a format's layer: int4's group, NF4's block, 16 for 8-bit."""
+    return {"int4": getattr(layer.quant_method, "group", 128), "nf4": 64}.get(kernel_fmt, 16)
+
+
 def _prefill_path(fmt: str, x: torch.Tensor, dequant: bool) -> bool:
     """Whether `_call` takes x the prefill way: more rows than the GEMV takes (bf16: cuBLAS past MAX_M),
     or, with `dequant`, every quantized row count (dequantize, then cuBLAS)."""
@@ -268,8 +273,7 @@ def bench_shape(fmt: str, name: str, ms: tuple[int, ...], device: torch.device, 
         if _prefill_path(fmt, x, dequant):
             row.config = "cuBLAS" if fmt == "bf16" else "dequantize + cuBLAS"
         elif kernel_fmt in QUANT_FORMATS:
-            unit = {"int4": getattr(layers[0].quant_method, "group", 128), "nf4": 64}.get(kernel_fmt, 16)
-            row.config = _short(get_config(kernel_fmt, n, k, m, unit, device))
+            row.config = _short(get_config(kernel_fmt, n, k, m, k_unit(kernel_fmt, layers[0]), device))
             if sweep:
                 _sweep(row, fmt, kernel_fmt, layers, x, silu, device, deadline)
         rows.append(row)
