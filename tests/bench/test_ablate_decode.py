@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +13,6 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ablate_decode.py"
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("ablate_decode", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_unknown_variant_is_refused_with_the_accepted_ones():
     run = subprocess.run([sys.executable, str(SCRIPT), "noattn,bogus", "--", "bench", "decode"], capture_output=True,
                          text=True, timeout=120)
@@ -28,14 +20,14 @@ def test_unknown_variant_is_refused_with_the_accepted_ones():
     assert "unknown variant 'bogus'" in run.stderr and "no-N.K" in run.stderr
 
 
-def test_no_shape_skips_only_that_quantized_gemv(monkeypatch):
+def test_no_shape_skips_only_that_quantized_gemv(script, monkeypatch):
     from floorline.quant.packed import PackedMethod
 
     class Probe(PackedMethod):
         def gemv(self, layer, x, silu_mul):
             return "ran"
 
-    mod = _script()
+    mod = script("ablate_decode")
     for cls in {PackedMethod, *mod._subclasses(PackedMethod)}:  # undone after the test
         if "gemv" in vars(cls):
             monkeypatch.setattr(cls, "gemv", vars(cls)["gemv"])
@@ -46,10 +38,10 @@ def test_no_shape_skips_only_that_quantized_gemv(monkeypatch):
     assert Probe.gemv(None, SimpleNamespace(out_features=32, in_features=128), x, False) == "ran"
 
 
-def test_noattn_passes_q_through(monkeypatch):
+def test_noattn_passes_q_through(script, monkeypatch):
     import floorline.layers.attention as attention
 
     monkeypatch.setattr(attention, "paged_attention", attention.paged_attention)
-    _script().apply("noattn")
+    script("ablate_decode").apply("noattn")
     q = torch.randn(2, 4, 8)
     assert attention.paged_attention(q, None, None) is q
