@@ -21,6 +21,7 @@ layout's, which changes no instruction count. Nothing here is wired into the eng
 
 from __future__ import annotations
 
+import collections
 import sys
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def k_slots(x_ptr, q_ptr, out_ptr, K, N, BLOCK_N: tl.constexpr, BLOCK_K: tl.cons
 def count(fn, sig, cx, warps, stages, weights):
     """Compiles for sm_90 and prints registers and the longest loop's instructions a weight."""
     sass, regs, _, k = compile_sm90(fn, sig, cx, warps, stages, divisible=("K", "N"))
-    c = _loop_body(sass)
+    c = collections.Counter(op.split(".")[0] for op in _loop_body(sass))
     ttgir = k.asm["ttgir"]
     mma = "wgmma" if "warp_group_dot" in ttgir else ("mma" if "nvidia_mma" in ttgir else "?")
     print(f"{cx} w{warps} s{stages}: regs {regs}, {sum(c.values())} instrs / {weights:.0f} weights = "

@@ -89,7 +89,9 @@ def _kernel(name: str, a: argparse.Namespace):
         cx = dict(BLOCK_M=16 if dot else 1, BLOCK_N=a.block_n, BLOCK_K=a.block_k, GROUP=128, NUM_STAGES=a.stages,
                   USE_DOT=dot, EVEN_K=True, SPLIT=False, DOT_IEEE=False, USE_PDL=False,
                   HALF2=a.half2 and not dot and a.stages == 1, EMULATE=False)
-        return fn, {**_4BIT, "s_ptr": "*fp16", "z_ptr": "*fp16"}, cx, a.block_n * a.block_k / threads
+        xs = {"x_ptr": "*i32"} if cx["HALF2"] else {}  # the fp16x2 loop reads `quant_x_pairs`' pairs
+        ptrs = {**_4BIT, **xs, "meta_ptr": "*fp32", "s_ptr": "*fp16", "z_ptr": "*fp16"}
+        return fn, ptrs, cx, a.block_n * a.block_k / threads
     from floorline.kernels.quant_w8 import _w8_gemv_kernel as fn
 
     cx = dict(BLOCK_M=1, BLOCK_N=a.block_n, BLOCK_K=a.block_k, NUM_STAGES=a.stages, USE_DOT=False, EVEN_K=True,
@@ -99,16 +101,18 @@ def _kernel(name: str, a: argparse.Namespace):
     return fn, ptrs, cx, a.block_n * a.block_k / threads
 
 
-def _loop_body(sass: str) -> collections.Counter:
-    """Opcode counts of the longest loop closed by a backward branch."""
-    insts = [(int(m.group(1), 16), m.group(2), m.group(3)) for m in map(_INST.match, sass.splitlines()) if m]
+def _loop_body(sass: str) -> list[str]:
+    """The opcodes (with modifiers) of the longest loop closed by a backward branch, in order."""
+    lines = [m for m in map(_INST.match, sass.splitlines()) if m]
+    insts = [(int(m.group(1), 16), m.group(2), m.group(0).split(";")[0].split()) for m in lines]
     best: list[str] = []
-    for addr, op, args in insts:
-        target = re.search(r"0x([0-9a-f]+)", args) if op == "BRA" else None
+    for addr, op, words in insts:
+        target = re.search(r"0x([0-9a-f]+)", " ".join(words[2:])) if op == "BRA" else None
         if target and int(target.group(1), 16) < addr:
-            body = [o for a, o, _ in insts if int(target.group(1), 16) <= a <= addr]
+            body = [next(w for w in ws[1:] if w.startswith(o)) for a, o, ws in insts
+                    if int(target.group(1), 16) <= a <= addr]
             best = max(best, body, key=len)
-    return collections.Counter(best)
+    return best
 
 
 def compile_sm90(fn, ptrs: dict[str, str], constexprs: dict, warps: int, stages: int,
@@ -154,12 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     a.stages = a.stages or (4 if w8 else 1)
     fn, ptrs, cx, weights = _kernel(a.kernel, a)
     sass, regs, stack, _ = compile_sm90(fn, ptrs, cx, a.warps, a.stages)
-    body = _loop_body(sass)
-    total = sum(body.values())
+    ops = _loop_body(sass)
+    body = collections.Counter(op.split(".")[0] for op in ops)
+    total = len(ops)
     print(f"triton {triton.__version__} | {a.kernel} {cx} warps {a.warps}")
     print(f"registers {regs}, stack {stack} B | loop body {total} instructions for {weights:.0f} weights a thread:"
           f" {total / weights:.2f} a weight")
     print("  " + ", ".join(f"{op} {n}" for op, n in body.most_common(14)))
+    # spread-out loads leave few in flight: where a tile's 16-byte loads sit shows how many overlap
+    print("  16-byte loads at loop positions", [i for i, op in enumerate(ops) if op.startswith("LDG") and ".128" in op])
     return 0
 
 

@@ -53,9 +53,10 @@ from floorline.kernels.quant_int4_codes import (
     _row_param_words,
     _unpack_row_params,
 )
-from floorline.kernels.quant_half2 import int4_mac4, tile_x_pairs, x_pairs, x_scale, x_sums
+from floorline.kernels.quant_half2 import int4_mac4, x_pairs, x_scale, x_sums
 from floorline.kernels.quant_packing import unpack_int4
 from floorline.kernels.quant_pairs import int4_pairs_launch, pairs_ok
+from floorline.kernels.quant_x_pairs import int4_x_pairs, load_pair_words, pairs_of_words
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
 
@@ -100,20 +101,29 @@ def _int4_fma_tile(acc, w, s, z, x_ptrs, k, xoff, K, one, sixteen,
 
 
 @triton.jit
-def _int4_half2_tile(acc, w, s, z, x_ptrs, kx, K, GW: tl.constexpr, NC: tl.constexpr, NB: tl.constexpr,
-                     BLOCK_N: tl.constexpr, EVEN_K: tl.constexpr, EMULATE: tl.constexpr):
+def _int4_half2_tile(acc, q_ptrs, s_ptr, z_ptr, pairs_ptr, meta_ptr, k, pos, rg, rn_w, N, num_groups, P, zero,
+                     GROUP: tl.constexpr, NC: tl.constexpr, NB: tl.constexpr, BLOCK_N: tl.constexpr,
+                     MASKED: tl.constexpr, EMULATE: tl.constexpr):
     """One K tile of the M = 1 K loop in packed fp16x2 (`quant_half2`): acc [NC, NB, BN] += s (T + (8 - z) X)
-    / scale, T the tile's fp16x2 sums of x (q - 8) and X the sum of the rounded x, x scaled per 4-word
-    position (`tile_x_pairs`), so the tile needs no cross-thread max."""
-    x0, x1, x2, x3, x4, x5, x6, x7 = _slot_xs(x_ptrs, kx, K, GW, EVEN_K, False)
-    xp, inv_scale = tile_x_pairs(x6, x0, x3, x5, x2, x4, x1, x7, NC, NB)
-    t = int4_mac4(w, xp, NC, NB, BLOCK_N, EMULATE)  # [NC, NB, BN]
-    return acc + (s * inv_scale) * (t + (8.0 - z) * x_sums(xp, NC, NB))
+    / scale, T the tile's fp16x2 sums of x (q - 8) and X the sum of the rounded x, x as the pairs of
+    positions k / 32 + pos made before the launch (`quant_x_pairs`).
+
+    `zero` is a runtime 0 (uint32) the compiler cannot fold. The XOR of every loaded word, AND-ed with it,
+    enters the first x pair, so the first MAC waits for all the tile's loads and ptxas issues them
+    together; left alone, it issues each load just before its use (H200: K loop 12.1 us against 15.9)."""
+    w, s, z = _int4_fma_load(q_ptrs, s_ptr, z_ptr, k, rg, rn_w, N, num_groups, GROUP, MASKED)
+    gm = (k // GROUP + rg[None, :, None, None]) < num_groups
+    a, b, c, d, inv_scale, xsum = load_pair_words(pairs_ptr, meta_ptr, k // 32 + pos, P, gm, NC, NB, MASKED)
+    dep = tl.xor_sum(tl.xor_sum(w, axis=3), axis=2)[:, :, None, None] ^ tl.xor_sum(a ^ b ^ c ^ d, axis=3,
+                                                                                 keep_dims=True)
+    t = int4_mac4(w, pairs_of_words(a ^ (dep & zero), b, c, d, NC, NB), NC, NB, BLOCK_N, EMULATE)  # [NC, NB, BN]
+    return acc + (s * inv_scale) * (t + (8.0 - z) * xsum)
 
 
 @triton.jit(do_not_specialize=["M", "k_blocks_per_split", "num_splits"])
 def _int4_gemv_kernel(
-    x_ptr,  # [M, K] (or [M, 2K] gate | up), last-dim stride 1
+    x_ptr,  # [M, K], last-dim stride 1; with HALF2 the pairs of `quant_x_pairs`
+    meta_ptr,  # HALF2: the pairs' scales and sums (`quant_x_pairs`); else unused
     q_ptr,  # [N, Kp / 8] int32
     s_ptr,  # [Kp / G, N] fp16
     z_ptr,  # [Kp / G, N] fp16
@@ -126,13 +136,14 @@ def _int4_gemv_kernel(
 ):
     """The K-loop GEMV: program (tile, split) sums its BLOCK_N rows over its split's K range, on the dot path
     (USE_DOT) or tile by tile in registers (M = 1), there in fp32 or, with HALF2, in packed fp16x2
-    (`_int4_half2_tile`)."""
+    (`_int4_half2_tile`, on x converted before the launch)."""
     if USE_PDL:
         gdc_wait()
     NB: tl.constexpr = BLOCK_K // GROUP  # groups per tile
     GW: tl.constexpr = GROUP // 8  # words per group and row (= x elements per slot run)
     one = one_bits.to(tl.uint32, bitcast=True)
     sixteen = sixteen_bits.to(tl.uint32, bitcast=True)
+    zero = (num_splits >> 30).to(tl.uint32)  # 0 at run time (splits < 2 ** 30), unknown to the compiler
     tile, split, k_start, k_end, rn, rn_w = _split_tile(Kp, k_blocks_per_split, N, BLOCK_N, BLOCK_K)
     rn64 = rn_w.to(tl.int64)
     rg = tl.arange(0, NB)
@@ -164,15 +175,20 @@ def _int4_gemv_kernel(
         xoff = rc * 4 + rg4 * GROUP + re
         q_ptrs = q_ptr + rn64[None, None, :, None] * stride_qn + k_start // 8 + woff  # [NC, NB, BN, 4]
         x_ptrs = x_ptr + k_start + xoff
-        acc = tl.zeros([NC, NB, BLOCK_N], dtype=tl.float32)
-        for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
-            w, s, z = _int4_fma_load(q_ptrs, s_ptr, z_ptr, k, rg, rn_w, N, num_groups, GROUP, not EVEN_K)
-            if HALF2:
-                acc = _int4_half2_tile(acc, w, s, z, x_ptrs, k + xoff, K, GW, NC, NB, BLOCK_N, EVEN_K, EMULATE)
-            else:
+        if HALF2:
+            pos = rg4 * NC + rc  # [NC, NB, 1, 1]: the tile's x positions (`quant_x_pairs`), less k / 32
+            acc = tl.zeros([NC, NB, BLOCK_N], dtype=tl.float32)
+            for k in tl.range(k_start, k_end, BLOCK_K, num_stages=1):
+                acc = _int4_half2_tile(acc, q_ptrs, s_ptr, z_ptr, x_ptr, meta_ptr, k, pos, rg, rn_w, N, num_groups,
+                                       Kp // 32, zero, GROUP, NC, NB, BLOCK_N, not EVEN_K, EMULATE)
+                q_ptrs += BLOCK_K // 8
+        else:
+            acc = tl.zeros([NC, NB, BLOCK_N], dtype=tl.float32)
+            for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
+                w, s, z = _int4_fma_load(q_ptrs, s_ptr, z_ptr, k, rg, rn_w, N, num_groups, GROUP, not EVEN_K)
                 acc = _int4_fma_tile(acc, w, s, z, x_ptrs, k, xoff, K, one, sixteen, GROUP, EVEN_K)
-            q_ptrs += BLOCK_K // 8
-            x_ptrs += BLOCK_K
+                q_ptrs += BLOCK_K // 8
+                x_ptrs += BLOCK_K
         out = tl.sum(tl.sum(acc, axis=0), axis=0)
         _epilogue(out, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
                   False, SPLIT)
@@ -349,18 +365,23 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     cfg = config or get_config("int4", n, k, m, group, x.device)
     pairs = cfg.pairs and pairs_ok(x, group)  # (check_config refuses pairs without the dot path)
     check_config(cfg, m, group, "quant_int4", dot_min_k=group if pairs else DOT_MIN_K, four_bit=True)
-    x, silu_mul = unfused_silu(x, silu_mul, cfg)
     if cfg.persistent:
         return _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out, row_params)
+    half2 = not cfg.use_dot and cfg.num_stages == 1 and half2_ok(cfg, x)
+    if half2:  # one kernel makes the tiles' x (and takes the SiLU kernel's place)
+        x, meta = int4_x_pairs(x, kp, group, silu_mul)
+    else:
+        x, silu_mul = unfused_silu(x, silu_mul, cfg)
+        meta = x
     if pairs:
         return int4_pairs_launch(x, qweight, scales, zeros, k, group, cfg, out)
     geo = geometry(cfg, m, n, kp, out)
     _int4_gemv_kernel[(geo.tiles, geo.splits)](
-        x, qweight, scales, zeros, out, geo.ws, geo.tickets,
+        x, meta, qweight, scales, zeros, out, geo.ws, geo.tickets,
         m, n, k, kp, kp // group, x.stride(0), qweight.stride(0), geo.blocks_per_split, geo.splits, *MAGIC,
         BLOCK_M=dot_block_m(m) if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
-        DOT_IEEE=x.dtype == torch.float32, HALF2=not cfg.use_dot and cfg.num_stages == 1 and half2_ok(cfg, x),
+        DOT_IEEE=x.dtype == torch.float32, HALF2=half2,
         EMULATE=x.device.type != "cuda",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
     )

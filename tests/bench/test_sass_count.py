@@ -25,3 +25,4 @@ def test_counts_the_fp8_gemv_loop():
     assert "for 64 weights a thread" in line  # 16 rows x 512 weights over 128 threads
     assert 2.0 < float(line.split(" a weight")[0].rsplit(": ", 1)[1]) < 10.0
     assert "FFMA" in run.stdout
+    assert "16-byte loads at loop positions [" in run.stdout

@@ -98,11 +98,34 @@ K_LOOP_HALF2 = [QuantGemvConfig(8, 2048, split_k=2, num_warps=2, num_stages=1, h
 
 @pytest.mark.parametrize("k,n", [(4096, 6144), (14336, 4096), (576, 1536)])
 @pytest.mark.parametrize("cfg", K_LOOP_HALF2, ids=["split2", "w4-split4", "one-warp"])
-def test_gpu_int4_k_loop_half2_matches_reference(k, n, cfg):
-    """The unpipelined int4 K loop in fp16x2 (inline PTX), in bf16."""
+@pytest.mark.parametrize("silu", [False, True])
+def test_gpu_int4_k_loop_half2_matches_reference(k, n, cfg, silu):
+    """The unpipelined int4 K loop in fp16x2 (inline PTX) on `quant_x_pairs`' x, in bf16; with `silu` the
+    pairs kernel applies the SiLU-and-mul of gate | up, as for the down projection."""
     layer, w = _layer("int4", k, n)
-    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-    assert _rel(_gemv_with_config("int4", layer, x, cfg), F.linear(x.float(), w)) < 1e-2
+    x = torch.randn(1, 2 * k if silu else k, device="cuda", dtype=torch.bfloat16)
+    ref = F.linear((silu_and_mul(x) if silu else x).float(), w)
+    assert _rel(_gemv_with_config("int4", layer, x, cfg, silu_mul=silu), ref) < 1e-2
+
+
+@pytest.mark.parametrize("k,group", [(14336, 128), (576, 64)])
+@pytest.mark.parametrize("silu", [False, True])
+def test_gpu_int4_x_pairs_match_reference(k, group, silu):
+    """The pairs kernel in bf16 (which the interpreter cannot load) against its reference: bit for bit on plain
+    x; with the SiLU, Triton's sigmoid may round a bf16 activation one step off PyTorch's, so values compare
+    within that step."""
+    from floorline.kernels.quant_x_pairs import int4_x_pairs, int4_x_pairs_ref
+
+    x = torch.randn(1, 2 * k if silu else k, device="cuda", dtype=torch.bfloat16)
+    pairs, meta = int4_x_pairs(x, k, group, silu)
+    want_pairs, want_meta = int4_x_pairs_ref(x, k, group, silu)
+    assert torch.equal(meta[0], want_meta[0])
+    if silu:
+        halves = lambda p: p.view(torch.float16).float()  # noqa: E731
+        torch.testing.assert_close(halves(pairs), halves(want_pairs), rtol=1e-2, atol=1e-2)
+    else:
+        assert torch.equal(pairs, want_pairs)
+    torch.testing.assert_close(meta[1], want_meta[1], rtol=1e-2, atol=1e-2)
 
 
 @pytest.mark.parametrize("fmt", ["int4", "nf4"])
