@@ -9,8 +9,8 @@ sm_90, `scripts/sass_count.py int4-m1 --half2`):
 
 * x is converted once per program: scaled by a power of two that puts max |x| in [32, 64) (so the
   fp16 partial sums below cannot overflow, and the scale is undone exactly), rounded to fp16 and
-  packed in the pairs the codes come in. The K loop converts each tile's x, with one such scale per
-  4-word position (`tile_x_pairs`).
+  packed in the pairs the codes come in. For int4's K loop, `quant_x_pairs` converts x once a call,
+  with one such scale per 4-word position (`tile_x_pairs`).
 * int4 (quant_packing's bit positions): r = rotr(w, 3) puts slots (6, 0) at bits 0..3 | 16..19,
   (3, 5) at 4..7 | 20..23, (2, 4) at 8..11 | 24..27 and (1, 7) at 12..15 | 28..31. OR-ed into
   0x6400 (fp16 1024) the low nibbles give 1024 + q, the high ones 1024 + 16 q, exactly; one HSUB2
@@ -113,7 +113,7 @@ def x_scale(x0, x1, x2, x3, x4, x5, x6, x7):
 
 @triton.jit
 def tile_x_pairs(lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3, D0: tl.constexpr, D1: tl.constexpr):
-    """The K loops' fp16x2 x: `x_pairs` of the eight slots [D0, D1, 1, 4] (in pairing order) and 1 / scale
+    """`quant_x_pairs`' fp16x2 x: `x_pairs` of the eight slots [D0, D1, 1, 4] (in pairing order) and 1 / scale
     [D0, D1, 1], scaled per 4-word position (`x_scale` per position: a thread holds all 32 elements of
     one, so a tile needs no cross-thread max and no barrier)."""
     amax = tl.max(_abs_max8(lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3), axis=3, keep_dims=True)

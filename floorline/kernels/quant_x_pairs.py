@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from floorline.kernels.pdl import gdc_wait, pdl_args
-from floorline.kernels.quant_common import _slot_x
+from floorline.kernels.quant_common import _slot_xs
 from floorline.kernels.quant_half2 import split4, tile_x_pairs, x_sums
 from floorline.kernels.triton_compat import tl, triton
 
@@ -41,14 +41,7 @@ def _x_pairs_kernel(x_ptr, pairs_ptr, meta_ptr, K, P, GROUP: tl.constexpr, X_SIL
     p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
     e = tl.arange(0, 4)[None, None, None, :]
     col = (p // NC * GROUP + p % NC * 4)[:, None, None, None] + e  # [BP, 1, 1, 4]: slot 0's elements
-    x0 = _slot_x(x_ptr + col, col, K, 0, GW, False, X_SILU_MUL)
-    x1 = _slot_x(x_ptr + col, col, K, 1, GW, False, X_SILU_MUL)
-    x2 = _slot_x(x_ptr + col, col, K, 2, GW, False, X_SILU_MUL)
-    x3 = _slot_x(x_ptr + col, col, K, 3, GW, False, X_SILU_MUL)
-    x4 = _slot_x(x_ptr + col, col, K, 4, GW, False, X_SILU_MUL)
-    x5 = _slot_x(x_ptr + col, col, K, 5, GW, False, X_SILU_MUL)
-    x6 = _slot_x(x_ptr + col, col, K, 6, GW, False, X_SILU_MUL)
-    x7 = _slot_x(x_ptr + col, col, K, 7, GW, False, X_SILU_MUL)
+    x0, x1, x2, x3, x4, x5, x6, x7 = _slot_xs(x_ptr + col, col, K, GW, False, X_SILU_MUL)  # zero past K
     xp, inv_scale = tile_x_pairs(x6, x0, x3, x5, x2, x4, x1, x7, BLOCK_P, 1)  # [BP, 1, 1] each
     pm = p < P
     for i in tl.static_range(16):  # xp[i] is pair i % 4 of word i // 4
