@@ -35,8 +35,9 @@ class QuantGemvConfig(SkinnyConfig):
     plus the persistent M = 1 kernels' fields: `programs_per_sm` > 0 launches that many programs per SM,
     each owning one K tile (split = K / block_k) and walking row tiles; `prefetch` loads the next row
     tile's weights while the current one is summed; `half2` runs the persistent loop (and int4's unpipelined
-    M = 1 K loop; NF4's keeps fp32, where fp16x2 would add shuffles) in packed fp16x2 (`quant_half2`) for
-    fp16 / bf16 activations; `pairs` runs the 4-bit dot paths that build their operands
+    M = 1 K loop; NF4's has no such form, where fp16x2 would add shuffles) in packed fp16x2 (`quant_half2`)
+    for fp16 / bf16 activations (fp32 ones keep the fp32 loop); `check_config` refuses `prefetch` and `half2`
+    on kernels without them; `pairs` runs the 4-bit dot paths that build their operands
     from the words in registers (`quant_pairs`; fp16 / bf16 activations, groups of >= 64); `early_launch`:
     the persistent kernel lets its successor launch as it starts (PDL's `gdc_launch_dependents`; the
     8-bit GEMV always does). `programs_per_sm`, `half2`, `pairs` and `early_launch` are 4-bit options: the
@@ -232,9 +233,10 @@ def load_tuned_configs(path: str | Path) -> int:
 
 
 def check_config(cfg: QuantGemvConfig, m: int, k_unit: int, name: str, dot_min_k: int = 32,
-                 four_bit: bool = False) -> None:
+                 four_bit: bool = False, half2_k_loop: bool = False) -> None:
     """Raises a ValueError naming what `cfg` gets wrong for this launch; `four_bit`: the format has the
-    persistent, fp16x2 and pair kernels (programs_per_sm, half2, pairs, early_launch)."""
+    persistent, fp16x2 and pair kernels (programs_per_sm, half2, pairs, early_launch); `half2_k_loop`: its
+    unpipelined M = 1 K loop has an fp16x2 form too (int4's)."""
     check_tiles(cfg, m, name, dot_min_k)
     if cfg.block_k % k_unit:
         raise ValueError(f"{name}: block_k must be a multiple of {k_unit}, got {cfg.block_k}")
@@ -244,6 +246,13 @@ def check_config(cfg: QuantGemvConfig, m: int, k_unit: int, name: str, dot_min_k
     if cfg.early_launch and not cfg.persistent:
         raise ValueError(f"{name}: early_launch is an option of the persistent M = 1 kernels (programs_per_sm > 0, "
                          f"use_dot=False), got {cfg}")
+    if cfg.prefetch and not cfg.persistent:  # the K loops have no prefetch: refused, not ignored
+        raise ValueError(f"{name}: prefetch is an option of the persistent M = 1 kernels (programs_per_sm > 0, "
+                         f"use_dot=False), got {cfg}")
+    if cfg.half2 and not cfg.persistent and not (half2_k_loop and not cfg.use_dot and cfg.num_stages == 1):
+        k_loop = " and of this format's unpipelined M = 1 K loop (use_dot=False, num_stages=1)" if half2_k_loop else ""
+        raise ValueError(f"{name}: half2 is an option of the persistent M = 1 kernels (programs_per_sm > 0, "
+                         f"use_dot=False){k_loop}, got {cfg}")
     if cfg.pairs and not cfg.use_dot:
         raise ValueError(f"{name}: pairs is an option of the dot path (use_dot=True, 2..{DOT_MAX_M} rows)")
     if cfg.persistent and cfg.num_stages != 1:  # 2-3 stages doubled the H200 times

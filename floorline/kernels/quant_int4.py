@@ -364,7 +364,8 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
         return out.zero_()
     cfg = config or get_config("int4", n, k, m, group, x.device)
     pairs = cfg.pairs and pairs_ok(x, group)  # (check_config refuses pairs without the dot path)
-    check_config(cfg, m, group, "quant_int4", dot_min_k=group if pairs else DOT_MIN_K, four_bit=True)
+    check_config(cfg, m, group, "quant_int4", dot_min_k=group if pairs else DOT_MIN_K, four_bit=True,
+                 half2_k_loop=True)
     if cfg.persistent:
         return _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out, row_params)
     half2 = not cfg.use_dot and cfg.num_stages == 1 and half2_ok(cfg, x)

@@ -428,6 +428,20 @@ def test_launchers_reject_bad_inputs():
         int4_gemv_triton(torch.randn(1, 128), qw, s, z, 128, 128, config=QuantGemvConfig(4, 128, pairs=True))
     with pytest.raises(ValueError, match="early_launch is an option of the persistent M = 1 kernels"):
         int4_gemv_triton(torch.randn(1, 128), qw, s, z, 128, 128, config=QuantGemvConfig(4, 128, early_launch=True))
+    k_loop_half2 = "half2 is an option of the persistent M = 1 kernels .* and of this format's unpipelined M = 1 K loop"
+    for ignored in (dict(num_stages=2), dict(use_dot=True)):  # the pipelined K loop, the dot path: fp32 only
+        with pytest.raises(ValueError, match=k_loop_half2):
+            int4_gemv_triton(torch.randn(1, 128), qw, s, z, 128, 128,
+                             config=QuantGemvConfig(16, 128, half2=True, **ignored))
+    with pytest.raises(ValueError, match=r"half2 is an option of the persistent M = 1 kernels \(programs_per_sm > 0, "
+                                         r"use_dot=False\), got"):  # NF4's K loop has no fp16x2 form
+        nf4_gemv_triton(torch.randn(1, 128), torch.zeros(8, 16, dtype=torch.int32), torch.ones(8, 2), None,
+                        nf4_code(), config=QuantGemvConfig(8, 128, num_stages=1, half2=True))
+    prefetch = "prefetch is an option of the persistent M = 1 kernels"  # the K loops have none
+    with pytest.raises(ValueError, match=prefetch):
+        int4_gemv_triton(torch.randn(1, 128), qw, s, z, 128, 128, config=QuantGemvConfig(8, 128, prefetch=True))
+    with pytest.raises(ValueError, match=prefetch):
+        w8_gemv_triton(torch.randn(1, 64), *_w8(8, 64, False), False, config=QuantGemvConfig(8, 64, prefetch=True))
     for four_bit_only in (dict(programs_per_sm=2, num_stages=1), dict(half2=True), dict(use_dot=True, pairs=True),
                           dict(early_launch=True)):
         with pytest.raises(ValueError, match="8-bit formats have no persistent, fp16x2 or pair kernels"):
