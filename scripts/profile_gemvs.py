@@ -6,7 +6,8 @@
     ncu --clock-control none --profile-from-start off --kernel-name regex:int4 --section SourceCounters \
         --import-source no -o src python scripts/profile_gemvs.py --formats int4
     ncu --import src.ncu-rep --page source --csv --print-source sass > src.csv     # stalls per SASS line
-    python scripts/profile_gemvs.py --formats int4 --shapes down --config 8,2048,2,2,2   # one config, 2 stages
+    python scripts/profile_gemvs.py --formats int4 --shapes down \
+        --config block_n=8,block_k=2048,split_k=2,num_warps=2,num_stages=2    # one config more, 2 stages
 
 Weights are random, of Llama-3.1-8B's shapes (`bench.kernels.SHAPES`); every launch is run twice before the
 range (Triton compiles outside it), and the launches print their order as `CASE` lines, which match ncu's
@@ -32,22 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--formats", default="bf16,int4,nf4,int8,fp8", help="comma-separated: bf16, int8, fp8, int4, nf4")
     p.add_argument("--shapes", nargs="+", default=["qkv", "o_proj", "gate_up", "down"])
     p.add_argument("--config", action="append", default=[],
-                   help="BLOCK_N,BLOCK_K,SPLIT_K,WARPS,STAGES[,PROGRAMS_PER_SM]: launch this config too (repeatable)")
+                   help="FIELD=VALUE,...: a QuantGemvConfig to launch too (repeatable; scripts/time_quant_configs.py's syntax)")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("profile_gemvs: needs a CUDA GPU (none is visible)", file=sys.stderr)
         return 2
     from floorline.bench.kernels import SHAPES
-    from floorline.bench.quant import _call, build_layers
-    from floorline.kernels.quant_configs import QuantGemvConfig
+    from floorline.bench.quant import _call, build_layers, parse_config
 
     try:
-        configs = [QuantGemvConfig(*[int(v) for v in c.split(",")[:5]],
-                                   programs_per_sm=int(c.split(",")[5]) if c.count(",") >= 5 else 0)
-                   for c in a.config]
-    except (ValueError, TypeError) as e:
-        print(f"profile_gemvs: --config takes BLOCK_N,BLOCK_K,SPLIT_K,WARPS,STAGES[,PROGRAMS_PER_SM] ({e})",
-              file=sys.stderr)
+        configs = [parse_config(c) for c in a.config]
+    except (ValueError, TypeError) as e:  # TypeError: a required field (block_n, block_k) is missing
+        print(f"profile_gemvs: --config {e}", file=sys.stderr)
         return 2
     fmts = [f.strip() for f in a.formats.split(",") if f.strip()]
     bad = [s for s in a.shapes if s not in SHAPES] + [f for f in fmts if f not in FORMATS]

@@ -14,28 +14,12 @@ shows the run's drift. Prints a markdown table. Needs a CUDA GPU.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-
-
-def parse_config(text: str):
-    """'block_n=8,half2=1,...' -> QuantGemvConfig (ints; booleans as 0 / 1)."""
-    from floorline.kernels.quant_configs import QuantGemvConfig
-
-    fields = {f.name: f.type for f in dataclasses.fields(QuantGemvConfig)}
-    values = {}
-    for item in text.split(","):
-        name, _, value = item.partition("=")
-        if name.strip() not in fields or not value.strip().lstrip("-").isdigit():
-            raise ValueError(f"{item!r}: expected FIELD=INTEGER with FIELD one of {', '.join(fields)}")
-        values[name.strip()] = int(value)
-    bools = {f.name for f in dataclasses.fields(QuantGemvConfig) if isinstance(f.default, bool)}
-    return QuantGemvConfig(**{k: bool(v) if k in bools else v for k, v in values.items()})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         print("time_quant_configs: needs a CUDA GPU (none is visible)", file=sys.stderr)
         return 2
     from floorline.bench.kernels import SHAPES, rel_error, time_per_call
-    from floorline.bench.quant import _call, build_layers, k_unit
+    from floorline.bench.quant import _call, build_layers, k_unit, parse_config
     from floorline.kernels.quant_configs import get_config
 
     bad = [s for s in a.shapes if s not in SHAPES]

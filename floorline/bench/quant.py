@@ -108,6 +108,20 @@ def k_unit(kernel_fmt: str, layer) -> int:
     return {"int4": getattr(layer.quant_method, "group", 128), "nf4": 64}.get(kernel_fmt, 16)
 
 
+def parse_config(text: str) -> QuantGemvConfig:
+    """'block_n=8,block_k=2048,half2=1,...' -> QuantGemvConfig: the `--config` syntax of the GPU tools in
+    scripts/ (integers; booleans as 0 / 1; fields left out keep their defaults)."""
+    fields = [f.name for f in dataclasses.fields(QuantGemvConfig)]
+    values = {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if name.strip() not in fields or not value.strip().lstrip("-").isdigit():
+            raise ValueError(f"{item!r}: expected FIELD=INTEGER with FIELD one of {', '.join(fields)}")
+        values[name.strip()] = int(value)
+    bools = {f.name for f in dataclasses.fields(QuantGemvConfig) if isinstance(f.default, bool)}
+    return QuantGemvConfig(**{k: bool(v) if k in bools else v for k, v in values.items()})
+
+
 def _prefill_path(fmt: str, x: torch.Tensor, dequant: bool) -> bool:
     """Whether `_call` takes x the prefill way: more rows than the GEMV takes (bf16: cuBLAS past MAX_M),
     or, with `dequant`, every quantized row count (dequantize, then cuBLAS)."""
