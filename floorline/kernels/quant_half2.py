@@ -154,10 +154,18 @@ def x_pairs(lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3, scale, D0: tl.constexpr, D1:
     """The eight slots' x [D0, D1, 1, 4], given in the order the codes pair up, -> 16 packed pairs
     [D0, D1, 1], word e's four at 4e..4e + 3. int4 pairs slots (6, 0), (3, 5), (2, 4), (1, 7); NF4
     (0, 1), (2, 3), (4, 5), (6, 7)."""
-    a0, a1, a2, a3 = split4(pack_half2(lo0 * scale, hi0 * scale), D0, D1, 1)
-    b0, b1, b2, b3 = split4(pack_half2(lo1 * scale, hi1 * scale), D0, D1, 1)
-    c0, c1, c2, c3 = split4(pack_half2(lo2 * scale, hi2 * scale), D0, D1, 1)
-    d0, d1, d2, d3 = split4(pack_half2(lo3 * scale, hi3 * scale), D0, D1, 1)
+    return pairs_by_word(pack_half2(lo0 * scale, hi0 * scale), pack_half2(lo1 * scale, hi1 * scale),
+                         pack_half2(lo2 * scale, hi2 * scale), pack_half2(lo3 * scale, hi3 * scale), D0, D1)
+
+
+@triton.jit
+def pairs_by_word(a, b, c, d, D0: tl.constexpr, D1: tl.constexpr):
+    """Packed pairs [D0, D1, 1, 4] of the four slot pairs (word e along the last axis) -> the 16 pairs
+    [D0, D1, 1] in the MAC blocks' order: word e's four at 4e..4e + 3."""
+    a0, a1, a2, a3 = split4(a, D0, D1, 1)
+    b0, b1, b2, b3 = split4(b, D0, D1, 1)
+    c0, c1, c2, c3 = split4(c, D0, D1, 1)
+    d0, d1, d2, d3 = split4(d, D0, D1, 1)
     return a0, b0, c0, d0, a1, b1, c1, d1, a2, b2, c2, d2, a3, b3, c3, d3
 
 

@@ -53,10 +53,10 @@ from floorline.kernels.quant_int4_codes import (
     _row_param_words,
     _unpack_row_params,
 )
-from floorline.kernels.quant_half2 import int4_mac4, x_pairs, x_scale, x_sums
+from floorline.kernels.quant_half2 import int4_mac4, pairs_by_word, x_pairs, x_scale, x_sums
 from floorline.kernels.quant_packing import unpack_int4
 from floorline.kernels.quant_pairs import int4_pairs_launch, pairs_ok
-from floorline.kernels.quant_x_pairs import int4_x_pairs, load_pair_words, pairs_of_words
+from floorline.kernels.quant_x_pairs import int4_x_pairs, load_pair_words
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
 
@@ -116,7 +116,7 @@ def _int4_half2_tile(acc, q_ptrs, s_ptr, z_ptr, pairs_ptr, meta_ptr, k, pos, rg,
     a, b, c, d, inv_scale, xsum = load_pair_words(pairs_ptr, meta_ptr, k // 32 + pos, P, gm, NC, NB, MASKED)
     dep = tl.xor_sum(tl.xor_sum(w, axis=3), axis=2)[:, :, None, None] ^ tl.xor_sum(a ^ b ^ c ^ d, axis=3,
                                                                                  keep_dims=True)
-    t = int4_mac4(w, pairs_of_words(a ^ (dep & zero), b, c, d, NC, NB), NC, NB, BLOCK_N, EMULATE)  # [NC, NB, BN]
+    t = int4_mac4(w, pairs_by_word(a ^ (dep & zero), b, c, d, NC, NB), NC, NB, BLOCK_N, EMULATE)  # [NC, NB, BN]
     return acc + (s * inv_scale) * (t + (8.0 - z) * xsum)
 
 
@@ -172,18 +172,17 @@ def _int4_gemv_kernel(
         rg4 = rg[None, :, None, None]
         re = tl.arange(0, 4)[None, None, None, :]
         woff = rc * 4 + rg4 * GW + re  # [NC, NB, 1, 4]
-        xoff = rc * 4 + rg4 * GROUP + re
         q_ptrs = q_ptr + rn64[None, None, :, None] * stride_qn + k_start // 8 + woff  # [NC, NB, BN, 4]
-        x_ptrs = x_ptr + k_start + xoff
+        acc = tl.zeros([NC, NB, BLOCK_N], dtype=tl.float32)
         if HALF2:
             pos = rg4 * NC + rc  # [NC, NB, 1, 1]: the tile's x positions (`quant_x_pairs`), less k / 32
-            acc = tl.zeros([NC, NB, BLOCK_N], dtype=tl.float32)
             for k in tl.range(k_start, k_end, BLOCK_K, num_stages=1):
                 acc = _int4_half2_tile(acc, q_ptrs, s_ptr, z_ptr, x_ptr, meta_ptr, k, pos, rg, rn_w, N, num_groups,
                                        Kp // 32, zero, GROUP, NC, NB, BLOCK_N, not EVEN_K, EMULATE)
                 q_ptrs += BLOCK_K // 8
         else:
-            acc = tl.zeros([NC, NB, BLOCK_N], dtype=tl.float32)
+            xoff = rc * 4 + rg4 * GROUP + re
+            x_ptrs = x_ptr + k_start + xoff
             for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
                 w, s, z = _int4_fma_load(q_ptrs, s_ptr, z_ptr, k, rg, rn_w, N, num_groups, GROUP, not EVEN_K)
                 acc = _int4_fma_tile(acc, w, s, z, x_ptrs, k, xoff, K, one, sixteen, GROUP, EVEN_K)

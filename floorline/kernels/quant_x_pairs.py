@@ -24,7 +24,7 @@ import torch
 
 from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import _slot_xs
-from floorline.kernels.quant_half2 import split4, tile_x_pairs, x_sums
+from floorline.kernels.quant_half2 import tile_x_pairs, x_sums
 from floorline.kernels.triton_compat import tl, triton
 
 POSITION = 32  # x elements a position (4 words of 8 codes)
@@ -53,7 +53,8 @@ def _x_pairs_kernel(x_ptr, pairs_ptr, meta_ptr, K, P, GROUP: tl.constexpr, X_SIL
 @triton.jit
 def load_pair_words(pairs_ptr, meta_ptr, pos, P, mask, D0: tl.constexpr, D1: tl.constexpr, MASKED: tl.constexpr):
     """(a, b, c, d, 1 / scale, x sum) of positions `pos` [D0, D1, 1, 1]: the four slot pairs' words [D0, D1, 1, 4]
-    (uint32) and the fp32 [D0, D1, 1] meta; with MASKED, positions where `mask` is false read as 0."""
+    (uint32; `quant_half2.pairs_by_word` orders them for the MAC) and the fp32 [D0, D1, 1] meta; with
+    MASKED, positions where `mask` is false read as 0."""
     offs = pos * 4 + tl.arange(0, 4)[None, None, None, :]
     mpos = tl.reshape(pos, (D0, D1, 1))
     if MASKED:
@@ -75,16 +76,6 @@ def load_pair_words(pairs_ptr, meta_ptr, pos, P, mask, D0: tl.constexpr, D1: tl.
         xsum = tl.load(meta_ptr + P + mpos)
     return (a.to(tl.uint32, bitcast=True), b.to(tl.uint32, bitcast=True), c.to(tl.uint32, bitcast=True),
             d.to(tl.uint32, bitcast=True), inv_scale, xsum)
-
-
-@triton.jit
-def pairs_of_words(a, b, c, d, D0: tl.constexpr, D1: tl.constexpr):
-    """`load_pair_words`' words -> the 16 pairs ([D0, D1, 1] each) in `quant_half2.x_pairs`' order."""
-    a0, a1, a2, a3 = split4(a, D0, D1, 1)
-    b0, b1, b2, b3 = split4(b, D0, D1, 1)
-    c0, c1, c2, c3 = split4(c, D0, D1, 1)
-    d0, d1, d2, d3 = split4(d, D0, D1, 1)
-    return a0, b0, c0, d0, a1, b1, c1, d1, a2, b2, c2, d2, a3, b3, c3, d3
 
 
 _PAIR_SLOTS = ((6, 0), (3, 5), (2, 4), (1, 7))  # (low, high) slot of pair j
