@@ -35,7 +35,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-_INST = re.compile(r"\s*/\*([0-9a-f]{4})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)[.\w]*\s*([^;]*)")
+_INST = re.compile(r"\s*/\*([0-9a-f]{4})\*/\s+(?:@!?U?P\w+\s+)?(([A-Z][A-Z0-9_]*)[.\w]*)\s*([^;]*)")
 _4BIT = {"x_ptr": "*bf16", "q_ptr": "*i32", "out_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32"}
 
 
@@ -103,14 +103,14 @@ def _kernel(name: str, a: argparse.Namespace):
 
 def _loop_body(sass: str) -> list[str]:
     """The opcodes (with modifiers) of the longest loop closed by a backward branch, in order."""
-    lines = [m for m in map(_INST.match, sass.splitlines()) if m]
-    insts = [(int(m.group(1), 16), m.group(2), m.group(0).split(";")[0].split()) for m in lines]
+    # (address, opcode with modifiers, opcode, operands)
+    insts = [(int(m.group(1), 16), m.group(2), m.group(3), m.group(4)) for m in map(_INST.match, sass.splitlines())
+             if m]
     best: list[str] = []
-    for addr, op, words in insts:
-        target = re.search(r"0x([0-9a-f]+)", " ".join(words[2:])) if op == "BRA" else None
+    for addr, _, op, args in insts:
+        target = re.search(r"0x([0-9a-f]+)", args) if op == "BRA" else None
         if target and int(target.group(1), 16) < addr:
-            body = [next(w for w in ws[1:] if w.startswith(o)) for a, o, ws in insts
-                    if int(target.group(1), 16) <= a <= addr]
+            body = [full for a, full, _, _ in insts if int(target.group(1), 16) <= a <= addr]
             best = max(best, body, key=len)
     return best
 
