@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -25,4 +26,7 @@ def test_counts_the_fp8_gemv_loop():
     assert "for 64 weights a thread" in line  # 16 rows x 512 weights over 128 threads
     assert 2.0 < float(line.split(" a weight")[0].rsplit(": ", 1)[1]) < 10.0
     assert "FFMA" in run.stdout
-    assert "16-byte loads at loop positions [" in run.stdout
+    # the loop's 16-byte loads (here the pipeline's cp.async copies) are listed by their positions in its body
+    loads = ast.literal_eval(run.stdout.split("16-byte loads at loop positions ", 1)[1].splitlines()[0])
+    body = int(line.split(" instructions for")[0].rsplit(" ", 1)[1])
+    assert loads and all(0 <= i < body for i in loads) and loads == sorted(loads)
