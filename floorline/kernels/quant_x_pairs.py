@@ -58,9 +58,8 @@ def load_pair_words(pairs_ptr, meta_ptr, pos, P, mask, D0: tl.constexpr, D1: tl.
     offs = pos * 4 + tl.arange(0, 4)[None, None, None, :]
     mpos = tl.reshape(pos, (D0, D1, 1))
     if MASKED:
-        m1 = mask & (pos >= 0)  # broadcast to [D0, D1, 1, 1]
-        m4 = m1 & (offs >= 0)
-        m3 = tl.reshape(m1, (D0, D1, 1))
+        m4 = tl.broadcast_to(mask, (D0, D1, 1, 4))
+        m3 = tl.reshape(tl.broadcast_to(mask, (D0, D1, 1, 1)), (D0, D1, 1))
         a = tl.load(pairs_ptr + offs, mask=m4, other=0)
         b = tl.load(pairs_ptr + 4 * P + offs, mask=m4, other=0)
         c = tl.load(pairs_ptr + 8 * P + offs, mask=m4, other=0)
