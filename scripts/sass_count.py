@@ -36,6 +36,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 _INST = re.compile(r"\s*/\*([0-9a-f]{4})\*/\s+(?:@!?U?P\w+\s+)?(([A-Z][A-Z0-9_]*)[.\w]*)\s*([^;]*)")
+# the RMSNorm neighbours' buffers (`--norm`, `--residual`)
+_FUSED = {"ss_in_ptr": "*fp32", "res_ptr": "*bf16", "ss_out_ptr": "*fp32", "nw_out_ptr": "*bf16", "scaled_ptr": "*bf16"}
 _4BIT = {"x_ptr": "*bf16", "q_ptr": "*i32", "out_ptr": "*bf16", "ws_ptr": "*fp32", "cnt_ptr": "*i32"}
 
 
@@ -47,9 +49,10 @@ def _kernel(name: str, a: argparse.Namespace):
 
         cx = dict(BLOCK_N=a.block_n, BLOCK_K=a.block_k, GROUP=128, EVEN_K=True, SPLIT=False,
                   X_SILU_MUL=a.silu, PREFETCH=a.prefetch, HALF2=a.half2, EMULATE=False, USE_PDL=False,
-                  ROW_PARAMS=not a.tl_loads)
+                  ROW_PARAMS=not a.tl_loads, X_PRESCALED=a.norm, ADD_RESIDUAL=a.residual, SCALE_OUT=a.residual,
+                  SS_BLOCK=1024)
         params = {"s_ptr": "*fp16", "z_ptr": "*fp16"} if a.tl_loads else {"s_ptr": "*i32", "z_ptr": "*fp16"}
-        return fn, {**_4BIT, **params}, cx, a.block_n * a.block_k / threads
+        return fn, {**_4BIT, **params, **_FUSED}, cx, a.block_n * a.block_k / threads
     if name == "nf4-m1":
         from floorline.kernels.quant_nf4 import _nf4_gemv_m1_kernel as fn
 
@@ -88,16 +91,18 @@ def _kernel(name: str, a: argparse.Namespace):
         dot = name == "int4-dot"
         cx = dict(BLOCK_M=16 if dot else 1, BLOCK_N=a.block_n, BLOCK_K=a.block_k, GROUP=128, NUM_STAGES=a.stages,
                   USE_DOT=dot, EVEN_K=True, SPLIT=False, DOT_IEEE=False, USE_PDL=False,
-                  HALF2=a.half2 and not dot and a.stages == 1, EMULATE=False)
+                  HALF2=a.half2 and not dot and a.stages == 1, EMULATE=False, ADD_RESIDUAL=a.residual,
+                  SCALE_OUT=a.residual)
         xs = {"x_ptr": "*i32"} if cx["HALF2"] else {}  # the fp16x2 loop reads `quant_x_pairs`' pairs
-        ptrs = {**_4BIT, **xs, "meta_ptr": "*fp32", "s_ptr": "*fp16", "z_ptr": "*fp16"}
+        ptrs = {**_4BIT, **xs, "meta_ptr": "*fp32", "s_ptr": "*fp16", "z_ptr": "*fp16", **_FUSED}
         return fn, ptrs, cx, a.block_n * a.block_k / threads
     from floorline.kernels.quant_w8 import _w8_gemv_kernel as fn
 
     cx = dict(BLOCK_M=1, BLOCK_N=a.block_n, BLOCK_K=a.block_k, NUM_STAGES=a.stages, USE_DOT=False, EVEN_K=True,
-              SPLIT=False, DOT_IEEE=False, FP8=a.fp8, FP16_X=False, USE_PDL=False)
+              SPLIT=False, DOT_IEEE=False, FP8=a.fp8, FP16_X=False, USE_PDL=False, EARLY_LAUNCH=False,
+              X_PRESCALED=a.norm, ADD_RESIDUAL=a.residual, SCALE_OUT=a.residual, SS_BLOCK=256)
     ptrs = {"x_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*fp32", "out_ptr": "*bf16", "ws_ptr": "*fp32",
-            "cnt_ptr": "*i32"}
+            "cnt_ptr": "*i32", **_FUSED}
     return fn, ptrs, cx, a.block_n * a.block_k / threads
 
 
@@ -147,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefetch", action="store_true")
     p.add_argument("--silu", action="store_true", help="x is gate | up (persistent kernels)")
     p.add_argument("--fp8", action="store_true", help="w8: fp8 instead of int8")
+    p.add_argument("--norm", action="store_true", help="w8, int4-m1: x prescaled by its producer, 1/rms after the loop")
+    p.add_argument("--residual", action="store_true", help="w8, int4-m1, int4-k: the residual add and the next norm's weight in the epilogue")
     p.add_argument("--half2", action="store_true", help="persistent kernels: the packed fp16x2 loop")
     p.add_argument("--tl-loads", action="store_true",
                    help="persistent kernels: scales by tl.load (int4: from [groups, N]) instead of the PTX loads")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from floorline.kernels.pdl import gdc_launch_dependents, gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
+    _or,
     _persistent_reduce,
     _persistent_store,
     _row_words,
@@ -36,6 +37,8 @@ from floorline.kernels.quant_common import (
     _slot_xs,
     _split_tile,
     dot_block_m,
+    fused_outputs,
+    fused_result,
     geometry,
     half2_ok,
     operand,
@@ -57,7 +60,7 @@ from floorline.kernels.quant_half2 import int4_mac4, pairs_by_word, x_pairs, x_s
 from floorline.kernels.quant_packing import unpack_int4
 from floorline.kernels.quant_pairs import int4_pairs_launch, pairs_ok
 from floorline.kernels.quant_x_pairs import int4_x_pairs, load_pair_words
-from floorline.kernels.skinny_gemm import _epilogue
+from floorline.kernels.skinny_gemm import _epilogue, _finish, _fusion_problem, _load_ss_parts, _rstd
 from floorline.kernels.triton_compat import tl, triton
 
 
@@ -129,10 +132,11 @@ def _int4_gemv_kernel(
     z_ptr,  # [Kp / G, N] fp16
     out_ptr, ws_ptr, cnt_ptr,
     M, N, K, Kp, num_groups, stride_xm, stride_qn, k_blocks_per_split, num_splits, one_bits, sixteen_bits,
+    res_ptr, ss_out_ptr, nw_out_ptr, scaled_ptr,  # ADD_RESIDUAL / SCALE_OUT only (skinny_gemm's `_finish`)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     NUM_STAGES: tl.constexpr, USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr,
     DOT_IEEE: tl.constexpr, USE_PDL: tl.constexpr = False, HALF2: tl.constexpr = False,
-    EMULATE: tl.constexpr = False,
+    EMULATE: tl.constexpr = False, ADD_RESIDUAL: tl.constexpr = False, SCALE_OUT: tl.constexpr = False,
 ):
     """The K-loop GEMV: program (tile, split) sums its BLOCK_N rows over its split's K range, on the dot path
     (USE_DOT) or tile by tile in registers (M = 1), there in fp32 or, with HALF2, in packed fp16x2
@@ -189,8 +193,12 @@ def _int4_gemv_kernel(
                 q_ptrs += BLOCK_K // 8
                 x_ptrs += BLOCK_K
         out = tl.sum(tl.sum(acc, axis=0), axis=0)
+        if ADD_RESIDUAL:
+            r = tl.load(res_ptr + rn, mask=rn < N, other=0.0)
+        else:
+            r = None
         _epilogue(out, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
-                  False, SPLIT)
+                  False, SPLIT, r, ss_out_ptr, tile, None, ADD_RESIDUAL, nw_out_ptr, scaled_ptr, SCALE_OUT)
 
 
 @triton.jit
@@ -211,18 +219,23 @@ def _int4_dot_slots(w, x0, x1, x2, x3, x4, x5, x6, x7, one, sixteen):
 def _int4_gemv_m1_kernel(
     x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, ws_ptr, cnt_ptr,
     N, K, num_groups, stride_qn, num_tiles, num_splits, one_bits, sixteen_bits,
+    ss_in_ptr, num_ss_in, eps,  # X_PRESCALED only: the producer's partial sums of the stream's squares
+    res_ptr, ss_out_ptr, nw_out_ptr, scaled_ptr,  # ADD_RESIDUAL / SCALE_OUT only (skinny_gemm's `_finish`)
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr,
     EVEN_K: tl.constexpr, SPLIT: tl.constexpr, X_SILU_MUL: tl.constexpr, PREFETCH: tl.constexpr,
     HALF2: tl.constexpr = False, EMULATE: tl.constexpr = False, SPLITS_P2: tl.constexpr = 1,
     TILES_AT_ONCE: tl.constexpr = 1, USE_PDL: tl.constexpr = False, EARLY_LAUNCH: tl.constexpr = False,
-    ROW_PARAMS: tl.constexpr = False,
+    ROW_PARAMS: tl.constexpr = False, X_PRESCALED: tl.constexpr = False, ADD_RESIDUAL: tl.constexpr = False,
+    SCALE_OUT: tl.constexpr = False, SS_BLOCK: tl.constexpr = 16,
 ):
     """Persistent M = 1 GEMV: program p owns K tile p % num_splits and walks row tiles with a stride.
 
     Its x elements (and their sums, `_int4_fma_tile`'s C and X) are loaded once per program, not once
     per row tile, so the loop body is the weights' loads and FMAs; with PREFETCH the next tile's words
     are in flight while the current one is summed. HALF2: the packed fp16x2 loop of `quant_half2`
-    (EMULATE: in Triton ops, for the interpreter).
+    (EMULATE: in Triton ops, for the interpreter). X_PRESCALED: x is the residual stream times the
+    RMSNorm's weight, and 1/rms scales each row tile's result; ADD_RESIDUAL (no split): the output is
+    y + residual with its s^2 partials, SCALE_OUT also stores it times the next norm's weight.
     """
     if EARLY_LAUNCH:  # the successor's programs may become resident now (see the config's early_launch)
         gdc_launch_dependents()
@@ -255,6 +268,8 @@ def _int4_gemv_m1_kernel(
     x_ptrs = x_ptr + k_start + xoff
     kx = k_start + xoff
     x0, x1, x2, x3, x4, x5, x6, x7 = _slot_xs(x_ptrs, kx, K, GW, EVEN_K, X_SILU_MUL)
+    if X_PRESCALED:
+        rstd = _rstd(_load_ss_parts(ss_in_ptr, num_ss_in, 1, 1, SS_BLOCK), K, eps)  # [1]
     if HALF2:  # x as scaled fp16 pairs (quant_half2)
         scale, inv_scale = x_scale(x0, x1, x2, x3, x4, x5, x6, x7)
         xp = x_pairs(x6, x0, x3, x5, x2, x4, x1, x7, scale, NC, NB)
@@ -266,6 +281,8 @@ def _int4_gemv_m1_kernel(
     for tile in tl.range(first, num_tiles, step, num_stages=1):  # never pipelined (quant_configs.check_config)
         rn = tile * BLOCK_N + rb
         rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
+        if ADD_RESIDUAL:  # loaded first: its latency hides behind the tile's weights
+            r = tl.load(res_ptr + rn, mask=rn < N, other=0.0)
         if PREFETCH:  # the next tile's words (and row params: their rows clamped to N - 1 are always in bounds)
             nxt = tl.minimum(rn + step * BLOCK_N, N - 1)
             w_next = _row_words(q_ptr, nxt, stride_qn, woff, g_ok, EVEN_K, tile + step, num_tiles)
@@ -287,7 +304,13 @@ def _int4_gemv_m1_kernel(
             t = tl.sum(_int4_dot_slots(w, x0, x1, x2, x3, x4, x5, x6, x7, one, sixteen), axis=3)  # [NC, NB, BN]
             part = (s * 16.0)[None, :, :] * (t - c - z[None, :, :] * xs)
             out = tl.sum(tl.sum(part, axis=0), axis=0)
-        _persistent_store(out, rn, N, out_ptr, ws_ptr, split, SPLIT)
+        if X_PRESCALED:
+            out = out * rstd
+        if ADD_RESIDUAL:
+            _finish(out, rn, rn, rn < N, out_ptr, out_ptr, N, False, r, ss_out_ptr, tile, None, True, nw_out_ptr,
+                    scaled_ptr, SCALE_OUT)
+        else:
+            _persistent_store(out, rn, N, out_ptr, ws_ptr, split, SPLIT)
         if PREFETCH:
             w = w_next
             if ROW_PARAMS:
@@ -349,24 +372,34 @@ def int4_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, 
 
 def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                      k: int, group: int, *, silu_mul: bool = False,
-                     config: QuantGemvConfig | None = None, row_params: torch.Tensor | None = None) -> torch.Tensor:
+                     config: QuantGemvConfig | None = None, row_params: torch.Tensor | None = None,
+                     norm_ss: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None,
+                     out_norm_weight: torch.Tensor | None = None):
     """Triton GEMV for 1 <= M <= DOT_MAX_M rows (past 16 on the dot paths); `silu_mul`: x is [M, 2K] gate | up.
     `row_params` (`int4_row_params` of scales and zeros): the persistent M = 1 kernels read it instead (the K
-    loops and the dot paths keep the [groups, N] layout). Returns [M, N]."""
+    loops and the dot paths keep the [groups, N] layout). Returns [M, N].
+
+    One row also takes the RMSNorm neighbours that `quant_w8.w8_gemv_triton` documents (`norm_ss`: x is
+    the stream prescaled by its producer; `residual`, `out_norm_weight`): the persistent kernels take
+    both, the M = 1 K loop the output ones (`fusion_problem` names the rules)."""
     _check(qweight, scales, zeros, k, group)
     _check_row_params(row_params, scales)
     x = operand(x, k, silu_mul, "quant_int4")
     m, n = x.shape[0], qweight.shape[0]
     kp = 8 * qweight.shape[1]
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    cfg = config or get_config("int4", n, k, m, group, x.device)
+    fusions = dict(norm_ss=norm_ss, residual=residual, out_norm_weight=out_norm_weight)
+    problem = fusion_problem(x[:, :k], n, kp, cfg, **fusions)
+    if problem:
+        raise ValueError(f"quant_int4: {problem}")
     if n == 0 or k == 0:
         return out.zero_()
-    cfg = config or get_config("int4", n, k, m, group, x.device)
     pairs = cfg.pairs and pairs_ok(x, group)  # (check_config refuses pairs without the dot path)
     check_config(cfg, m, group, "quant_int4", dot_min_k=group if pairs else DOT_MIN_K, four_bit=True,
                  half2_k_loop=True)
     if cfg.persistent:
-        return _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out, row_params)
+        return _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out, row_params, eps, **fusions)
     half2 = not cfg.use_dot and cfg.num_stages == 1 and half2_ok(cfg, x)
     if half2:  # one kernel makes the tiles' x (and takes the SiLU kernel's place)
         x, meta = int4_x_pairs(x, kp, group, silu_mul)
@@ -376,31 +409,65 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     if pairs:
         return int4_pairs_launch(x, qweight, scales, zeros, k, group, cfg, out)
     geo = geometry(cfg, m, n, kp, out)
+    ss_out, scaled = fused_outputs(out, geo.tiles, residual, out_norm_weight)
     _int4_gemv_kernel[(geo.tiles, geo.splits)](
         x, meta, qweight, scales, zeros, out, geo.ws, geo.tickets,
         m, n, k, kp, kp // group, x.stride(0), qweight.stride(0), geo.blocks_per_split, geo.splits, *MAGIC,
+        _or(residual, out), ss_out, _or(out_norm_weight, out), scaled,
         BLOCK_M=dot_block_m(m) if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
         DOT_IEEE=x.dtype == torch.float32, HALF2=half2,
-        EMULATE=x.device.type != "cuda",
+        EMULATE=x.device.type != "cuda", ADD_RESIDUAL=residual is not None, SCALE_OUT=out_norm_weight is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
     )
-    return out
+    return fused_result(out, ss_out, scaled, residual, out_norm_weight)
 
 
-def _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out, row_params):
+def _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out, row_params, eps=0.0, norm_ss=None,
+                    residual=None, out_norm_weight=None):
     """The persistent M = 1 kernel: one K tile per program, `programs_per_sm` programs per SM in all."""
     n, kp = qweight.shape[0], 8 * qweight.shape[1]
     geo = persistent_geometry(cfg, n, kp, out)
+    ss_out, scaled = fused_outputs(out, geo.tiles, residual, out_norm_weight)
+    num_ss = norm_ss.shape[1] if norm_ss is not None else 0
     _int4_gemv_m1_kernel[(geo.programs,)](
         x, qweight, scales if row_params is None else row_params, zeros, out, geo.ws, geo.tickets,
         n, k, kp // group, qweight.stride(0), geo.tiles, geo.splits, *MAGIC,
+        _or(norm_ss, out), num_ss, float(eps), _or(residual, out), ss_out, _or(out_norm_weight, out), scaled,
         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group,
         EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1, X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch,
         HALF2=half2_ok(cfg, x), EMULATE=x.device.type != "cuda", ROW_PARAMS=row_params is not None, **geo.reduce,
+        X_PRESCALED=norm_ss is not None, ADD_RESIDUAL=residual is not None, SCALE_OUT=out_norm_weight is not None,
+        SS_BLOCK=max(16, triton.next_power_of_2(num_ss)),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **persistent_pdl_args(cfg, x.device),
     )
-    return out
+    return fused_result(out, ss_out, scaled, residual, out_norm_weight)
+
+
+def fusion_problem(x: torch.Tensor, n: int, kp: int, cfg: QuantGemvConfig, norm_ss=None, residual=None,
+                   out_norm_weight=None) -> str | None:
+    """What keeps `int4_gemv_triton` from fusing these neighbours for the operand x [M, K] (the gate half
+    with the SiLU), or None: one row; the persistent kernels take all of them (the residual without a K
+    split), the M = 1 K loop the residual and the next norm's weight."""
+    if norm_ss is None and residual is None and out_norm_weight is None:
+        return None
+    if x.shape[0] != 1 or cfg.use_dot:
+        return f"the fusions run on one row's M = 1 kernels, got {x.shape[0]} rows{' on the dot path' * cfg.use_dot}"
+    if norm_ss is not None and not cfg.persistent:
+        return "a prescaled operand (norm_ss) needs a persistent config (programs_per_sm > 0)"
+    if residual is not None and cfg.persistent and triton.cdiv(kp, cfg.block_k) > 1:
+        return f"the residual add needs a persistent config without a K split, got block_k {cfg.block_k} for K {kp}"
+    return _fusion_problem(x, n, None, norm_ss, residual, False, norm_ss is not None, out_norm_weight)
+
+
+def int4_fusion_wanted(x: torch.Tensor, qweight: torch.Tensor, k: int, group: int, **fusions) -> bool:
+    """Whether `int4_gemv_triton` runs these neighbour fusions (its keywords) for the operand x (the gate
+    half with the SiLU) with its default config."""
+    if x.dim() != 2 or x.shape[0] != 1 or x.shape[1] != k:
+        return False
+    n = qweight.shape[0]
+    cfg = get_config("int4", n, k, 1, group, x.device)
+    return fusion_problem(x, n, 8 * qweight.shape[1], cfg, **fusions) is None
 
 
 def int4_dequantize_triton(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: int, group: int,

@@ -23,13 +23,22 @@ from floorline.kernels.activation import silu_and_mul
 from floorline.kernels.pdl import early_launch_args, gdc_launch_dependents, gdc_wait
 from floorline.kernels.quant_common import (
     _load_x,
+    _or,
     _split_tile,
     dot_block_m,
+    fused_outputs,
+    fused_result,
     geometry,
     operand,
 )
 from floorline.kernels.quant_configs import QuantGemvConfig, check_config, get_config
-from floorline.kernels.skinny_gemm import _epilogue
+from floorline.kernels.skinny_gemm import (
+    _epilogue,
+    _fusion_problem,
+    _load,
+    _load_ss_parts,
+    _rstd,
+)
 from floorline.kernels.triton_compat import tl, triton
 
 K_UNIT = 16  # block_k granularity
@@ -80,16 +89,29 @@ def _w8_gemv_kernel(
     ws_ptr,  # [num_splits, M, N] fp32 (SPLIT only)
     cnt_ptr,  # int32 tickets (SPLIT only)
     M, N, K, stride_xm, stride_wn, k_blocks_per_split, num_splits,
+    ss_in_ptr,  # [1, num_ss_in] fp32 partial sums of x^2 from x's producer (X_PRESCALED only)
+    num_ss_in,
+    eps,
+    res_ptr,  # [1, N] residual (ADD_RESIDUAL only)
+    ss_out_ptr,  # [1, tiles] fp32 partial sums of the output's squares (ADD_RESIDUAL only)
+    nw_out_ptr,  # [N] the next RMSNorm's weight (SCALE_OUT only)
+    scaled_ptr,  # [1, N] output * nw_out (SCALE_OUT only)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr, DOT_IEEE: tl.constexpr,
     FP8: tl.constexpr, FP16_X: tl.constexpr = False, USE_PDL: tl.constexpr = False,
     EARLY_LAUNCH: tl.constexpr = False,
+    X_PRESCALED: tl.constexpr = False,  # M = 1 only: x is stream * norm weight; 1/rms scales the sum
+    ADD_RESIDUAL: tl.constexpr = False,  # M = 1 only: the output is y + residual, with its s^2 partials
+    SCALE_OUT: tl.constexpr = False,  # with ADD_RESIDUAL: also stores the output times nw_out
+    SS_BLOCK: tl.constexpr = 16,
 ):
     if EARLY_LAUNCH:
         # The next kernel may launch (it reads this one's output after gdc_wait): on the H200 the 8-bit steps
         # measured 0.04-0.06 ms faster (the 4-bit GEMVs choose per config: `QuantGemvConfig.early_launch`).
         gdc_launch_dependents()
     if USE_PDL:
+        # Before any load: loading the first weight tile ahead of the wait, as skinny_gemm does, made the
+        # 8-bit steps 0.07 ms slower on the H200 (quant_h200_notes, thirteenth session).
         gdc_wait()
     tile, split, k_start, k_end, rn, rn_w = _split_tile(K, k_blocks_per_split, N, BLOCK_N, BLOCK_K)
     rn_w = rn_w.to(tl.int64)
@@ -133,21 +155,25 @@ def _w8_gemv_kernel(
     else:
         x_ptrs = x_ptr + k_start + rk
         w_ptrs = w_ptr + rn_w[:, None] * stride_wn + (k_start + rk)[None, :]  # [BLOCK_N, BLOCK_K]
+        if ADD_RESIDUAL:  # loaded now, used after the loop: its latency hides behind the weight stream
+            r = tl.load(res_ptr + rn, mask=rn < N, other=0.0)
+        else:
+            r = None
+        if X_PRESCALED:  # likewise: 1/rms is summed from these and scales the sum after the loop
+            ss_parts = _load_ss_parts(ss_in_ptr, num_ss_in, 1, 1, SS_BLOCK)
         acc2 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
-            if EVEN_K:
-                xk = _load_x(x_ptrs, None, K, False, False)
-                b = tl.load(w_ptrs, eviction_policy="evict_first")
-            else:
-                k_mask = (k + rk) < K
-                xk = _load_x(x_ptrs, k_mask, K, False)
-                b = tl.load(w_ptrs, mask=k_mask[None, :], other=0, eviction_policy="evict_first")
+            k_mask = (k + rk) < K
+            xk = _load(x_ptrs, k_mask, not EVEN_K)
+            b = _load(w_ptrs, k_mask[None, :], not EVEN_K, True)
             acc2 += _bytes_to_fma_float(b, FP8) * xk.to(tl.float32)[None, :]
             x_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
         acc = tl.sum(acc2, axis=1) * scale
+        if X_PRESCALED:
+            acc = acc * _rstd(ss_parts, K, eps)  # [1] broadcast over the tile
         _epilogue(acc, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
-                  False, SPLIT)
+                  False, SPLIT, r, ss_out_ptr, tile, None, ADD_RESIDUAL, nw_out_ptr, scaled_ptr, SCALE_OUT)
 
 
 @triton.jit
@@ -196,30 +222,72 @@ def w8_gemm_ref(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, fp8
 
 
 def w8_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, fp8: bool, *,
-                   silu_mul: bool = False, config: QuantGemvConfig | None = None) -> torch.Tensor:
+                   silu_mul: bool = False, config: QuantGemvConfig | None = None,
+                   norm_ss: torch.Tensor | None = None, eps: float = 0.0, residual: torch.Tensor | None = None,
+                   out_norm_weight: torch.Tensor | None = None):
     """Triton GEMV for 1 <= M <= DOT_MAX_M rows (past 16 on the dot path); `silu_mul`: x is [M, 2K] gate | up.
-    Returns [M, N]."""
+    Returns [M, N].
+
+    One row on the FMA path also fuses its RMSNorm neighbours (`fusion_problem` names the rules):
+    * `norm_ss` [1, parts]: x is a residual stream already multiplied by the norm's weight (by its
+      producer's `out_norm_weight`), and 1/rms, from these fp32 partial sums of the stream's squares,
+      scales the result after the K loop;
+    * `residual` [1, N] returns `(y + residual, ss)`, with `out_norm_weight` [N] `(s, ss, s * out_norm_weight)`.
+    The norm weight is applied by the producer because multiplying it in the consumer's loads cost as
+    much as the norm kernel it replaced (H200, quant_h200_notes thirteenth session).
+    """
     _check(qweight, scale, fp8)
     n, k = qweight.shape
     x = operand(x, k, silu_mul, "quant_w8")
     m = x.shape[0]
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    if n == 0 or k == 0:
-        return out.zero_()
     cfg = config or get_config("fp8" if fp8 else "int8", n, k, m, K_UNIT, x.device)
     check_config(cfg, m, K_UNIT, "quant_w8")
     if silu_mul:  # no 8-bit kernel fuses it (quant_common.unfused_silu says why)
         x = silu_and_mul(x)
+    problem = fusion_problem(x, n, cfg, norm_ss, residual, out_norm_weight)
+    if problem:
+        raise ValueError(f"quant_w8: {problem}")
+    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if n == 0 or k == 0:
+        if residual is not None or norm_ss is not None:
+            raise ValueError(f"quant_w8: the fusions need a non-empty weight, got [{n}, {k}]")
+        return out.zero_()
     geo = geometry(cfg, m, n, k, out)
+    ss_out, scaled = fused_outputs(out, geo.tiles, residual, out_norm_weight)
+    num_ss = norm_ss.shape[1] if norm_ss is not None else 0
     _w8_gemv_kernel[(geo.tiles, geo.splits)](
         x, qweight, scale, out, geo.ws, geo.tickets, m, n, k, x.stride(0), qweight.stride(0),
         geo.blocks_per_split, geo.splits,
+        _or(norm_ss, out), num_ss, float(eps), _or(residual, out), ss_out, _or(out_norm_weight, out), scaled,
         BLOCK_M=dot_block_m(m) if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
         DOT_IEEE=x.dtype == torch.float32, FP8=fp8, FP16_X=x.dtype == torch.float16,
+        X_PRESCALED=norm_ss is not None, ADD_RESIDUAL=residual is not None,
+        SCALE_OUT=out_norm_weight is not None, SS_BLOCK=max(16, triton.next_power_of_2(num_ss)),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **early_launch_args(x.device),
     )
-    return out
+    return fused_result(out, ss_out, scaled, residual, out_norm_weight)
+
+
+def fusion_problem(x: torch.Tensor, n: int, cfg: QuantGemvConfig, norm_ss=None, residual=None,
+                   out_norm_weight=None) -> str | None:
+    """What keeps `w8_gemv_triton` from fusing these neighbours for the operand x [M, K] (after any SiLU),
+    or None: the fusions run on one row's FMA path, with skinny_gemm's layouts."""
+    if norm_ss is None and residual is None and out_norm_weight is None:
+        return None
+    if x.shape[0] != 1 or cfg.use_dot:
+        return f"the fusions run on one row's FMA path, got {x.shape[0]} rows{' on the dot path' * cfg.use_dot}"
+    return _fusion_problem(x, n, None, norm_ss, residual, False, norm_ss is not None, out_norm_weight)
+
+
+def w8_fusion_wanted(x: torch.Tensor, qweight: torch.Tensor, fp8: bool, **fusions) -> bool:
+    """Whether `w8_gemv_triton` runs these neighbour fusions (its keywords) for the operand x (after any
+    SiLU) with its default config."""
+    if x.dim() != 2 or x.shape[0] != 1 or x.shape[1] != qweight.shape[1]:
+        return False
+    n, k = qweight.shape
+    cfg = get_config("fp8" if fp8 else "int8", n, k, 1, K_UNIT, x.device)
+    return fusion_problem(x, n, cfg, **fusions) is None
 
 
 def w8_dequantize_triton(qweight: torch.Tensor, scale: torch.Tensor, fp8: bool, out: torch.Tensor) -> torch.Tensor:

@@ -61,12 +61,15 @@ def _silu_mul(g, u):
 
 @triton.jit
 def _finish(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS: tl.constexpr,
-            r=None, ss_ptr=None, ss_offs=None, ss_mask=None, ADD_RESIDUAL: tl.constexpr = False):
+            r=None, ss_ptr=None, ss_offs=None, ss_mask=None, ADD_RESIDUAL: tl.constexpr = False,
+            nw_out_ptr=None, scaled_ptr=None, SCALE_OUT: tl.constexpr = False):
     """Adds the bias in fp32 and stores in the output dtype.
 
     ADD_RESIDUAL: stores `s = y + r` instead (r: the residual tile, loaded early by the caller; y is
     rounded first, then s: the unfused model's two roundings) and the fp32 sum of s^2 over the tile's
     columns at `ss_offs`, the partials from which the next GEMV's RMSNorm takes mean(s^2).
+    SCALE_OUT (with ADD_RESIDUAL): also stores `s * nw_out` (the next RMSNorm's weight) at `scaled_ptr`,
+    an operand its consumer reads as is and scales by 1/rms after its K loop.
     """
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n_offs, mask=n_offs < N, other=0.0).to(tl.float32)
@@ -75,13 +78,17 @@ def _finish(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS: tl.conste
         y = (y.to(tl.float32) + r.to(tl.float32)).to(out_ptr.dtype.element_ty)
         yf = tl.where(mask, y.to(tl.float32), 0.0)
         tl.store(ss_ptr + ss_offs, tl.sum(yf * yf, axis=-1), mask=ss_mask)
+        if SCALE_OUT:
+            nw = tl.load(nw_out_ptr + n_offs, mask=n_offs < N, other=0.0).to(tl.float32)
+            tl.store(scaled_ptr + c_offs, (yf * nw).to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(out_ptr + c_offs, y, mask=mask)
 
 
 @triton.jit
 def _epilogue(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, MN,
               HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
-              r=None, ss_ptr=None, ss_offs=None, ss_mask=None, ADD_RESIDUAL: tl.constexpr = False):
+              r=None, ss_ptr=None, ss_offs=None, ss_mask=None, ADD_RESIDUAL: tl.constexpr = False,
+              nw_out_ptr=None, scaled_ptr=None, SCALE_OUT: tl.constexpr = False):
     """Stores the tile, or with split-K its partial; the last split of a tile reduces all partials."""
     if SPLIT:
         tl.store(ws_ptr + split * MN + c_offs, acc, mask=mask)
@@ -95,11 +102,11 @@ def _epilogue(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, ws_ptr, cnt_ptr, til
                 # .cg reads from L2, where the other SMs' partials are, never a stale L1 line.
                 total += tl.load(ws_ptr + s * MN + c_offs, mask=mask, other=0.0, cache_modifier=".cg")
             _finish(total, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS, r, ss_ptr, ss_offs, ss_mask,
-                    ADD_RESIDUAL)
+                    ADD_RESIDUAL, nw_out_ptr, scaled_ptr, SCALE_OUT)
             tl.store(cnt_ptr + tile, 0)  # ready for the next launch (or graph replay)
     else:
         _finish(acc, c_offs, n_offs, mask, out_ptr, bias_ptr, N, HAS_BIAS, r, ss_ptr, ss_offs, ss_mask,
-                ADD_RESIDUAL)
+                ADD_RESIDUAL, nw_out_ptr, scaled_ptr, SCALE_OUT)
 
 
 @triton.jit
@@ -174,6 +181,8 @@ def _skinny_gemm_kernel(
     eps,
     res_ptr,  # [M, N] contiguous residual (ADD_RESIDUAL only)
     ss_out_ptr,  # [M, tiles] fp32 partial sums of the output's squares (ADD_RESIDUAL only)
+    nw_out_ptr,  # [N] the next RMSNorm's weight (SCALE_OUT only)
+    scaled_ptr,  # [M, N] the output times nw_out (SCALE_OUT only)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -186,7 +195,9 @@ def _skinny_gemm_kernel(
     USE_PDL: tl.constexpr = False,
     X_SILU_MUL: tl.constexpr = False,  # x is [M, 2K] gate|up: the operand is silu(gate) * up
     X_NORM: tl.constexpr = False,  # x is the residual stream: the operand is its RMSNorm times nw
+    X_PRESCALED: tl.constexpr = False,  # x is the stream times nw already (its producer's SCALE_OUT)
     ADD_RESIDUAL: tl.constexpr = False,  # the output is y + residual, with its s^2 partials
+    SCALE_OUT: tl.constexpr = False,  # with ADD_RESIDUAL: also stores the output times nw_out
     SS_BLOCK: tl.constexpr = 16,
     EARLY_LAUNCH: tl.constexpr = False,
 ):
@@ -221,7 +232,7 @@ def _skinny_gemm_kernel(
             r = tl.load(res_ptr + rn, mask=rn < N, other=0.0)
     else:
         r = None
-    if X_NORM:  # likewise: 1/rms is summed from these and scales the accumulator after the loop
+    if X_NORM or X_PRESCALED:  # likewise: 1/rms is summed from these and scales the accumulator after the loop
         ss_parts = _load_ss_parts(ss_in_ptr, num_ss_in, M, BLOCK_M, SS_BLOCK)
     nw_ptrs = nw_ptr + k_start + rk
     if USE_DOT:
@@ -239,13 +250,14 @@ def _skinny_gemm_kernel(
             a = _operand(x_ptrs, nw_ptrs[None, :], m_mask[:, None] & kk_mask[None, :], K, True, X_SILU_MUL,
                          X_NORM).to(b.dtype)
             acc = _dot(a, b, acc, DOT_IEEE)
-        if X_NORM:
+        if X_NORM or X_PRESCALED:
             acc = acc * _rstd(ss_parts, K, eps)[:, None]
         c_offs = rm[:, None] * N + rn[None, :]
         mask = m_mask[:, None] & (rn[None, :] < N)
         _epilogue(acc, c_offs, rn[None, :], mask, out_ptr, bias_ptr, ws_ptr, cnt_ptr, tile, split,
                   num_splits, N, M * N, HAS_BIAS, SPLIT,
-                  r, ss_out_ptr, rm * tl.num_programs(0) + tile, m_mask, ADD_RESIDUAL)
+                  r, ss_out_ptr, rm * tl.num_programs(0) + tile, m_mask, ADD_RESIDUAL, nw_out_ptr, scaled_ptr,
+                  SCALE_OUT)
     else:
         x_ptrs = x_ptr + k_start + rk  # the one row of x
         xk = _operand(x_ptrs, nw_ptrs, k_mask, K, not EVEN_K, X_SILU_MUL, X_NORM)
@@ -260,10 +272,10 @@ def _skinny_gemm_kernel(
             w = _load(w_ptrs, kk_mask[None, :], not EVEN_K, True)
             acc2 += w.to(tl.float32) * xk.to(tl.float32)[None, :]
         acc = tl.sum(acc2, axis=1)  # [BLOCK_N]
-        if X_NORM:
+        if X_NORM or X_PRESCALED:
             acc = acc * _rstd(ss_parts, K, eps)  # [1] broadcast over the tile
         _epilogue(acc, rn, rn, rn < N, out_ptr, bias_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
-                  HAS_BIAS, SPLIT, r, ss_out_ptr, tile, None, ADD_RESIDUAL)
+                  HAS_BIAS, SPLIT, r, ss_out_ptr, tile, None, ADD_RESIDUAL, nw_out_ptr, scaled_ptr, SCALE_OUT)
 
 
 def _tickets(device: torch.device, num_tiles: int) -> torch.Tensor:
@@ -294,36 +306,62 @@ def skinny_gemm_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None 
     return F.linear(x.float(), w.float(), None if bias is None else bias.float()).to(x.dtype)
 
 
-def _fusion_problem(x: torch.Tensor, n: int, norm_weight, norm_ss, residual, silu_mul: bool) -> str | None:
+def _vector_problem(name: str, v: torch.Tensor, size: int, x: torch.Tensor) -> str | None:
+    """What makes `v` unusable as a contiguous [size] vector beside x, or None."""
+    if tuple(v.shape) != (size,) or v.stride(0) != 1 or v.device != x.device:
+        return f"{name} must be a contiguous [{size}] tensor on x's device, got {tuple(v.shape)}"
+    return None
+
+
+def _ss_problem(norm_ss: torch.Tensor, x: torch.Tensor) -> str | None:
+    """What makes `norm_ss` unusable as the [M, parts] fp32 partial sums of x's squares, or None."""
+    m = x.shape[0]
+    if (norm_ss.dim() != 2 or norm_ss.shape[0] != m or norm_ss.dtype != torch.float32
+            or not norm_ss.is_contiguous() or norm_ss.device != x.device):
+        return f"norm_ss must be contiguous fp32 [{m}, parts], got {tuple(norm_ss.shape)} {norm_ss.dtype}"
+    return None
+
+
+def _fusion_problem(x: torch.Tensor, n: int, norm_weight, norm_ss, residual, silu_mul: bool, prescaled: bool = False,
+                    out_norm_weight=None) -> str | None:
     """What makes these fusions unusable for operand x [M, K] and N outputs, or None (layouts only)."""
     m, k = x.shape
-    if norm_weight is not None or norm_ss is not None:
+    if norm_weight is not None or norm_ss is not None or prescaled:
         if silu_mul:
             return "silu_mul and an RMSNorm operand are exclusive"
-        if norm_weight is None or norm_ss is None:
+        if prescaled:
+            if norm_weight is not None or norm_ss is None:
+                return "a prescaled operand takes norm_ss and no norm_weight (its producer applied the weight)"
+        elif norm_weight is None or norm_ss is None:
             return "an RMSNorm operand needs both norm_weight and norm_ss"
-        if tuple(norm_weight.shape) != (k,) or norm_weight.stride(0) != 1 or norm_weight.device != x.device:
-            return f"norm_weight must be a contiguous [{k}] tensor on x's device, got {tuple(norm_weight.shape)}"
-        if (norm_ss.dim() != 2 or norm_ss.shape[0] != m or norm_ss.dtype != torch.float32
-                or not norm_ss.is_contiguous() or norm_ss.device != x.device):
-            return f"norm_ss must be contiguous fp32 [{m}, parts], got {tuple(norm_ss.shape)} {norm_ss.dtype}"
+        problem = (_vector_problem("norm_weight", norm_weight, k, x) if norm_weight is not None else None) \
+            or _ss_problem(norm_ss, x)
+        if problem:
+            return problem
     if residual is not None and (tuple(residual.shape) != (m, n) or residual.dtype != x.dtype
                                  or not residual.is_contiguous() or residual.device != x.device):
         return f"residual must be contiguous {x.dtype} [{m}, {n}], got {tuple(residual.shape)} {residual.dtype}"
+    if out_norm_weight is not None:
+        if residual is None:
+            return "out_norm_weight scales the residual sum: it needs residual"
+        return _vector_problem("out_norm_weight", out_norm_weight, n, x)
     return None
 
 
 def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
                        config: SkinnyConfig | None = None, silu_mul: bool = False,
                        norm_weight: torch.Tensor | None = None, norm_ss: torch.Tensor | None = None,
-                       eps: float = 0.0, residual: torch.Tensor | None = None):
+                       eps: float = 0.0, prescaled: bool = False, residual: torch.Tensor | None = None,
+                       out_norm_weight: torch.Tensor | None = None):
     """Triton `x W^T + b` for 1 <= M <= 16; `config` overrides the table. Returns [M, N] contiguous.
 
     Operand fusions (at most one): `silu_mul=True`: x is [M, 2K] (gate | up) and the operand is
     `silu(gate) * up`; `norm_weight` [K] with `norm_ss` [M, parts]: x is the residual stream and the
     operand is `rms_norm(x) * norm_weight`, with mean(x^2) summed from the fp32 partials `norm_ss`
-    that x's producer wrote. Output fusion: `residual` [M, N]: returns `(s, ss)` with `s = y + residual`
-    and `ss` [M, tiles] the fp32 partial sums of s^2, ready to be the next GEMV's `norm_ss`.
+    that x's producer wrote; `prescaled` with `norm_ss`: x is the stream already times the norm weight
+    (its producer's `out_norm_weight`), so only 1/rms is applied, after the K loop. Output fusion:
+    `residual` [M, N]: returns `(s, ss)` with `s = y + residual` and `ss` [M, tiles] the fp32 partial
+    sums of s^2, ready to be the next GEMV's `norm_ss`; with `out_norm_weight` [N], `(s, ss, s * it)`.
     """
     x_in = x
     if silu_mul:
@@ -333,7 +371,7 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
     _check(x, w, bias)
     m, k = x.shape
     n = w.shape[0]
-    problem = _fusion_problem(x, n, norm_weight, norm_ss, residual, silu_mul)
+    problem = _fusion_problem(x, n, norm_weight, norm_ss, residual, silu_mul, prescaled, out_norm_weight)
     if problem:
         raise ValueError(f"skinny_gemm: {problem}")
     if m > MAX_M:
@@ -345,6 +383,8 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
     if x.stride(1) != 1 or w.stride(1) != 1 or (bias is not None and bias.stride(0) != 1):
         raise ValueError("skinny_gemm: x, w and bias need a contiguous last dim (stride 1)")
     if m == 0 or n == 0 or k == 0:  # nothing to stream: the reference handles the empty cases
+        if prescaled or out_norm_weight is not None:
+            raise ValueError(f"skinny_gemm: the prescaled fusions need a non-empty problem, got {m}x{k} by {n}")
         return skinny_gemm_fused_ref(x_in, w, bias, silu_mul=silu_mul, norm_weight=norm_weight, eps=eps,
                                      residual=residual)
     cfg = config or get_config(n, k, m, x.device)
@@ -368,21 +408,26 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
     else:
         ws, tickets = out, out  # dummies: SPLIT=False never touches them
     ss_out = torch.empty((m, tiles), dtype=torch.float32, device=x.device) if residual is not None else out
+    scaled = torch.empty_like(out) if out_norm_weight is not None else out
     norm = norm_weight is not None
-    num_ss = norm_ss.shape[1] if norm else 0
+    num_ss = norm_ss.shape[1] if norm_ss is not None else 0
     _skinny_gemm_kernel[(tiles, splits)](
         x_in, w, bias if bias is not None else out, out, ws, tickets,
         m, n, k, x.stride(0), w.stride(0), per_split, splits,
-        norm_weight if norm else out, norm_ss if norm else out, num_ss, float(eps),
-        residual if residual is not None else out, ss_out,
+        norm_weight if norm else out, norm_ss if num_ss else out, num_ss, float(eps),
+        residual if residual is not None else out, ss_out, out_norm_weight if out_norm_weight is not None else out,
+        scaled,
         BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0,
         HAS_BIAS=bias is not None, SPLIT=splits > 1, DOT_IEEE=x.dtype == torch.float32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, X_SILU_MUL=silu_mul,
-        X_NORM=norm, ADD_RESIDUAL=residual is not None, SS_BLOCK=max(16, triton.next_power_of_2(num_ss)),
+        X_NORM=norm, X_PRESCALED=prescaled, ADD_RESIDUAL=residual is not None,
+        SCALE_OUT=out_norm_weight is not None, SS_BLOCK=max(16, triton.next_power_of_2(num_ss)),
         **early_launch_args(x.device),
     )
-    return out if residual is None else (out, ss_out)
+    if residual is None:
+        return out
+    return (out, ss_out) if out_norm_weight is None else (out, ss_out, scaled)
 
 
 def skinny_gemm_fused_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -448,7 +493,8 @@ def skinny_gemm_silu_mul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | 
 
 def fusion_supported(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *, silu_mul: bool = False,
                      norm_weight: torch.Tensor | None = None, norm_ss: torch.Tensor | None = None,
-                     residual: torch.Tensor | None = None) -> bool:
+                     prescaled: bool = False, residual: torch.Tensor | None = None,
+                     out_norm_weight: torch.Tensor | None = None) -> bool:
     """Whether `skinny_gemm_triton` can run these fusions here: `triton_supported` plus their layouts."""
     if not FUSE_NEIGHBOURS:
         return False
@@ -457,4 +503,4 @@ def fusion_supported(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
             return False
         x = x[:, : w.shape[1]]
     return triton_supported(x, w, bias) and _fusion_problem(x, w.shape[0], norm_weight, norm_ss, residual,
-                                                            silu_mul) is None
+                                                            silu_mul, prescaled, out_norm_weight) is None

@@ -87,13 +87,18 @@ class Linear(torch.nn.Module):
             y = y + self.bias
         return y
 
-    def forward_add(self, x: torch.Tensor, residual: torch.Tensor, silu_mul: bool = False) -> Stream:
+    def forward_add(self, x: torch.Tensor, residual: torch.Tensor, silu_mul: bool = False,
+                    next_norm_weight: torch.Tensor | None = None) -> Stream:
         """The residual stream after this sublayer: `residual + layer(x)` (x as in `forward_silu_mul`
         when `silu_mul`). Summed in the GEMV's epilogue where the method can, else left pending for
-        the next norm's fused add+norm kernel."""
-        fused = self.quant_method.apply_fused(self, x, residual=residual, silu_mul=silu_mul)
+        the next norm's fused add+norm kernel. `next_norm_weight`: the RMSNorm that reads the stream next,
+        whose weight a method may apply in the same epilogue (`Stream.scaled`)."""
+        fused = self.quant_method.apply_fused(self, x, residual=residual, silu_mul=silu_mul,
+                                              next_norm_weight=next_norm_weight)
         if fused is not None:
-            value, ss = fused
+            value, ss, *scaled = fused
+            if scaled:
+                return Stream(value=value, ss=ss, scaled=scaled[0], scaled_by=next_norm_weight)
             return Stream(value=value, ss=ss)
         y = self.forward_silu_mul(x) if silu_mul else self.forward(x)
         return Stream(delta=y, residual=residual)

@@ -27,6 +27,8 @@ class Stream:
     ss: torch.Tensor | None = None  # [n, parts] fp32
     delta: torch.Tensor | None = None  # [n, hidden]
     residual: torch.Tensor | None = None  # [n, hidden]
+    scaled: torch.Tensor | None = None  # [n, hidden] value * scaled_by, where the producer also wrote it
+    scaled_by: torch.Tensor | None = None  # the norm weight `scaled` carries
 
 
 @dataclass
@@ -37,6 +39,7 @@ class NormedInput:
     ss: torch.Tensor  # [n, parts] fp32 partial sums of stream^2
     weight: torch.Tensor  # [hidden]
     eps: float
+    scaled: torch.Tensor | None = None  # stream * weight, where the producer wrote it: only 1/rms is left
 
     @property
     def shape(self) -> torch.Size:
@@ -64,7 +67,8 @@ class RMSNorm(torch.nn.Module):
         A stream summed by a GEMV comes back as a `NormedInput` for the next GEMV to fuse.
         """
         if stream.value is not None:
-            return NormedInput(stream.value, stream.ss, self.weight, self.eps), stream.value
+            scaled = stream.scaled if stream.scaled_by is self.weight else None
+            return NormedInput(stream.value, stream.ss, self.weight, self.eps, scaled), stream.value
         if stream.residual is None:
             return self.forward(stream.delta), stream.delta
         return self.forward(stream.delta, stream.residual)

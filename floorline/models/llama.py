@@ -39,7 +39,7 @@ class LlamaAttention(torch.nn.Module):
         self.attn = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cos_sin)
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor | NormedInput,
-                residual: torch.Tensor) -> Stream:
+                residual: torch.Tensor, next_norm_weight: torch.Tensor | None = None) -> Stream:
         cfg = self.cfg
         qkv = self.qkv_proj(hidden)  # [n, q + 2 kv]
         q, k, v = qkv.split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
@@ -50,7 +50,7 @@ class LlamaAttention(torch.nn.Module):
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         # q, k, v stay strided views of qkv (no copies): rotary runs in place on them
-        return self.o_proj.forward_add(self.attn(q, k, v, positions), residual)
+        return self.o_proj.forward_add(self.attn(q, k, v, positions), residual, next_norm_weight=next_norm_weight)
 
 
 class LlamaMLP(torch.nn.Module):
@@ -60,9 +60,11 @@ class LlamaMLP(torch.nn.Module):
         self.gate_up_proj = Linear(cfg.hidden_size, [i, i], cfg.mlp_bias, dtype, device, prefix=f"{prefix}.gate_up_proj")
         self.down_proj = Linear(i, [cfg.hidden_size], cfg.mlp_bias, dtype, device, prefix=f"{prefix}.down_proj")
 
-    def forward(self, x: torch.Tensor | NormedInput, residual: torch.Tensor) -> Stream:
+    def forward(self, x: torch.Tensor | NormedInput, residual: torch.Tensor,
+                next_norm_weight: torch.Tensor | None = None) -> Stream:
         # the activation is fused into the down GEMV's loads, the residual add into its epilogue
-        return self.down_proj.forward_add(self.gate_up_proj(x), residual, silu_mul=True)
+        return self.down_proj.forward_add(self.gate_up_proj(x), residual, silu_mul=True,
+                                          next_norm_weight=next_norm_weight)
 
 
 class LlamaDecoderLayer(torch.nn.Module):
@@ -73,11 +75,12 @@ class LlamaDecoderLayer(torch.nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
         self.mlp = LlamaMLP(cfg, dtype, device, f"{prefix}.mlp")
 
-    def forward(self, positions: torch.Tensor, stream: Stream) -> Stream:
+    def forward(self, positions: torch.Tensor, stream: Stream, next_norm_weight: torch.Tensor | None = None) -> Stream:
+        """`next_norm_weight`: the next layer's input norm, which the last GEMV may apply as it stores."""
         hidden, residual = self.input_layernorm.norm_stream(stream)
-        stream = self.self_attn(positions, hidden, residual)
+        stream = self.self_attn(positions, hidden, residual, self.post_attention_layernorm.weight)
         hidden, residual = self.post_attention_layernorm.norm_stream(stream)
-        return self.mlp(hidden, residual)
+        return self.mlp(hidden, residual, next_norm_weight)
 
 
 class LlamaForCausalLM(torch.nn.Module):
@@ -103,8 +106,9 @@ class LlamaForCausalLM(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         stream = Stream(delta=self.embed_tokens(input_ids))  # [n, h]
-        for layer in self.layers:
-            stream = layer(positions, stream)
+        next_norms = [layer.input_layernorm.weight for layer in self.layers[1:]] + [None]
+        for layer, next_norm_weight in zip(self.layers, next_norms):
+            stream = layer(positions, stream, next_norm_weight)
         hidden, _ = self.norm.norm_stream(stream)
         return hidden.materialize() if isinstance(hidden, NormedInput) else hidden
 

@@ -50,10 +50,12 @@ class QuantMethod:
         return self.apply(layer, silu_and_mul(x))
 
     def apply_fused(self, layer: torch.nn.Module, x: torch.Tensor, *, norm=None,
-                    residual: torch.Tensor | None = None, silu_mul: bool = False):
+                    residual: torch.Tensor | None = None, silu_mul: bool = False,
+                    next_norm_weight: torch.Tensor | None = None):
         """The layer (bias included) with its neighbours fused into one kernel, or None where the
         method cannot: `norm` (a `NormedInput` whose stream is x) normalizes the operand as it loads;
-        `residual` returns `(residual + y, ss)` (see `Linear.forward_add`)."""
+        `residual` returns `(residual + y, ss)` (see `Linear.forward_add`), or `(s, ss, s * next_norm_weight)`
+        where the method also applies the next norm's weight (ignoring it is allowed)."""
         return None
 
 
@@ -82,10 +84,14 @@ class UnquantizedMethod(QuantMethod):
         return skinny_gemm_silu_mul(x, layer.weight)  # the activation computed in the GEMV's loads
 
     def apply_fused(self, layer: torch.nn.Module, x: torch.Tensor, *, norm=None,
-                    residual: torch.Tensor | None = None, silu_mul: bool = False):
+                    residual: torch.Tensor | None = None, silu_mul: bool = False,
+                    next_norm_weight: torch.Tensor | None = None):
         nw, ss, eps = (norm.weight, norm.ss, norm.eps) if norm is not None else (None, None, 0.0)
-        if not fusion_supported(x, layer.weight, layer.bias, silu_mul=silu_mul, norm_weight=nw, norm_ss=ss,
-                                residual=residual):
+        prescaled = norm is not None and norm.scaled is not None
+        if prescaled:  # the producer applied the norm's weight: only 1/rms is left
+            x, nw = norm.scaled, None
+        fusions = dict(silu_mul=silu_mul, norm_weight=nw, norm_ss=ss, prescaled=prescaled, residual=residual,
+                       out_norm_weight=next_norm_weight if residual is not None else None)
+        if not fusion_supported(x, layer.weight, layer.bias, **fusions):
             return None
-        return skinny_gemm_triton(x, layer.weight, layer.bias, silu_mul=silu_mul, norm_weight=nw, norm_ss=ss,
-                                  eps=eps, residual=residual)
+        return skinny_gemm_triton(x, layer.weight, layer.bias, eps=eps, **fusions)

@@ -15,6 +15,7 @@ from floorline.errors import UnsupportedModelError
 from floorline.kernels.quant_int4 import (
     int4_dequantize_ref,
     int4_dequantize_triton,
+    int4_fusion_wanted,
     int4_gemv_triton,
 )
 from floorline.kernels.quant_int4_codes import int4_row_params
@@ -139,6 +140,14 @@ class Int4Method(PackedMethod):
     def gemv(self, layer, x, silu_mul) -> torch.Tensor:
         return int4_gemv_triton(x, layer.qweight, layer.scales, layer.zeros, layer.in_features, self.group,
                                 silu_mul=silu_mul, row_params=getattr(layer, "row_params", None))
+
+    def fused_gemv(self, layer, x, silu_mul, eps, fusions):
+        gate = x[:, : layer.in_features] if silu_mul else x  # the operand's layout, before the activation
+        if not int4_fusion_wanted(gate, layer.qweight, layer.in_features, self.group, **fusions):
+            return None
+        return int4_gemv_triton(x, layer.qweight, layer.scales, layer.zeros, layer.in_features, self.group,
+                                silu_mul=silu_mul, row_params=getattr(layer, "row_params", None), eps=eps,
+                                **fusions)
 
     def dequantize_ref(self, layer) -> torch.Tensor:
         return int4_dequantize_ref(layer.qweight, layer.scales, layer.zeros, layer.in_features, self.group)

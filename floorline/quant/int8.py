@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from floorline.kernels.activation import silu_and_mul
 from floorline.kernels.quant_w8 import (
     int8_to_stored,
     stored_to_int8,
     w8_dequantize_ref,
     w8_dequantize_triton,
+    w8_fusion_wanted,
     w8_gemv_triton,
 )
 from floorline.quant.packed import PackedMethod, add_param, check_shape, copy_part
@@ -74,6 +76,14 @@ class Int8Method(PackedMethod):
 
     def gemv(self, layer, x, silu_mul) -> torch.Tensor:
         return w8_gemv_triton(x, layer.qweight, layer.scale, self.fp8, silu_mul=silu_mul)
+
+    def fused_gemv(self, layer, x, silu_mul, eps, fusions):
+        gate = x[:, : layer.in_features] if silu_mul else x  # the operand's layout, before the activation
+        if not w8_fusion_wanted(gate, layer.qweight, self.fp8, **fusions):
+            return None
+        if silu_mul:  # the activation kernel first: no 8-bit kernel fuses it (quant_common.unfused_silu)
+            x = silu_and_mul(x)
+        return w8_gemv_triton(x, layer.qweight, layer.scale, self.fp8, eps=eps, **fusions)
 
     def dequantize_ref(self, layer) -> torch.Tensor:
         return w8_dequantize_ref(layer.qweight, layer.scale, self.fp8)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from floorline.errors import WeightMismatchError
+from floorline.kernels import skinny_gemm
 from floorline.kernels.quant_common import dequant_buffer
 from floorline.kernels.quant_configs import DOT_MAX_M
 from floorline.quant.base import QuantMethod
@@ -130,6 +131,30 @@ class PackedMethod(QuantMethod):
     def gemv(self, layer: torch.nn.Module, x: torch.Tensor, silu_mul: bool) -> torch.Tensor:
         """The Triton GEMV: x [M <= DOT_MAX_M, K] (or [M, 2K] gate | up) -> [M, N]."""
         raise NotImplementedError
+
+    def apply_fused(self, layer, x, *, norm=None, residual=None, silu_mul=False, next_norm_weight=None):
+        """One decode row: the residual add (and the next norm's weight) in the GEMV's epilogue, 1/rms after
+        its K loop, so no add + norm kernel runs between sublayers. The norm's weight is applied by the
+        producer: multiplied into the consumer's x loads it cost as much as the norm kernel (H200, 8-bit
+        formats, quant_h200_notes thirteenth session)."""
+        if not skinny_gemm.FUSE_NEIGHBOURS or layer.bias is not None or not gemv_wanted(x) or x.shape[0] != 1:
+            return None
+        fusions = {}
+        if residual is not None:
+            fusions["residual"] = residual
+            if next_norm_weight is not None:
+                fusions["out_norm_weight"] = next_norm_weight
+        if norm is not None:
+            if norm.scaled is None:  # the producer did not apply the weight: the norm kernel does
+                return None
+            x = norm.scaled
+            fusions["norm_ss"] = norm.ss
+        return self.fused_gemv(layer, x, silu_mul, norm.eps if norm is not None else 0.0, fusions)
+
+    def fused_gemv(self, layer: torch.nn.Module, x: torch.Tensor, silu_mul: bool, eps: float, fusions: dict):
+        """The GEMV with `fusions` (the keywords norm_ss, residual, out_norm_weight of the format's launcher),
+        or None where the format's kernels cannot run them."""
+        return None
 
     def matmul(self, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Prefill / CPU: the dequantized weight times x."""

@@ -307,7 +307,13 @@ def test_residual_epilogue_and_norm_prologue_match_unfused(m, cfg, dtype, bias, 
     _, w2, b2 = _inputs(m, 72, 40, dtype, bias)
     nw = (1 + 0.3 * torch.randn(72)).to(dtype)
     y = skinny_gemm_triton(s, w2, b2, norm_weight=nw, norm_ss=ss, eps=1e-5)
-    _assert_close(y, skinny_gemm_fused_ref(s, w2, b2, norm_weight=nw, eps=1e-5), TOL[dtype], seed)
+    want = skinny_gemm_fused_ref(s, w2, b2, norm_weight=nw, eps=1e-5)
+    _assert_close(y, want, TOL[dtype], seed)
+    # the producer also applies the norm's weight (same s and partials); the consumer then scales by 1/rms
+    s2, ss2, scaled = skinny_gemm_triton(x, w, b, config=cfg, residual=residual, out_norm_weight=nw)
+    assert torch.equal(s2, s) and torch.equal(ss2, ss)
+    assert torch.equal(scaled, (s.float() * nw.float()).to(dtype))
+    _assert_close(skinny_gemm_triton(scaled, w2, b2, norm_ss=ss, prescaled=True, eps=1e-5), want, TOL[dtype], seed)
 
 
 def test_residual_epilogue_with_silu_operand(seed):
@@ -336,6 +342,12 @@ def test_fusion_arguments_are_checked():
         skinny_gemm_triton(x, w, norm_weight=torch.ones(64), norm_ss=ss.half())
     with pytest.raises(ValueError, match="residual must be contiguous"):
         skinny_gemm_triton(x, w, residual=torch.ones(2, 71))
+    with pytest.raises(ValueError, match="a prescaled operand takes norm_ss and no norm_weight"):
+        skinny_gemm_triton(x, w, prescaled=True, norm_weight=torch.ones(64), norm_ss=ss)
+    with pytest.raises(ValueError, match="out_norm_weight scales the residual sum: it needs residual"):
+        skinny_gemm_triton(x, w, out_norm_weight=torch.ones(72))
+    with pytest.raises(ValueError, match=r"out_norm_weight must be a contiguous \[72\] tensor"):
+        skinny_gemm_triton(x, w, residual=torch.ones(2, 72), out_norm_weight=torch.ones(64))
     with pytest.raises(ValueError, match="exclusive"):
         skinny_gemm_triton(torch.randn(2, 128), w, silu_mul=True, norm_weight=torch.ones(64), norm_ss=ss)
     assert not fusion_supported(x, w, residual=torch.ones(2, 72))  # CPU: never the fused path
@@ -381,8 +393,10 @@ def test_gpu_bf16_fused_residual_then_norm(k, n, m, seed):
     torch.testing.assert_close(ss.sum(1), s.float().pow(2).sum(1), rtol=1e-5, atol=1e-3)
     _, w2, _ = _inputs(m, n, 6144, torch.bfloat16, bias=False, device="cuda")
     nw = (1 + 0.3 * torch.randn(n, device="cuda")).to(torch.bfloat16)
-    y = skinny_gemm_triton(s, w2, norm_weight=nw, norm_ss=ss, eps=1e-5).float()
     y_ref = skinny_gemm_triton(rms_norm(s, nw, 1e-5), w2).float()
-    # The fused operand skips one bf16 rounding of the normed activation: a few outputs move an ulp.
-    rel = ((y - y_ref).norm() / y_ref.norm()).item()
-    assert rel < 5e-3 and (y - y_ref).abs().max().item() < 0.05, f"rel {rel} (seed {seed})"
+    _, _, scaled = skinny_gemm_triton(x, w, residual=residual, out_norm_weight=nw)
+    for y in (skinny_gemm_triton(s, w2, norm_weight=nw, norm_ss=ss, eps=1e-5).float(),
+              skinny_gemm_triton(scaled, w2, norm_ss=ss, prescaled=True, eps=1e-5).float()):
+        # The fused operand skips one bf16 rounding of the normed activation: a few outputs move an ulp.
+        rel = ((y - y_ref).norm() / y_ref.norm()).item()
+        assert rel < 5e-3 and (y - y_ref).abs().max().item() < 0.05, f"rel {rel} (seed {seed})"

@@ -40,16 +40,21 @@ def test_fused_norm_and_residual_match_unfused(tmp_path, monkeypatch, variant):
     real = sg.skinny_gemm_triton
 
     def counting(x, w, bias=None, **kw):
-        if kw.get("residual") is not None or kw.get("norm_weight") is not None:
-            fused_calls.append(x.shape[0])
+        if kw.get("residual") is not None:  # the producers also apply the next norm's weight but the last
+            fused_calls.append(("residual", kw.get("out_norm_weight") is not None))
+        elif kw.get("norm_ss") is not None:  # so their consumers read a prescaled operand
+            fused_calls.append(("norm", kw.get("prescaled")))
         return real(x, w, bias, **kw)
 
     monkeypatch.setattr(sg, "triton_supported", sg.shape_supported)  # CPU tensors take the Triton path
     monkeypatch.setattr(sg, "skinny_gemm_triton", counting)
     monkeypatch.setattr("floorline.quant.base.skinny_gemm_triton", counting)
     fused = _decode_logits(model, ids, 17)
-    # Per decode step and layer: qkv (norm), o_proj (residual), gate_up (norm), down (residual);
-    # only the first layer's qkv takes a plain operand (the embedding's norm has no producing GEMV).
-    assert fused_calls == [1] * (3 * (2 * 4 - 1))
+    # Per decode step and layer: qkv (norm), o_proj (residual), gate_up (norm), down (residual); only the
+    # first layer's qkv takes a plain operand (the embedding's norm has no producing GEMV), and the last
+    # layer's down has no next norm to apply (the final norm feeds the LM head).
+    layer0 = [("residual", True), ("norm", True), ("residual", True)]
+    layer1 = [("norm", True), ("residual", True), ("norm", True), ("residual", False)]
+    assert fused_calls == (layer0 + layer1) * 3
     torch.testing.assert_close(fused, unfused, atol=2e-2, rtol=2e-2)
     assert (fused.argmax(-1) == unfused.argmax(-1)).all()

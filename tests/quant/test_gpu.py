@@ -13,6 +13,7 @@ from floorline.kernels.quant_configs import QuantGemvConfig
 from floorline.kernels.quant_int4 import int4_gemv_triton
 from floorline.kernels.quant_w8 import w8_gemm_ref
 from floorline.layers.linear import Linear
+from floorline.layers.norm import NormedInput
 from floorline.quant.fp8 import Fp8Method, w8a8_ref, w8a8_supported
 from floorline.quant.int4 import Int4Method
 from floorline.quant.int8 import Int8Method
@@ -49,6 +50,29 @@ def test_gpu_gemv_matches_reference_in_bf16(fmt, k, n):
         assert out.dtype == torch.bfloat16 and _rel(out, F.linear(x.float(), w)) < 1e-2
     x2 = torch.randn(4, 2 * k, device="cuda", dtype=torch.bfloat16)  # fused SiLU-and-mul operand
     assert _rel(layer.quant_method.gemv(layer, x2, True), F.linear(silu_and_mul(x2).float(), w)) < 1e-2
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8", "int4"])
+@pytest.mark.parametrize("k,n", [(4096, 4096), (14336, 4096)])
+def test_gpu_fused_residual_then_norm(fmt, k, n):
+    """o_proj / down with the residual add (and the next norm's weight), then qkv with the norm, on the
+    default configs, against the unfused GEMV, add and norm kernels."""
+    from floorline.kernels.rms_norm import rms_norm
+
+    layer, _ = _layer(fmt, k, n)
+    method = layer.quant_method
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    residual = torch.randn(1, n, device="cuda", dtype=torch.bfloat16)
+    nw = (1 + 0.3 * torch.randn(n, device="cuda")).to(torch.bfloat16)
+    s, ss, scaled = method.apply_fused(layer, x, residual=residual, next_norm_weight=nw)
+    assert torch.equal(s, method.gemv(layer, x, False) + residual)  # the unfused rounding points
+    assert torch.equal(scaled, (s.float() * nw.float()).to(torch.bfloat16))
+    torch.testing.assert_close(ss.sum(1), s.float().pow(2).sum(1), rtol=1e-5, atol=1e-3)
+    qkv, _ = _layer(fmt, n, 6144)
+    y_ref = qkv.quant_method.gemv(qkv, rms_norm(s, nw, 1e-5), False)
+    y = qkv.quant_method.apply_fused(qkv, s, norm=NormedInput(s, ss, nw, 1e-5, scaled))
+    assert _rel(y, y_ref) < 5e-3  # the fused operand skips one bf16 rounding of the normed x
+    assert qkv.quant_method.apply_fused(qkv, s, norm=NormedInput(s, ss, nw, 1e-5)) is None  # the norm kernel's job
 
 
 PERSISTENT = [QuantGemvConfig(16, 4096, num_warps=4, num_stages=1, programs_per_sm=4),

@@ -51,6 +51,24 @@ def test_gemv_kernels_inside_the_model_match_the_reference_path(quant_tiny_dir, 
     torch.testing.assert_close(model_logits(model, IDS), ref, rtol=2e-4, atol=2e-4)
 
 
+@pytest.mark.parametrize("fmt", ["int8", "fp8", "int4"])
+def test_decode_row_fuses_the_norms_and_residual_adds_and_matches_the_reference_path(quant_tiny_dir,
+                                                                                     monkeypatch, fmt):
+    """One row (a decode step's shape): the GEMVs add the residual and the next norm's weight in their
+    epilogues and 1/rms after their loops, so only the first layer's norm (after the embedding) and the
+    final one stay kernels. (NF4's kernels have no fusions.)"""
+    import floorline.layers.norm as norm_module
+
+    model = LLM(quant_tiny_dir, quantization=fmt, num_kv_blocks=16).engine.model
+    ref = model_logits(model, IDS[:1])
+    norms = []
+    real = norm_module.rms_norm
+    monkeypatch.setattr(norm_module, "rms_norm", lambda *a, **kw: norms.append(1) or real(*a, **kw))
+    monkeypatch.setattr(packed, "gemv_wanted", lambda x: 1 <= x.shape[0] <= 16)
+    torch.testing.assert_close(model_logits(model, IDS[:1]), ref, rtol=2e-4, atol=2e-4)
+    assert len(norms) == 2  # unfused: one add + norm kernel a sublayer, 2 x 2 + 1
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_dot_paths_for_17_to_64_rows_inside_the_model_match_the_reference_path(quant_tiny_dir, monkeypatch, fmt):
     """A 40-row forward with every Linear on its GEMV's dot paths (in the interpreter, fp32) as decode
