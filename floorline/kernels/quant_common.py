@@ -109,26 +109,6 @@ def unfused_silu(x: torch.Tensor, silu_mul: bool, cfg: QuantGemvConfig) -> tuple
     return x, silu_mul
 
 
-def _or(t: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
-    """t, or a dummy pointer for a kernel argument its constexprs leave unread."""
-    return t if t is not None else dummy
-
-
-def fused_outputs(out: torch.Tensor, tiles: int, residual, out_norm_weight) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ss, scaled) buffers of a launch with the residual fusions ([M, tiles] fp32 and out's shape), else
-    `out` as dummies."""
-    m = out.shape[0]
-    ss = torch.empty((m, tiles), dtype=torch.float32, device=out.device) if residual is not None else out
-    return ss, (torch.empty_like(out) if out_norm_weight is not None else out)
-
-
-def fused_result(out: torch.Tensor, ss: torch.Tensor, scaled: torch.Tensor, residual, out_norm_weight):
-    """What a GEMV with the residual fusions returns: out, `(s, ss)`, or `(s, ss, s * out_norm_weight)`."""
-    if residual is None:
-        return out
-    return (out, ss) if out_norm_weight is None else (out, ss, scaled)
-
-
 def operand(x: torch.Tensor, k: int, silu_mul: bool, name: str) -> torch.Tensor:
     """Checks x [M, K] (or [M, 2K] gate | up with `silu_mul`) and returns it with a unit last stride."""
     width = 2 * k if silu_mul else k

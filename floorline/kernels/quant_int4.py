@@ -25,7 +25,6 @@ import torch.nn.functional as F
 
 from floorline.kernels.pdl import gdc_launch_dependents, gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
-    _or,
     _persistent_reduce,
     _persistent_store,
     _row_words,
@@ -37,8 +36,6 @@ from floorline.kernels.quant_common import (
     _slot_xs,
     _split_tile,
     dot_block_m,
-    fused_outputs,
-    fused_result,
     geometry,
     half2_ok,
     operand,
@@ -60,7 +57,16 @@ from floorline.kernels.quant_half2 import int4_mac4, pairs_by_word, x_pairs, x_s
 from floorline.kernels.quant_packing import unpack_int4
 from floorline.kernels.quant_pairs import int4_pairs_launch, pairs_ok
 from floorline.kernels.quant_x_pairs import int4_x_pairs, load_pair_words
-from floorline.kernels.skinny_gemm import _epilogue, _finish, _fusion_problem, _load_ss_parts, _rstd
+from floorline.kernels.skinny_gemm import (
+    _epilogue,
+    _finish,
+    _fusion_problem,
+    _load_ss_parts,
+    _or,
+    _rstd,
+    fused_outputs,
+    fused_result,
+)
 from floorline.kernels.triton_compat import tl, triton
 
 

@@ -23,11 +23,8 @@ from floorline.kernels.activation import silu_and_mul
 from floorline.kernels.pdl import early_launch_args, gdc_launch_dependents, gdc_wait
 from floorline.kernels.quant_common import (
     _load_x,
-    _or,
     _split_tile,
     dot_block_m,
-    fused_outputs,
-    fused_result,
     geometry,
     operand,
 )
@@ -37,7 +34,10 @@ from floorline.kernels.skinny_gemm import (
     _fusion_problem,
     _load,
     _load_ss_parts,
+    _or,
     _rstd,
+    fused_outputs,
+    fused_result,
 )
 from floorline.kernels.triton_compat import tl, triton
 

@@ -348,6 +348,26 @@ def _fusion_problem(x: torch.Tensor, n: int, norm_weight, norm_ss, residual, sil
     return None
 
 
+def _or(t: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
+    """t, or a dummy pointer for a kernel argument its constexprs leave unread."""
+    return t if t is not None else dummy
+
+
+def fused_outputs(out: torch.Tensor, tiles: int, residual, out_norm_weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ss, scaled) buffers of a launch with the residual fusions ([M, tiles] fp32 and out's shape), else
+    `out` as dummies."""
+    m = out.shape[0]
+    ss = torch.empty((m, tiles), dtype=torch.float32, device=out.device) if residual is not None else out
+    return ss, (torch.empty_like(out) if out_norm_weight is not None else out)
+
+
+def fused_result(out: torch.Tensor, ss: torch.Tensor, scaled: torch.Tensor, residual, out_norm_weight):
+    """What a GEMV with the residual fusions returns: out, `(s, ss)`, or `(s, ss, s * out_norm_weight)`."""
+    if residual is None:
+        return out
+    return (out, ss) if out_norm_weight is None else (out, ss, scaled)
+
+
 def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
                        config: SkinnyConfig | None = None, silu_mul: bool = False,
                        norm_weight: torch.Tensor | None = None, norm_ss: torch.Tensor | None = None,
@@ -407,16 +427,14 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
         tickets = _tickets(x.device, tiles)
     else:
         ws, tickets = out, out  # dummies: SPLIT=False never touches them
-    ss_out = torch.empty((m, tiles), dtype=torch.float32, device=x.device) if residual is not None else out
-    scaled = torch.empty_like(out) if out_norm_weight is not None else out
+    ss_out, scaled = fused_outputs(out, tiles, residual, out_norm_weight)
     norm = norm_weight is not None
     num_ss = norm_ss.shape[1] if norm_ss is not None else 0
     _skinny_gemm_kernel[(tiles, splits)](
         x_in, w, bias if bias is not None else out, out, ws, tickets,
         m, n, k, x.stride(0), w.stride(0), per_split, splits,
-        norm_weight if norm else out, norm_ss if num_ss else out, num_ss, float(eps),
-        residual if residual is not None else out, ss_out, out_norm_weight if out_norm_weight is not None else out,
-        scaled,
+        _or(norm_weight, out), _or(norm_ss, out), num_ss, float(eps), _or(residual, out), ss_out,
+        _or(out_norm_weight, out), scaled,
         BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0,
         HAS_BIAS=bias is not None, SPLIT=splits > 1, DOT_IEEE=x.dtype == torch.float32,
@@ -425,9 +443,7 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
         SCALE_OUT=out_norm_weight is not None, SS_BLOCK=max(16, triton.next_power_of_2(num_ss)),
         **early_launch_args(x.device),
     )
-    if residual is None:
-        return out
-    return (out, ss_out) if out_norm_weight is None else (out, ss_out, scaled)
+    return fused_result(out, ss_out, scaled, residual, out_norm_weight)
 
 
 def skinny_gemm_fused_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
