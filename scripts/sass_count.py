@@ -57,18 +57,20 @@ def _kernel(name: str, a: argparse.Namespace):
         from floorline.kernels.quant_nf4 import _nf4_gemv_m1_kernel as fn
 
         ptrs = {**_4BIT, "a_ptr": "*u8", "nabs_ptr": "*fp32", "nmap_ptr": "*fp32", "base_ptr": "*i32",
-                "off_ptr": "*fp32", "map_ptr": "*i32", "code_ptr": "*fp32"}
+                "off_ptr": "*fp32", "map_ptr": "*i32", "code_ptr": "*fp32", **_FUSED}
         cx = dict(BLOCK_N=a.block_n, BLOCK_K=a.block_k, EVEN_K=True, SPLIT=False, NESTED=True,
                   LOOKUP=2, X_SILU_MUL=a.silu, PREFETCH=a.prefetch, HALF2=a.half2, USE_PDL=False,
-                  ASM_LOADS=not a.tl_loads)
+                  ASM_LOADS=not a.tl_loads, X_PRESCALED=a.norm, ADD_RESIDUAL=a.residual, SCALE_OUT=a.residual,
+                  SS_BLOCK=1024)
         return fn, ptrs, cx, a.block_n * a.block_k / threads
     if name == "nf4-k":
         from floorline.kernels.quant_nf4 import _nf4_gemv_kernel as fn
 
         ptrs = {**_4BIT, "a_ptr": "*u8", "nabs_ptr": "*fp32", "nmap_ptr": "*fp32", "base_ptr": "*i32",
-                "off_ptr": "*fp32", "map_ptr": "*i32", "code_ptr": "*fp32"}
+                "off_ptr": "*fp32", "map_ptr": "*i32", "code_ptr": "*fp32", **_FUSED}
         cx = dict(BLOCK_M=1, BLOCK_N=a.block_n, BLOCK_K=a.block_k, NUM_STAGES=a.stages, USE_DOT=False, EVEN_K=True,
-                  SPLIT=False, DOT_IEEE=False, NESTED=True, LOOKUP=2, USE_PDL=False)
+                  SPLIT=False, DOT_IEEE=False, NESTED=True, LOOKUP=2, USE_PDL=False, ADD_RESIDUAL=a.residual,
+                  SCALE_OUT=a.residual)
         return fn, ptrs, cx, a.block_n * a.block_k / threads
     if name == "int4-pairs":
         from floorline.kernels.quant_pairs import _int4_pairs_kernel as fn
@@ -152,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefetch", action="store_true")
     p.add_argument("--silu", action="store_true", help="x is gate | up (persistent kernels)")
     p.add_argument("--fp8", action="store_true", help="w8: fp8 instead of int8")
-    p.add_argument("--norm", action="store_true", help="w8, int4-m1: x prescaled by its producer, 1/rms after the loop")
-    p.add_argument("--residual", action="store_true", help="w8, int4-m1, int4-k: the residual add and the next norm's weight in the epilogue")
+    p.add_argument("--norm", action="store_true", help="w8, int4-m1, nf4-m1: x prescaled by its producer, 1/rms after the loop")
+    p.add_argument("--residual", action="store_true", help="w8 and the 4-bit M = 1 kernels: the residual add and the next norm's weight in the epilogue")
     p.add_argument("--half2", action="store_true", help="persistent kernels: the packed fp16x2 loop")
     p.add_argument("--tl-loads", action="store_true",
                    help="persistent kernels: scales by tl.load (int4: from [groups, N]) instead of the PTX loads")

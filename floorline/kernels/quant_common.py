@@ -20,8 +20,8 @@ import torch
 
 from floorline.kernels.decode_attention import num_sms_of
 from floorline.kernels.pdl import early_launch_args, pdl_args
-from floorline.kernels.quant_configs import DOT_MAX_M, QuantGemvConfig
-from floorline.kernels.skinny_gemm import DOT_BLOCK_M, _dot, _epilogue, _operand
+from floorline.kernels.quant_configs import DOT_MAX_M, QuantGemvConfig, get_config
+from floorline.kernels.skinny_gemm import DOT_BLOCK_M, _dot, _epilogue, _fusion_problem, _operand
 from floorline.kernels.tickets import tickets
 from floorline.kernels.triton_compat import tl, triton
 
@@ -107,6 +107,33 @@ def unfused_silu(x: torch.Tensor, silu_mul: bool, cfg: QuantGemvConfig) -> tuple
 
         return silu_and_mul(x), False
     return x, silu_mul
+
+
+def m1_fusion_problem(x: torch.Tensor, n: int, kp: int, cfg: QuantGemvConfig, norm_ss=None, residual=None,
+                      out_norm_weight=None) -> str | None:
+    """What keeps a 4-bit GEMV from fusing its RMSNorm neighbours (`quant_w8.w8_gemv_triton` documents
+    them) for the operand x [M, K] (the gate half with the SiLU), or None: one row; the persistent
+    kernels take all of them (the residual without a K split), the M = 1 K loop the residual and the
+    next norm's weight."""
+    if norm_ss is None and residual is None and out_norm_weight is None:
+        return None
+    if x.shape[0] != 1 or cfg.use_dot:
+        return f"the fusions run on one row's M = 1 kernels, got {x.shape[0]} rows{' on the dot path' * cfg.use_dot}"
+    if norm_ss is not None and not cfg.persistent:
+        return "a prescaled operand (norm_ss) needs a persistent config (programs_per_sm > 0)"
+    if residual is not None and cfg.persistent and triton.cdiv(kp, cfg.block_k) > 1:
+        return f"the residual add needs a persistent config without a K split, got block_k {cfg.block_k} for K {kp}"
+    return _fusion_problem(x, n, None, norm_ss, residual, False, norm_ss is not None, out_norm_weight)
+
+
+def m1_fusion_wanted(fmt: str, x: torch.Tensor, qweight: torch.Tensor, k: int, k_unit: int, **fusions) -> bool:
+    """Whether a 4-bit format's GEMV runs these neighbour fusions (its launcher's keywords) for the operand
+    x (the gate half with the SiLU) with its default config."""
+    if x.dim() != 2 or x.shape[0] != 1 or x.shape[1] != k:
+        return False
+    n = qweight.shape[0]
+    cfg = get_config(fmt, n, k, 1, k_unit, x.device)
+    return m1_fusion_problem(x, n, 8 * qweight.shape[1], cfg, **fusions) is None
 
 
 def operand(x: torch.Tensor, k: int, silu_mul: bool, name: str) -> torch.Tensor:

@@ -38,6 +38,7 @@ from floorline.kernels.quant_common import (
     dot_block_m,
     geometry,
     half2_ok,
+    m1_fusion_problem,
     operand,
     persistent_geometry,
     persistent_pdl_args,
@@ -60,7 +61,6 @@ from floorline.kernels.quant_x_pairs import int4_x_pairs, load_pair_words
 from floorline.kernels.skinny_gemm import (
     _epilogue,
     _finish,
-    _fusion_problem,
     _load_ss_parts,
     _or,
     _rstd,
@@ -387,7 +387,7 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
 
     One row also takes the RMSNorm neighbours that `quant_w8.w8_gemv_triton` documents (`norm_ss`: x is
     the stream prescaled by its producer; `residual`, `out_norm_weight`): the persistent kernels take
-    both, the M = 1 K loop the output ones (`fusion_problem` names the rules)."""
+    both, the M = 1 K loop the output ones (`quant_common.m1_fusion_problem` names the rules)."""
     _check(qweight, scales, zeros, k, group)
     _check_row_params(row_params, scales)
     x = operand(x, k, silu_mul, "quant_int4")
@@ -396,7 +396,7 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     cfg = config or get_config("int4", n, k, m, group, x.device)
     fusions = dict(norm_ss=norm_ss, residual=residual, out_norm_weight=out_norm_weight)
-    problem = fusion_problem(x[:, :k], n, kp, cfg, **fusions)
+    problem = m1_fusion_problem(x[:, :k], n, kp, cfg, **fusions)
     if problem:
         raise ValueError(f"quant_int4: {problem}")
     if n == 0 or k == 0:
@@ -448,32 +448,6 @@ def _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out, row
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **persistent_pdl_args(cfg, x.device),
     )
     return fused_result(out, ss_out, scaled, residual, out_norm_weight)
-
-
-def fusion_problem(x: torch.Tensor, n: int, kp: int, cfg: QuantGemvConfig, norm_ss=None, residual=None,
-                   out_norm_weight=None) -> str | None:
-    """What keeps `int4_gemv_triton` from fusing these neighbours for the operand x [M, K] (the gate half
-    with the SiLU), or None: one row; the persistent kernels take all of them (the residual without a K
-    split), the M = 1 K loop the residual and the next norm's weight."""
-    if norm_ss is None and residual is None and out_norm_weight is None:
-        return None
-    if x.shape[0] != 1 or cfg.use_dot:
-        return f"the fusions run on one row's M = 1 kernels, got {x.shape[0]} rows{' on the dot path' * cfg.use_dot}"
-    if norm_ss is not None and not cfg.persistent:
-        return "a prescaled operand (norm_ss) needs a persistent config (programs_per_sm > 0)"
-    if residual is not None and cfg.persistent and triton.cdiv(kp, cfg.block_k) > 1:
-        return f"the residual add needs a persistent config without a K split, got block_k {cfg.block_k} for K {kp}"
-    return _fusion_problem(x, n, None, norm_ss, residual, False, norm_ss is not None, out_norm_weight)
-
-
-def int4_fusion_wanted(x: torch.Tensor, qweight: torch.Tensor, k: int, group: int, **fusions) -> bool:
-    """Whether `int4_gemv_triton` runs these neighbour fusions (its keywords) for the operand x (the gate
-    half with the SiLU) with its default config."""
-    if x.dim() != 2 or x.shape[0] != 1 or x.shape[1] != k:
-        return False
-    n = qweight.shape[0]
-    cfg = get_config("int4", n, k, 1, group, x.device)
-    return fusion_problem(x, n, 8 * qweight.shape[1], cfg, **fusions) is None
 
 
 def int4_dequantize_triton(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, k: int, group: int,

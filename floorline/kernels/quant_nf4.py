@@ -38,6 +38,7 @@ from floorline.kernels.quant_common import (
     dot_block_m,
     geometry,
     half2_ok,
+    m1_fusion_problem,
     operand,
     persistent_geometry,
     persistent_pdl_args,
@@ -48,7 +49,15 @@ from floorline.kernels.quant_half2 import nf4_mac4, x_pairs, x_scale
 from floorline.kernels.quant_nf4_state import _block_absmax, _row_state
 from floorline.kernels.quant_packing import unpack_nf4
 from floorline.kernels.quant_pairs import nf4_pairs_launch, pairs_ok
-from floorline.kernels.skinny_gemm import _epilogue
+from floorline.kernels.skinny_gemm import (
+    _epilogue,
+    _finish,
+    _load_ss_parts,
+    _or,
+    _rstd,
+    fused_outputs,
+    fused_result,
+)
 from floorline.kernels.triton_compat import tl, triton
 
 
@@ -95,9 +104,11 @@ def _nf4_gemv_kernel(
     code_ptr,  # [16] fp32 NF4 code
     out_ptr, ws_ptr, cnt_ptr,
     M, N, K, stride_xm, stride_qn, k_blocks_per_split, num_splits,
+    res_ptr, ss_out_ptr, nw_out_ptr, scaled_ptr,  # ADD_RESIDUAL / SCALE_OUT only (skinny_gemm's `_finish`)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr,
     USE_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr, DOT_IEEE: tl.constexpr,
     NESTED: tl.constexpr, LOOKUP: tl.constexpr, USE_PDL: tl.constexpr = False,
+    ADD_RESIDUAL: tl.constexpr = False, SCALE_OUT: tl.constexpr = False,
 ):
     NB: tl.constexpr = BLOCK_K // 64
     KB = K // 64
@@ -160,8 +171,12 @@ def _nf4_gemv_kernel(
                                       NESTED, EVEN_K)
             acc = _nf4_fma_tile(acc, w, absmax, x_ptrs, code_ptr, table, k, rb, KB, K, LOOKUP, EVEN_K)
         out = tl.sum(tl.sum(acc, axis=0), axis=0)
+        if ADD_RESIDUAL:
+            r = tl.load(res_ptr + rn, mask=rn < N, other=0.0)
+        else:
+            r = None
         _epilogue(out, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
-                  False, SPLIT)
+                  False, SPLIT, r, ss_out_ptr, tile, None, ADD_RESIDUAL, nw_out_ptr, scaled_ptr, SCALE_OUT)
 
 
 @triton.jit
@@ -182,15 +197,19 @@ def _nf4_dot_slots(w, x0, x1, x2, x3, x4, x5, x6, x7, code_ptr, table, LOOKUP: t
 def _nf4_gemv_m1_kernel(
     x_ptr, q_ptr, a_ptr, nabs_ptr, nmap_ptr, base_ptr, off_ptr, map_ptr, code_ptr, out_ptr, ws_ptr, cnt_ptr,
     N, K, stride_qn, num_tiles, num_splits,
+    ss_in_ptr, num_ss_in, eps,  # X_PRESCALED only: the producer's partial sums of the stream's squares
+    res_ptr, ss_out_ptr, nw_out_ptr, scaled_ptr,  # ADD_RESIDUAL / SCALE_OUT only (skinny_gemm's `_finish`)
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
     SPLIT: tl.constexpr, NESTED: tl.constexpr, LOOKUP: tl.constexpr, X_SILU_MUL: tl.constexpr,
     PREFETCH: tl.constexpr, HALF2: tl.constexpr = False, SPLITS_P2: tl.constexpr = 1,
     TILES_AT_ONCE: tl.constexpr = 1, USE_PDL: tl.constexpr = False, EARLY_LAUNCH: tl.constexpr = False,
-    ASM_LOADS: tl.constexpr = False,
+    ASM_LOADS: tl.constexpr = False, X_PRESCALED: tl.constexpr = False, ADD_RESIDUAL: tl.constexpr = False,
+    SCALE_OUT: tl.constexpr = False, SS_BLOCK: tl.constexpr = 16,
 ):
     """Persistent M = 1 GEMV (quant_int4's `_int4_gemv_m1_kernel`, with NF4 codes and block absmax):
     program p owns K tile p % num_splits, loads its x once and walks row tiles with a stride. HALF2:
-    the packed fp16x2 loop of `quant_half2` (emulated in Triton ops unless LOOKUP is the shuffle)."""
+    the packed fp16x2 loop of `quant_half2` (emulated in Triton ops unless LOOKUP is the shuffle).
+    X_PRESCALED, ADD_RESIDUAL, SCALE_OUT: the RMSNorm neighbours, as in the int4 kernel."""
     if EARLY_LAUNCH:  # the successor's programs may become resident now (see the config's early_launch)
         gdc_launch_dependents()
     NB: tl.constexpr = BLOCK_K // 64
@@ -217,6 +236,8 @@ def _nf4_gemv_m1_kernel(
     x_ptrs = x_ptr + k_start + xoff
     kx = k_start + xoff
     x0, x1, x2, x3, x4, x5, x6, x7 = _slot_xs(x_ptrs, kx, K, 8, EVEN_K, X_SILU_MUL)
+    if X_PRESCALED:
+        rstd = _rstd(_load_ss_parts(ss_in_ptr, num_ss_in, 1, 1, SS_BLOCK), K, eps)  # [1]
     if HALF2:  # x as scaled fp16 pairs (quant_half2)
         table = nf4_lane_table(tl.zeros([2, NB, BLOCK_N], dtype=tl.int32), LOOKUP, HALF2=True)
         scale, inv_scale = x_scale(x0, x1, x2, x3, x4, x5, x6, x7)
@@ -226,6 +247,8 @@ def _nf4_gemv_m1_kernel(
     for tile in tl.range(first, num_tiles, step, num_stages=1):  # never pipelined (quant_configs.check_config)
         rn = tile * BLOCK_N + rr
         rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
+        if ADD_RESIDUAL:  # loaded first: its latency hides behind the tile's weights
+            r = tl.load(res_ptr + rn, mask=rn < N, other=0.0)
         if PREFETCH:
             nxt = tl.minimum(rn + step * BLOCK_N, N - 1)
             w_next = _row_words(q_ptr, nxt, stride_qn, woff, kb_mask[:, None], EVEN_K, tile + step, num_tiles)
@@ -240,7 +263,13 @@ def _nf4_gemv_m1_kernel(
         else:
             t = tl.sum(_nf4_dot_slots(w, x0, x1, x2, x3, x4, x5, x6, x7, code_ptr, table, LOOKUP), axis=3)
             out = tl.sum(tl.sum(tl.trans(absmax)[None, :, :] * t, axis=0), axis=0)
-        _persistent_store(out, rn, N, out_ptr, ws_ptr, split, SPLIT)
+        if X_PRESCALED:
+            out = out * rstd
+        if ADD_RESIDUAL:
+            _finish(out, rn, rn, rn < N, out_ptr, out_ptr, N, False, r, ss_out_ptr, tile, None, True, nw_out_ptr,
+                    scaled_ptr, SCALE_OUT)
+        else:
+            _persistent_store(out, rn, N, out_ptr, ws_ptr, split, SPLIT)
         if PREFETCH:
             w = w_next
     if SPLIT:
@@ -330,20 +359,25 @@ def _nested_args(absmax: torch.Tensor, nested: tuple | None) -> tuple:
 
 def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor, nested: tuple | None,
                     code: torch.Tensor, *, silu_mul: bool = False, lookup: str | None = None,
-                    config: QuantGemvConfig | None = None) -> torch.Tensor:
+                    config: QuantGemvConfig | None = None, norm_ss: torch.Tensor | None = None, eps: float = 0.0,
+                    residual: torch.Tensor | None = None, out_norm_weight: torch.Tensor | None = None):
     """Triton GEMV for 1 <= M <= DOT_MAX_M rows (past 16 on the dot paths); `silu_mul`: x is [M, 2K] gate | up.
     Returns [M, N].
 
     `lookup`: one of LOOKUPS; None takes the shuffle on CUDA, the gather elsewhere (the interpreter).
+    `norm_ss`, `eps`, `residual`, `out_norm_weight`: the RMSNorm neighbours of `quant_int4.int4_gemv_triton`.
     """
     _check(qweight, absmax, nested)
     n, k = qweight.shape[0], 8 * qweight.shape[1]
     x = operand(x, k, silu_mul, "quant_nf4")
     m = x.shape[0]
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    cfg = config or get_config("nf4", n, k, m, BLOCK, x.device)
+    problem = m1_fusion_problem(x[:, :k], n, k, cfg, norm_ss, residual, out_norm_weight)
+    if problem:
+        raise ValueError(f"quant_nf4: {problem}")
     if n == 0 or k == 0:
         return out.zero_()
-    cfg = config or get_config("nf4", n, k, m, BLOCK, x.device)
     pairs = cfg.pairs and pairs_ok(x, BLOCK) and lookup in (None, "shfl")  # it has its own shuffles
     check_config(cfg, m, BLOCK, "quant_nf4", dot_min_k=BLOCK if pairs else DOT_MIN_K, four_bit=True)
     x, silu_mul = unfused_silu(x, silu_mul, cfg)
@@ -351,24 +385,32 @@ def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor
         return nf4_pairs_launch(x, qweight, absmax, _nested_args(absmax, nested), nested is not None, code, cfg, out)
     if cfg.persistent:
         geo = persistent_geometry(cfg, n, k, out)
+        ss_out, scaled = fused_outputs(out, geo.tiles, residual, out_norm_weight)
+        num_ss = norm_ss.shape[1] if norm_ss is not None else 0
         _nf4_gemv_m1_kernel[(geo.programs,)](
             x, qweight, absmax, *_nested_args(absmax, nested), code, out, geo.ws, geo.tickets,
             n, k, qweight.stride(0), geo.tiles, geo.splits,
+            _or(norm_ss, out), num_ss, float(eps), _or(residual, out), ss_out, _or(out_norm_weight, out), scaled,
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
             SPLIT=geo.splits > 1, NESTED=nested is not None, LOOKUP=lookup_id(lookup, x.device),
             X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch, HALF2=half2_ok(cfg, x), ASM_LOADS=x.device.type == "cuda",
+            X_PRESCALED=norm_ss is not None, ADD_RESIDUAL=residual is not None, SCALE_OUT=out_norm_weight is not None,
+            SS_BLOCK=max(16, triton.next_power_of_2(num_ss)),
             **geo.reduce, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **persistent_pdl_args(cfg, x.device))
-        return out
+        return fused_result(out, ss_out, scaled, residual, out_norm_weight)
     geo = geometry(cfg, m, n, k, out)
+    ss_out, scaled = fused_outputs(out, geo.tiles, residual, out_norm_weight)
     _nf4_gemv_kernel[(geo.tiles, geo.splits)](
         x, qweight, absmax, *_nested_args(absmax, nested), code, out, geo.ws, geo.tickets,
         m, n, k, x.stride(0), qweight.stride(0), geo.blocks_per_split, geo.splits,
+        _or(residual, out), ss_out, _or(out_norm_weight, out), scaled,
         BLOCK_M=dot_block_m(m) if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
         DOT_IEEE=x.dtype == torch.float32, NESTED=nested is not None, LOOKUP=lookup_id(lookup, x.device),
+        ADD_RESIDUAL=residual is not None, SCALE_OUT=out_norm_weight is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl_args(x.device),
     )
-    return out
+    return fused_result(out, ss_out, scaled, residual, out_norm_weight)
 
 
 def nf4_dequantize_triton(qweight: torch.Tensor, absmax: torch.Tensor, nested: tuple | None, code: torch.Tensor,

@@ -15,9 +15,9 @@ from floorline.errors import UnsupportedModelError
 from floorline.kernels.quant_int4 import (
     int4_dequantize_ref,
     int4_dequantize_triton,
-    int4_fusion_wanted,
     int4_gemv_triton,
 )
+from floorline.kernels.quant_common import m1_fusion_wanted
 from floorline.kernels.quant_int4_codes import int4_row_params
 from floorline.kernels.quant_packing import bytes_to_codes, codes_to_bytes, pack_int4, unpack_int4
 from floorline.quant.awq_gptq import awq_unpack, check_trivial_g_idx, gptq_unpack
@@ -143,7 +143,7 @@ class Int4Method(PackedMethod):
 
     def fused_gemv(self, layer, x, silu_mul, eps, fusions):
         gate = x[:, : layer.in_features] if silu_mul else x  # the operand's layout, before the activation
-        if not int4_fusion_wanted(gate, layer.qweight, layer.in_features, self.group, **fusions):
+        if not m1_fusion_wanted("int4", gate, layer.qweight, layer.in_features, self.group, **fusions):
             return None
         return int4_gemv_triton(x, layer.qweight, layer.scales, layer.zeros, layer.in_features, self.group,
                                 silu_mul=silu_mul, row_params=getattr(layer, "row_params", None), eps=eps,

@@ -29,6 +29,7 @@ from floorline.kernels.quant_nf4 import (
     nf4_gemv_triton,
 )
 from floorline.kernels.nf4_lookup import NF4_CODE
+from floorline.kernels.quant_common import m1_fusion_wanted
 from floorline.kernels.quant_packing import bytes_to_codes, codes_to_bytes, pack_nf4, unpack_nf4
 from floorline.quant.packed import PackedMethod, add_param, check_shape, copy_part
 
@@ -204,6 +205,13 @@ class Nf4Method(PackedMethod):
     def gemv(self, layer, x, silu_mul) -> torch.Tensor:
         return nf4_gemv_triton(x, layer.qweight, layer.absmax, self._nested(layer), layer.code,
                                silu_mul=silu_mul, lookup=self.lookup)
+
+    def fused_gemv(self, layer, x, silu_mul, eps, fusions):
+        gate = x[:, : layer.in_features] if silu_mul else x  # the operand's layout, before the activation
+        if not m1_fusion_wanted("nf4", gate, layer.qweight, layer.in_features, BLOCK, **fusions):
+            return None
+        return nf4_gemv_triton(x, layer.qweight, layer.absmax, self._nested(layer), layer.code,
+                               silu_mul=silu_mul, lookup=self.lookup, eps=eps, **fusions)
 
     def dequantize_ref(self, layer) -> torch.Tensor:
         return nf4_dequantize_ref(layer.qweight, layer.absmax, self._nested(layer))

@@ -52,7 +52,7 @@ def test_gpu_gemv_matches_reference_in_bf16(fmt, k, n):
     assert _rel(layer.quant_method.gemv(layer, x2, True), F.linear(silu_and_mul(x2).float(), w)) < 1e-2
 
 
-@pytest.mark.parametrize("fmt", ["int8", "fp8", "int4"])
+@pytest.mark.parametrize("fmt", list(METHODS))
 @pytest.mark.parametrize("k,n", [(4096, 4096), (14336, 4096)])
 def test_gpu_fused_residual_then_norm(fmt, k, n):
     """o_proj / down with the residual add (and the next norm's weight), then qkv with the norm, on the

@@ -15,7 +15,6 @@ from floorline.kernels.quant_configs import QuantGemvConfig, get_config, heurist
 from floorline.kernels.quant_int4 import (
     int4_dequantize_ref,
     int4_dequantize_triton,
-    int4_fusion_wanted,
     int4_gemm_ref,
     int4_gemv_triton,
 )
@@ -237,34 +236,44 @@ def test_int4_persistent_m1_kernel(cfg, dtype, n, k, group, silu, seed):
 # the RMSNorm neighbours: a producer (o_proj: persistent, whole K; down: the K loop, SiLU operand) adds the
 # residual and applies the next norm's weight; its consumer (qkv, gate_up: persistent, split or fp16x2) then
 # only scales by 1/rms
-INT4_FUSED = [
-    (QuantGemvConfig(block_n=4, block_k=256, num_warps=2, num_stages=1, programs_per_sm=1), False, PERSISTENT[0],
-     torch.float32),
-    (QuantGemvConfig(block_n=8, block_k=128, split_k=2, num_stages=1), True, PERSISTENT[1], torch.float32),
-    (K_LOOP_HALF2[0], True, HALF2[1], torch.float16),
-]
+WHOLE_K = QuantGemvConfig(block_n=4, block_k=256, num_warps=2, num_stages=1, programs_per_sm=1)
+K_LOOP = QuantGemvConfig(block_n=8, block_k=128, split_k=2, num_stages=1)
+FUSED_4BIT = [("int4", WHOLE_K, False, PERSISTENT[0], torch.float32),
+              ("int4", K_LOOP, True, PERSISTENT[1], torch.float32),
+              ("int4", K_LOOP_HALF2[0], True, HALF2[1], torch.float16),
+              ("nf4", WHOLE_K, False, PERSISTENT[0], torch.float32),
+              ("nf4", K_LOOP, True, HALF2[1], torch.float16)]
 
 
-@pytest.mark.parametrize("producer,silu,consumer,dtype", INT4_FUSED, ids=["persistent", "k-loop", "half2"])
-def test_int4_residual_epilogue_and_prescaled_operand_match_unfused(producer, silu, consumer, dtype, seed):
+def _four_bit(fmt: str, n: int, k: int):
+    """(gemv(x, **launcher keywords), reference(x)) of a random 4-bit weight [n, k]."""
+    if fmt == "int4":
+        qw, s, z = _int4(n, k, 64)
+        return (lambda x, **kw: int4_gemv_triton(x, qw, s, z, k, 64, **kw)), lambda x: int4_gemm_ref(x, qw, s, z, k, 64)
+    qw, a, nest = _nf4(n, k, False)
+    return (lambda x, **kw: nf4_gemv_triton(x, qw, a, nest, nf4_code(), **kw)), lambda x: nf4_gemm_ref(x, qw, a, nest)
+
+
+@pytest.mark.parametrize("fmt,producer,silu,consumer,dtype", FUSED_4BIT,
+                         ids=["int4-persistent", "int4-k-loop", "int4-half2", "nf4-persistent", "nf4-k-loop"])
+def test_4bit_residual_epilogue_and_prescaled_operand_match_unfused(fmt, producer, silu, consumer, dtype, seed):
     from floorline.kernels.rms_norm import rms_norm_ref
 
-    qw, s, z = _int4(256, 256, 64)
+    gemv, ref = _four_bit(fmt, 256, 256)
     x, xr = _x(1, 256, dtype, silu)
     residual = torch.randn(1, 256).to(dtype)
     nw = (1 + 0.3 * torch.randn(256)).to(dtype)
-    total, ss, scaled = int4_gemv_triton(x, qw, s, z, 256, 64, silu_mul=silu, config=producer, residual=residual,
-                                         out_norm_weight=nw)
-    _close(total, int4_gemm_ref(xr, qw, s, z, 256, 64) + residual, dtype, seed, producer.half2)
+    total, ss, scaled = gemv(x, silu_mul=silu, config=producer, residual=residual, out_norm_weight=nw)
+    _close(total, ref(xr) + residual, dtype, seed, producer.half2)
     assert ss.shape == (1, 256 // producer.block_n)
     _close(ss.sum(1, keepdim=True), total.float().pow(2).sum(1, keepdim=True), torch.float32, seed)
     assert torch.equal(scaled, (total.float() * nw.float()).to(dtype))
-    qw2, s2, z2 = _int4(40, 256, 64)
-    y = int4_gemv_triton(scaled, qw2, s2, z2, 256, 64, config=consumer, norm_ss=ss, eps=1e-5)
-    _close(y, int4_gemm_ref(rms_norm_ref(total, nw, 1e-5), qw2, s2, z2, 256, 64), dtype, seed, consumer.half2)
+    gemv2, ref2 = _four_bit(fmt, 40, 256)
+    y = gemv2(scaled, config=consumer, norm_ss=ss, eps=1e-5)
+    _close(y, ref2(rms_norm_ref(total, nw, 1e-5)), dtype, seed, consumer.half2)
 
 
-def test_int4_fusions_are_refused_where_they_do_not_run():
+def test_4bit_fusions_are_refused_where_they_do_not_run():
     qw, s, z = _int4(8, 256, 64)
     x, ss, r = torch.randn(1, 256), torch.ones(1, 4), torch.zeros(1, 8)
     with pytest.raises(ValueError, match="a prescaled operand \\(norm_ss\\) needs a persistent config"):
@@ -273,8 +282,12 @@ def test_int4_fusions_are_refused_where_they_do_not_run():
         int4_gemv_triton(x, qw, s, z, 256, 64, residual=r, config=PERSISTENT[0])
     with pytest.raises(ValueError, match="one row's M = 1 kernels, got 2 rows on the dot path"):
         int4_gemv_triton(torch.randn(2, 256), qw, s, z, 256, 64, residual=torch.zeros(2, 8))
-    assert int4_fusion_wanted(x, qw, 256, 64, residual=r)
-    assert not int4_fusion_wanted(torch.randn(2, 256), qw, 256, 64, residual=torch.zeros(2, 8))
+    qn, a, _ = _nf4(8, 256, False)
+    with pytest.raises(ValueError, match="quant_nf4: residual must be contiguous"):
+        nf4_gemv_triton(x, qn, a, None, nf4_code(), residual=torch.zeros(1, 9))
+    assert qc.m1_fusion_wanted("int4", x, qw, 256, 64, residual=r)
+    assert qc.m1_fusion_wanted("nf4", x, qn, 256, 64, residual=r)
+    assert not qc.m1_fusion_wanted("int4", torch.randn(2, 256), qw, 256, 64, residual=torch.zeros(2, 8))
 
 
 # the kernels that read the row-major copy of scales and zeros: persistent (split: tickets; prefetch: the next

@@ -51,12 +51,12 @@ def test_gemv_kernels_inside_the_model_match_the_reference_path(quant_tiny_dir, 
     torch.testing.assert_close(model_logits(model, IDS), ref, rtol=2e-4, atol=2e-4)
 
 
-@pytest.mark.parametrize("fmt", ["int8", "fp8", "int4"])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_decode_row_fuses_the_norms_and_residual_adds_and_matches_the_reference_path(quant_tiny_dir,
                                                                                      monkeypatch, fmt):
     """One row (a decode step's shape): the GEMVs add the residual and the next norm's weight in their
     epilogues and 1/rms after their loops, so only the first layer's norm (after the embedding) and the
-    final one stay kernels. (NF4's kernels have no fusions.)"""
+    final one stay kernels."""
     import floorline.layers.norm as norm_module
 
     model = LLM(quant_tiny_dir, quantization=fmt, num_kv_blocks=16).engine.model
