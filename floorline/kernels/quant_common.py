@@ -21,7 +21,7 @@ import torch
 from floorline.kernels.decode_attention import num_sms_of
 from floorline.kernels.pdl import early_launch_args, pdl_args
 from floorline.kernels.quant_configs import DOT_MAX_M, QuantGemvConfig, get_config
-from floorline.kernels.skinny_gemm import DOT_BLOCK_M, _dot, _epilogue, _fusion_problem, _operand
+from floorline.kernels.skinny_gemm import DOT_BLOCK_M, _dot, _epilogue, _finish, _fusion_problem, _operand
 from floorline.kernels.tickets import tickets
 from floorline.kernels.triton_compat import tl, triton
 
@@ -289,10 +289,21 @@ def _slot_xs(x_ptrs, kx, K, GW: tl.constexpr, EVEN_K: tl.constexpr, X_SILU_MUL: 
 
 
 @triton.jit
-def _persistent_store(out, rn, N, out_ptr, ws_ptr, split, SPLIT: tl.constexpr):
+def _persistent_store(out, rn, N, out_ptr, ws_ptr, split, SPLIT: tl.constexpr, tile=None, rstd=None, r=None,
+                      ss_ptr=None, nw_out_ptr=None, scaled_ptr=None, X_PRESCALED: tl.constexpr = False,
+                      ADD_RESIDUAL: tl.constexpr = False, SCALE_OUT: tl.constexpr = False):
     """Persistent M = 1 kernels, one row tile's result: the output, or with SPLIT its fp32 partial
-    (summed by `_persistent_reduce` once every split of the program's rows is done)."""
-    if SPLIT:
+    (summed by `_persistent_reduce` once every split of the program's rows is done).
+
+    The RMSNorm neighbours: X_PRESCALED scales the result by rstd first; ADD_RESIDUAL (no split) stores
+    it through skinny_gemm's `_finish` (the residual r, the s^2 partial at `tile`, with SCALE_OUT the
+    output times the next norm's weight)."""
+    if X_PRESCALED:
+        out = out * rstd
+    if ADD_RESIDUAL:
+        _finish(out, rn, rn, rn < N, out_ptr, out_ptr, N, False, r, ss_ptr, tile, None, True, nw_out_ptr,
+                scaled_ptr, SCALE_OUT)
+    elif SPLIT:
         tl.store(ws_ptr + split * N + rn, out, mask=rn < N)
     else:
         tl.store(out_ptr + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)

@@ -60,7 +60,6 @@ from floorline.kernels.quant_pairs import int4_pairs_launch, pairs_ok
 from floorline.kernels.quant_x_pairs import int4_x_pairs, load_pair_words
 from floorline.kernels.skinny_gemm import (
     _epilogue,
-    _finish,
     _load_ss_parts,
     _or,
     _rstd,
@@ -276,6 +275,8 @@ def _int4_gemv_m1_kernel(
     x0, x1, x2, x3, x4, x5, x6, x7 = _slot_xs(x_ptrs, kx, K, GW, EVEN_K, X_SILU_MUL)
     if X_PRESCALED:
         rstd = _rstd(_load_ss_parts(ss_in_ptr, num_ss_in, 1, 1, SS_BLOCK), K, eps)  # [1]
+    else:
+        rstd = None
     if HALF2:  # x as scaled fp16 pairs (quant_half2)
         scale, inv_scale = x_scale(x0, x1, x2, x3, x4, x5, x6, x7)
         xp = x_pairs(x6, x0, x3, x5, x2, x4, x1, x7, scale, NC, NB)
@@ -289,6 +290,8 @@ def _int4_gemv_m1_kernel(
         rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
         if ADD_RESIDUAL:  # loaded first: its latency hides behind the tile's weights
             r = tl.load(res_ptr + rn, mask=rn < N, other=0.0)
+        else:
+            r = None
         if PREFETCH:  # the next tile's words (and row params: their rows clamped to N - 1 are always in bounds)
             nxt = tl.minimum(rn + step * BLOCK_N, N - 1)
             w_next = _row_words(q_ptr, nxt, stride_qn, woff, g_ok, EVEN_K, tile + step, num_tiles)
@@ -310,13 +313,8 @@ def _int4_gemv_m1_kernel(
             t = tl.sum(_int4_dot_slots(w, x0, x1, x2, x3, x4, x5, x6, x7, one, sixteen), axis=3)  # [NC, NB, BN]
             part = (s * 16.0)[None, :, :] * (t - c - z[None, :, :] * xs)
             out = tl.sum(tl.sum(part, axis=0), axis=0)
-        if X_PRESCALED:
-            out = out * rstd
-        if ADD_RESIDUAL:
-            _finish(out, rn, rn, rn < N, out_ptr, out_ptr, N, False, r, ss_out_ptr, tile, None, True, nw_out_ptr,
-                    scaled_ptr, SCALE_OUT)
-        else:
-            _persistent_store(out, rn, N, out_ptr, ws_ptr, split, SPLIT)
+        _persistent_store(out, rn, N, out_ptr, ws_ptr, split, SPLIT, tile, rstd, r, ss_out_ptr, nw_out_ptr,
+                          scaled_ptr, X_PRESCALED, ADD_RESIDUAL, SCALE_OUT)
         if PREFETCH:
             w = w_next
             if ROW_PARAMS:

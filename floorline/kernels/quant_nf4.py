@@ -51,7 +51,6 @@ from floorline.kernels.quant_packing import unpack_nf4
 from floorline.kernels.quant_pairs import nf4_pairs_launch, pairs_ok
 from floorline.kernels.skinny_gemm import (
     _epilogue,
-    _finish,
     _load_ss_parts,
     _or,
     _rstd,
@@ -238,6 +237,8 @@ def _nf4_gemv_m1_kernel(
     x0, x1, x2, x3, x4, x5, x6, x7 = _slot_xs(x_ptrs, kx, K, 8, EVEN_K, X_SILU_MUL)
     if X_PRESCALED:
         rstd = _rstd(_load_ss_parts(ss_in_ptr, num_ss_in, 1, 1, SS_BLOCK), K, eps)  # [1]
+    else:
+        rstd = None
     if HALF2:  # x as scaled fp16 pairs (quant_half2)
         table = nf4_lane_table(tl.zeros([2, NB, BLOCK_N], dtype=tl.int32), LOOKUP, HALF2=True)
         scale, inv_scale = x_scale(x0, x1, x2, x3, x4, x5, x6, x7)
@@ -249,6 +250,8 @@ def _nf4_gemv_m1_kernel(
         rn_w = tl.minimum(rn, N - 1)  # past-N rows re-read row N-1: unmasked loads, masked stores
         if ADD_RESIDUAL:  # loaded first: its latency hides behind the tile's weights
             r = tl.load(res_ptr + rn, mask=rn < N, other=0.0)
+        else:
+            r = None
         if PREFETCH:
             nxt = tl.minimum(rn + step * BLOCK_N, N - 1)
             w_next = _row_words(q_ptr, nxt, stride_qn, woff, kb_mask[:, None], EVEN_K, tile + step, num_tiles)
@@ -263,13 +266,8 @@ def _nf4_gemv_m1_kernel(
         else:
             t = tl.sum(_nf4_dot_slots(w, x0, x1, x2, x3, x4, x5, x6, x7, code_ptr, table, LOOKUP), axis=3)
             out = tl.sum(tl.sum(tl.trans(absmax)[None, :, :] * t, axis=0), axis=0)
-        if X_PRESCALED:
-            out = out * rstd
-        if ADD_RESIDUAL:
-            _finish(out, rn, rn, rn < N, out_ptr, out_ptr, N, False, r, ss_out_ptr, tile, None, True, nw_out_ptr,
-                    scaled_ptr, SCALE_OUT)
-        else:
-            _persistent_store(out, rn, N, out_ptr, ws_ptr, split, SPLIT)
+        _persistent_store(out, rn, N, out_ptr, ws_ptr, split, SPLIT, tile, rstd, r, ss_out_ptr, nw_out_ptr,
+                          scaled_ptr, X_PRESCALED, ADD_RESIDUAL, SCALE_OUT)
         if PREFETCH:
             w = w_next
     if SPLIT:
