@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import torch
 
 from floorline.kernels.decode_attention import num_sms_of
+from floorline.kernels.fusion_args import layout_problem
 from floorline.kernels.pdl import early_launch_args, pdl_args
 from floorline.kernels.quant_configs import DOT_MAX_M, QuantGemvConfig, get_config
-from floorline.kernels.skinny_gemm import DOT_BLOCK_M, _dot, _epilogue, _finish, _fusion_problem, _operand
+from floorline.kernels.skinny_gemm import DOT_BLOCK_M, _dot, _epilogue, _finish, _operand
 from floorline.kernels.tickets import tickets
 from floorline.kernels.triton_compat import tl, triton
 
@@ -123,7 +124,7 @@ def m1_fusion_problem(x: torch.Tensor, n: int, kp: int, cfg: QuantGemvConfig, no
         return "a prescaled operand (norm_ss) needs a persistent config (programs_per_sm > 0)"
     if residual is not None and cfg.persistent and triton.cdiv(kp, cfg.block_k) > 1:
         return f"the residual add needs a persistent config without a K split, got block_k {cfg.block_k} for K {kp}"
-    return _fusion_problem(x, n, None, norm_ss, residual, False, norm_ss is not None, out_norm_weight)
+    return layout_problem(x, n, None, norm_ss, residual, False, norm_ss is not None, out_norm_weight)
 
 
 def m1_fusion_wanted(fmt: str, x: torch.Tensor, qweight: torch.Tensor, k: int, k_unit: int, **fusions) -> bool:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from floorline.kernels.fusion_args import fused_outputs, fused_result, ptr_or
 from floorline.kernels.pdl import gdc_launch_dependents, gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
     _persistent_reduce,
@@ -61,10 +62,7 @@ from floorline.kernels.quant_x_pairs import int4_x_pairs, load_pair_words
 from floorline.kernels.skinny_gemm import (
     _epilogue,
     _load_ss_parts,
-    _or,
     _rstd,
-    fused_outputs,
-    fused_result,
 )
 from floorline.kernels.triton_compat import tl, triton
 
@@ -417,7 +415,7 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     _int4_gemv_kernel[(geo.tiles, geo.splits)](
         x, meta, qweight, scales, zeros, out, geo.ws, geo.tickets,
         m, n, k, kp, kp // group, x.stride(0), qweight.stride(0), geo.blocks_per_split, geo.splits, *MAGIC,
-        _or(residual, out), ss_out, _or(out_norm_weight, out), scaled,
+        ptr_or(residual, out), ss_out, ptr_or(out_norm_weight, out), scaled,
         BLOCK_M=dot_block_m(m) if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
         DOT_IEEE=x.dtype == torch.float32, HALF2=half2,
@@ -437,7 +435,7 @@ def _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out, row
     _int4_gemv_m1_kernel[(geo.programs,)](
         x, qweight, scales if row_params is None else row_params, zeros, out, geo.ws, geo.tickets,
         n, k, kp // group, qweight.stride(0), geo.tiles, geo.splits, *MAGIC,
-        _or(norm_ss, out), num_ss, float(eps), _or(residual, out), ss_out, _or(out_norm_weight, out), scaled,
+        ptr_or(norm_ss, out), num_ss, float(eps), ptr_or(residual, out), ss_out, ptr_or(out_norm_weight, out), scaled,
         BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP=group,
         EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1, X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch,
         HALF2=half2_ok(cfg, x), EMULATE=x.device.type != "cuda", ROW_PARAMS=row_params is not None, **geo.reduce,

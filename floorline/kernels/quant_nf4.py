@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from floorline.kernels.fusion_args import fused_outputs, fused_result, ptr_or
 from floorline.kernels.nf4_lookup import NF4_CODE, lookup_id, nf4_code_of, nf4_lane_table
 from floorline.kernels.pdl import gdc_launch_dependents, gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
@@ -52,10 +53,7 @@ from floorline.kernels.quant_pairs import nf4_pairs_launch, pairs_ok
 from floorline.kernels.skinny_gemm import (
     _epilogue,
     _load_ss_parts,
-    _or,
     _rstd,
-    fused_outputs,
-    fused_result,
 )
 from floorline.kernels.triton_compat import tl, triton
 
@@ -388,7 +386,7 @@ def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor
         _nf4_gemv_m1_kernel[(geo.programs,)](
             x, qweight, absmax, *_nested_args(absmax, nested), code, out, geo.ws, geo.tickets,
             n, k, qweight.stride(0), geo.tiles, geo.splits,
-            _or(norm_ss, out), num_ss, float(eps), _or(residual, out), ss_out, _or(out_norm_weight, out), scaled,
+            ptr_or(norm_ss, out), num_ss, float(eps), ptr_or(residual, out), ss_out, ptr_or(out_norm_weight, out), scaled,
             BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, EVEN_K=k % cfg.block_k == 0,
             SPLIT=geo.splits > 1, NESTED=nested is not None, LOOKUP=lookup_id(lookup, x.device),
             X_SILU_MUL=silu_mul, PREFETCH=cfg.prefetch, HALF2=half2_ok(cfg, x), ASM_LOADS=x.device.type == "cuda",
@@ -401,7 +399,7 @@ def nf4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, absmax: torch.Tensor
     _nf4_gemv_kernel[(geo.tiles, geo.splits)](
         x, qweight, absmax, *_nested_args(absmax, nested), code, out, geo.ws, geo.tickets,
         m, n, k, x.stride(0), qweight.stride(0), geo.blocks_per_split, geo.splits,
-        _or(residual, out), ss_out, _or(out_norm_weight, out), scaled,
+        ptr_or(residual, out), ss_out, ptr_or(out_norm_weight, out), scaled,
         BLOCK_M=dot_block_m(m) if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
         DOT_IEEE=x.dtype == torch.float32, NESTED=nested is not None, LOOKUP=lookup_id(lookup, x.device),

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from floorline.kernels.activation import silu_and_mul
+from floorline.kernels.fusion_args import fused_outputs, fused_result, layout_problem, ptr_or
 from floorline.kernels.pdl import early_launch_args, gdc_launch_dependents, gdc_wait
 from floorline.kernels.quant_common import (
     _load_x,
@@ -31,13 +32,9 @@ from floorline.kernels.quant_common import (
 from floorline.kernels.quant_configs import QuantGemvConfig, check_config, get_config
 from floorline.kernels.skinny_gemm import (
     _epilogue,
-    _fusion_problem,
     _load,
     _load_ss_parts,
-    _or,
     _rstd,
-    fused_outputs,
-    fused_result,
 )
 from floorline.kernels.triton_compat import tl, triton
 
@@ -258,7 +255,7 @@ def w8_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, 
     _w8_gemv_kernel[(geo.tiles, geo.splits)](
         x, qweight, scale, out, geo.ws, geo.tickets, m, n, k, x.stride(0), qweight.stride(0),
         geo.blocks_per_split, geo.splits,
-        _or(norm_ss, out), num_ss, float(eps), _or(residual, out), ss_out, _or(out_norm_weight, out), scaled,
+        ptr_or(norm_ss, out), num_ss, float(eps), ptr_or(residual, out), ss_out, ptr_or(out_norm_weight, out), scaled,
         BLOCK_M=dot_block_m(m) if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0, SPLIT=geo.splits > 1,
         DOT_IEEE=x.dtype == torch.float32, FP8=fp8, FP16_X=x.dtype == torch.float16,
@@ -277,7 +274,7 @@ def fusion_problem(x: torch.Tensor, n: int, cfg: QuantGemvConfig, norm_ss=None, 
         return None
     if x.shape[0] != 1 or cfg.use_dot:
         return f"the fusions run on one row's FMA path, got {x.shape[0]} rows{' on the dot path' * cfg.use_dot}"
-    return _fusion_problem(x, n, None, norm_ss, residual, False, norm_ss is not None, out_norm_weight)
+    return layout_problem(x, n, None, norm_ss, residual, False, norm_ss is not None, out_norm_weight)
 
 
 def w8_fusion_wanted(x: torch.Tensor, qweight: torch.Tensor, fp8: bool, **fusions) -> bool:

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from floorline.kernels.triton_compat import tl, triton
 
+from floorline.kernels.fusion_args import fused_outputs, fused_result, layout_problem, ptr_or
 from floorline.kernels.pdl import early_launch_args, gdc_launch_dependents, gdc_wait
 from floorline.kernels.tickets import tickets
 
@@ -306,68 +307,6 @@ def skinny_gemm_ref(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None 
     return F.linear(x.float(), w.float(), None if bias is None else bias.float()).to(x.dtype)
 
 
-def _vector_problem(name: str, v: torch.Tensor, size: int, x: torch.Tensor) -> str | None:
-    """What makes `v` unusable as a contiguous [size] vector beside x, or None."""
-    if tuple(v.shape) != (size,) or v.stride(0) != 1 or v.device != x.device:
-        return f"{name} must be a contiguous [{size}] tensor on x's device, got {tuple(v.shape)}"
-    return None
-
-
-def _ss_problem(norm_ss: torch.Tensor, x: torch.Tensor) -> str | None:
-    """What makes `norm_ss` unusable as the [M, parts] fp32 partial sums of x's squares, or None."""
-    m = x.shape[0]
-    if (norm_ss.dim() != 2 or norm_ss.shape[0] != m or norm_ss.dtype != torch.float32
-            or not norm_ss.is_contiguous() or norm_ss.device != x.device):
-        return f"norm_ss must be contiguous fp32 [{m}, parts], got {tuple(norm_ss.shape)} {norm_ss.dtype}"
-    return None
-
-
-def _fusion_problem(x: torch.Tensor, n: int, norm_weight, norm_ss, residual, silu_mul: bool, prescaled: bool = False,
-                    out_norm_weight=None) -> str | None:
-    """What makes these fusions unusable for operand x [M, K] and N outputs, or None (layouts only)."""
-    m, k = x.shape
-    if norm_weight is not None or norm_ss is not None or prescaled:
-        if silu_mul:
-            return "silu_mul and an RMSNorm operand are exclusive"
-        if prescaled:
-            if norm_weight is not None or norm_ss is None:
-                return "a prescaled operand takes norm_ss and no norm_weight (its producer applied the weight)"
-        elif norm_weight is None or norm_ss is None:
-            return "an RMSNorm operand needs both norm_weight and norm_ss"
-        problem = (_vector_problem("norm_weight", norm_weight, k, x) if norm_weight is not None else None) \
-            or _ss_problem(norm_ss, x)
-        if problem:
-            return problem
-    if residual is not None and (tuple(residual.shape) != (m, n) or residual.dtype != x.dtype
-                                 or not residual.is_contiguous() or residual.device != x.device):
-        return f"residual must be contiguous {x.dtype} [{m}, {n}], got {tuple(residual.shape)} {residual.dtype}"
-    if out_norm_weight is not None:
-        if residual is None:
-            return "out_norm_weight scales the residual sum: it needs residual"
-        return _vector_problem("out_norm_weight", out_norm_weight, n, x)
-    return None
-
-
-def _or(t: torch.Tensor | None, dummy: torch.Tensor) -> torch.Tensor:
-    """t, or a dummy pointer for a kernel argument its constexprs leave unread."""
-    return t if t is not None else dummy
-
-
-def fused_outputs(out: torch.Tensor, tiles: int, residual, out_norm_weight) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ss, scaled) buffers of a launch with the residual fusions ([M, tiles] fp32 and out's shape), else
-    `out` as dummies."""
-    m = out.shape[0]
-    ss = torch.empty((m, tiles), dtype=torch.float32, device=out.device) if residual is not None else out
-    return ss, (torch.empty_like(out) if out_norm_weight is not None else out)
-
-
-def fused_result(out: torch.Tensor, ss: torch.Tensor, scaled: torch.Tensor, residual, out_norm_weight):
-    """What a GEMV with the residual fusions returns: out, `(s, ss)`, or `(s, ss, s * out_norm_weight)`."""
-    if residual is None:
-        return out
-    return (out, ss) if out_norm_weight is None else (out, ss, scaled)
-
-
 def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
                        config: SkinnyConfig | None = None, silu_mul: bool = False,
                        norm_weight: torch.Tensor | None = None, norm_ss: torch.Tensor | None = None,
@@ -391,7 +330,7 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
     _check(x, w, bias)
     m, k = x.shape
     n = w.shape[0]
-    problem = _fusion_problem(x, n, norm_weight, norm_ss, residual, silu_mul, prescaled, out_norm_weight)
+    problem = layout_problem(x, n, norm_weight, norm_ss, residual, silu_mul, prescaled, out_norm_weight)
     if problem:
         raise ValueError(f"skinny_gemm: {problem}")
     if m > MAX_M:
@@ -433,8 +372,8 @@ def skinny_gemm_triton(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | No
     _skinny_gemm_kernel[(tiles, splits)](
         x_in, w, bias if bias is not None else out, out, ws, tickets,
         m, n, k, x.stride(0), w.stride(0), per_split, splits,
-        _or(norm_weight, out), _or(norm_ss, out), num_ss, float(eps), _or(residual, out), ss_out,
-        _or(out_norm_weight, out), scaled,
+        ptr_or(norm_weight, out), ptr_or(norm_ss, out), num_ss, float(eps), ptr_or(residual, out), ss_out,
+        ptr_or(out_norm_weight, out), scaled,
         BLOCK_M=DOT_BLOCK_M if cfg.use_dot else 1, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
         NUM_STAGES=cfg.num_stages, USE_DOT=cfg.use_dot, EVEN_K=k % cfg.block_k == 0,
         HAS_BIAS=bias is not None, SPLIT=splits > 1, DOT_IEEE=x.dtype == torch.float32,
@@ -518,5 +457,5 @@ def fusion_supported(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
         if x.dim() != 2 or x.shape[1] != 2 * w.shape[1]:
             return False
         x = x[:, : w.shape[1]]
-    return triton_supported(x, w, bias) and _fusion_problem(x, w.shape[0], norm_weight, norm_ss, residual,
+    return triton_supported(x, w, bias) and layout_problem(x, w.shape[0], norm_weight, norm_ss, residual,
                                                             silu_mul, prescaled, out_norm_weight) is None
