@@ -141,10 +141,10 @@ class Int4Method(PackedMethod):
         return int4_gemv_triton(x, layer.qweight, layer.scales, layer.zeros, layer.in_features, self.group,
                                 silu_mul=silu_mul, row_params=getattr(layer, "row_params", None))
 
+    def fusion_wanted(self, layer, operand, fusions) -> bool:
+        return m1_fusion_wanted("int4", operand, layer.qweight, layer.in_features, self.group, **fusions)
+
     def fused_gemv(self, layer, x, silu_mul, eps, fusions):
-        gate = x[:, : layer.in_features] if silu_mul else x  # the operand's layout, before the activation
-        if not m1_fusion_wanted("int4", gate, layer.qweight, layer.in_features, self.group, **fusions):
-            return None
         return int4_gemv_triton(x, layer.qweight, layer.scales, layer.zeros, layer.in_features, self.group,
                                 silu_mul=silu_mul, row_params=getattr(layer, "row_params", None), eps=eps,
                                 **fusions)

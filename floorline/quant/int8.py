@@ -77,10 +77,10 @@ class Int8Method(PackedMethod):
     def gemv(self, layer, x, silu_mul) -> torch.Tensor:
         return w8_gemv_triton(x, layer.qweight, layer.scale, self.fp8, silu_mul=silu_mul)
 
+    def fusion_wanted(self, layer, operand, fusions) -> bool:
+        return w8_fusion_wanted(operand, layer.qweight, self.fp8, **fusions)
+
     def fused_gemv(self, layer, x, silu_mul, eps, fusions):
-        gate = x[:, : layer.in_features] if silu_mul else x  # the operand's layout, before the activation
-        if not w8_fusion_wanted(gate, layer.qweight, self.fp8, **fusions):
-            return None
         if silu_mul:  # the activation kernel first: no 8-bit kernel fuses it (quant_common.unfused_silu)
             x = silu_and_mul(x)
         return w8_gemv_triton(x, layer.qweight, layer.scale, self.fp8, eps=eps, **fusions)

@@ -206,10 +206,10 @@ class Nf4Method(PackedMethod):
         return nf4_gemv_triton(x, layer.qweight, layer.absmax, self._nested(layer), layer.code,
                                silu_mul=silu_mul, lookup=self.lookup)
 
+    def fusion_wanted(self, layer, operand, fusions) -> bool:
+        return m1_fusion_wanted("nf4", operand, layer.qweight, layer.in_features, BLOCK, **fusions)
+
     def fused_gemv(self, layer, x, silu_mul, eps, fusions):
-        gate = x[:, : layer.in_features] if silu_mul else x  # the operand's layout, before the activation
-        if not m1_fusion_wanted("nf4", gate, layer.qweight, layer.in_features, BLOCK, **fusions):
-            return None
         return nf4_gemv_triton(x, layer.qweight, layer.absmax, self._nested(layer), layer.code,
                                silu_mul=silu_mul, lookup=self.lookup, eps=eps, **fusions)
 

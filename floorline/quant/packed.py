@@ -149,12 +149,19 @@ class PackedMethod(QuantMethod):
                 return None
             x = norm.scaled
             fusions["norm_ss"] = norm.ss
+        gate = x[:, : layer.in_features] if silu_mul else x  # the operand's layout, before the activation
+        if not self.fusion_wanted(layer, gate, fusions):
+            return None
         return self.fused_gemv(layer, x, silu_mul, norm.eps if norm is not None else 0.0, fusions)
 
+    def fusion_wanted(self, layer: torch.nn.Module, operand: torch.Tensor, fusions: dict) -> bool:
+        """Whether the format's GEMV runs `fusions` (the keywords norm_ss, residual, out_norm_weight of its
+        launcher) for this operand (the gate half with the SiLU) with its default config."""
+        return False
+
     def fused_gemv(self, layer: torch.nn.Module, x: torch.Tensor, silu_mul: bool, eps: float, fusions: dict):
-        """The GEMV with `fusions` (the keywords norm_ss, residual, out_norm_weight of the format's launcher),
-        or None where the format's kernels cannot run them."""
-        return None
+        """The GEMV with `fusions`, where `fusion_wanted` said yes."""
+        raise NotImplementedError
 
     def matmul(self, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Prefill / CPU: the dequantized weight times x."""
