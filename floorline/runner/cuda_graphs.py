@@ -17,6 +17,7 @@ import torch
 
 from floorline.config import ModelConfig
 from floorline.kernels.decode_attention import decode_num_splits, num_sms_of
+from floorline.kernels.stage_inputs import stage_decode_inputs
 from floorline.runner.forward_context import AttentionMetadata, forward_context
 
 
@@ -100,19 +101,14 @@ class DecodeGraphs:
     def can_run(self, num_seqs: int, max_seq_len: int) -> bool:
         return bool(self.graphs) and num_seqs <= self.max_batch and max_seq_len <= self.max_model_len
 
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """Replays the smallest bucket that holds the batch; returns logits [num_seqs, vocab]."""
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+            fill_from: torch.Tensor | None = None, last_sampled: torch.Tensor | None = None) -> torch.Tensor:
+        """Replays the smallest bucket that holds the batch; returns logits [num_seqs, vocab]. `fill_from`
+        (with `last_sampled`): token i is last_sampled[fill_from[i]] where that is >= 0."""
         n = input_ids.shape[0]
         b = next(x for x in self.buckets if x >= n)
-        self.input_ids[:n].copy_(input_ids, non_blocking=True)
-        self.positions[:n].copy_(positions, non_blocking=True)
-        self.slot_mapping[:n].copy_(meta.slot_mapping, non_blocking=True)
-        self.seq_lens[:n].copy_(meta.seq_lens, non_blocking=True)
-        width = meta.block_tables.shape[1]
-        self.block_tables[:n, :width].copy_(meta.block_tables, non_blocking=True)
-        if b > n:  # padding rows: write nothing, attend to one token of block 0
-            self.slot_mapping[n:b].fill_(-1)
-            self.seq_lens[n:b].fill_(1)
-            self.block_tables[n:b, 0].fill_(0)
+        stage_decode_inputs((self.input_ids, self.positions, self.slot_mapping, self.seq_lens, self.block_tables),
+                            input_ids, positions, meta.slot_mapping, meta.seq_lens, meta.block_tables, b,
+                            fill_from, last_sampled)
         self.graphs[b].replay()
         return self.logits[:n]

@@ -42,6 +42,9 @@ class StepInputs:
     meta: AttentionMetadata
     logits_indices: torch.Tensor  # [num_sampled] rows of hidden that get logits
     sampled_request_ids: list[str] = field(default_factory=list)
+    # Tokens still on the device (the previous step's samples): row fill_from[t] of the last sample is
+    # token t (-1: input_ids holds it). None when there are none.
+    fill_from: torch.Tensor | None = None
 
 
 @dataclass
@@ -155,7 +158,8 @@ class ModelRunner:
         positions = np.arange(int(query_start[-1]), dtype=np.int64) + np.repeat(starts - query_start[:-1], q_lens)
         slots = table[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
         seq_lens = (starts + q_lens).astype(np.int32)
-        fill = np.asarray(fill_rows + fill_from, dtype=np.int64)
+        fill = np.full(len(input_ids), -1, dtype=np.int64)
+        fill[fill_rows] = fill_from
         (input_ids_t, positions_t, slots_t, query_start_t, seq_lens_t, table_t, logits_t, fill_t) = to_device_packed(
             [np.asarray(input_ids, dtype=np.int64), positions, slots, query_start.astype(np.int32), seq_lens, table,
              np.asarray(logits_indices, dtype=np.int64), fill],
@@ -165,10 +169,8 @@ class ModelRunner:
             slot_mapping=slots_t, query_start_loc=query_start_t, seq_lens=seq_lens_t, block_tables=table_t,
             max_query_len=int(q_lens.max()), max_seq_len=int(seq_lens.max()), num_decodes=num_decodes,
         )
-        if fill_rows:
-            input_ids_t[fill_t[: len(fill_rows)]] = self._last_sampled[fill_t[len(fill_rows):]]
         return StepInputs(input_ids=input_ids_t, positions=positions_t, meta=meta, logits_indices=logits_t,
-                          sampled_request_ids=sampled)
+                          sampled_request_ids=sampled, fill_from=fill_t if fill_rows else None)
 
     # ---- step ----------------------------------------------------------------------------------
 
@@ -195,8 +197,12 @@ class ModelRunner:
         num_seqs = inputs.meta.num_seqs
         if (self.graphs is not None and inputs.meta.is_decode_only and len(inputs.sampled_request_ids) == num_seqs
                 and self.graphs.can_run(num_seqs, inputs.meta.max_seq_len)):
-            logits = self.graphs.run(inputs.input_ids, inputs.positions, inputs.meta)
+            last = self._last_sampled if inputs.fill_from is not None else None
+            logits = self.graphs.run(inputs.input_ids, inputs.positions, inputs.meta, inputs.fill_from, last)
             return self._sample(logits, inputs.sampled_request_ids, "graph")
+        if inputs.fill_from is not None:  # (the graph's staging kernel does this itself) no mask: no sync
+            src = inputs.fill_from
+            inputs.input_ids.copy_(torch.where(src >= 0, self._last_sampled[src.clamp(min=0)], inputs.input_ids))
         with forward_context(inputs.meta):
             hidden = self.model(inputs.input_ids, inputs.positions)  # [num_tokens, hidden]
         if not inputs.sampled_request_ids:

@@ -18,7 +18,6 @@ Nothing syncs with the device; the caller's `.tolist()` on the output is the ste
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -29,9 +28,6 @@ from floorline.sampling_params import SamplingParams
 
 # Above this many top-k candidates a full sort is cheaper than torch.topk.
 _TOPK_FAST_PATH_MAX = 1024
-# `row_argmax`: pieces a row is cut into on CUDA (the gcd with the vocabulary; fewer than the minimum: one pass)
-ARGMAX_CHUNKS = 256
-MIN_ARGMAX_CHUNKS = 16
 
 
 def make_generator(params: SamplingParams, device: torch.device | str) -> torch.Generator | None:
@@ -308,24 +304,14 @@ def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
 
 
 def row_argmax(x: torch.Tensor) -> torch.Tensor:
-    """`x.argmax(dim=-1)` of [num_reqs, vocab] (the first maximal index, as torch's), in two passes on CUDA.
-
-    torch reduces a row with one thread block: 27 us for one 128256-wide row on an H200, more than 1% of
-    a 4-bit decode step. Cut into ARGMAX_CHUNKS pieces (where the vocabulary divides), each piece
-    gets its own block, then the pieces' maxima are compared."""
-    chunks = math.gcd(x.shape[-1], ARGMAX_CHUNKS)
-    if x.device.type != "cuda" or chunks < MIN_ARGMAX_CHUNKS:
+    """`x.argmax(dim=-1)` of [num_reqs, vocab] (the first maximal index, as torch's). On CUDA one Triton
+    launch (`kernels.argmax`): torch reduces a row with one thread block, 27 us for one 128256-wide row
+    on an H200, more than 1% of a 4-bit decode step."""
+    if x.device.type != "cuda":
         return x.argmax(dim=-1)
-    return chunked_argmax(x, chunks)
+    from floorline.kernels.argmax import argmax_rows
 
-
-def chunked_argmax(x: torch.Tensor, chunks: int) -> torch.Tensor:
-    """`x.argmax(dim=-1)` of [num_reqs, vocab] through `chunks` equal pieces of each row (chunks divides vocab)."""
-    rows, vocab = x.shape
-    width = vocab // chunks
-    values, idx = x.reshape(rows, chunks, width).max(dim=-1)  # each piece's first maximum
-    best = values.argmax(dim=-1, keepdim=True)  # the first piece holding the row's maximum
-    return (best * width + idx.gather(1, best)).squeeze(1)
+    return argmax_rows(x if x.stride(-1) == 1 else x.contiguous())
 
 
 def exponential_race(probs: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
