@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ablate_decode.py"
