@@ -127,14 +127,19 @@ def m1_fusion_problem(x: torch.Tensor, n: int, kp: int, cfg: QuantGemvConfig, no
     return layout_problem(x, n, None, norm_ss, residual, False, norm_ss is not None, out_norm_weight)
 
 
+def default_config_fuses(fmt: str, x: torch.Tensor, n: int, k: int, k_unit: int, problem) -> bool:
+    """Whether `problem(cfg)` (a launcher's fusion rules) finds nothing against format `fmt`'s default
+    config for one row x [1, K] and N outputs."""
+    if x.dim() != 2 or x.shape[0] != 1 or x.shape[1] != k:
+        return False
+    return problem(get_config(fmt, n, k, 1, k_unit, x.device)) is None
+
+
 def m1_fusion_wanted(fmt: str, x: torch.Tensor, qweight: torch.Tensor, k: int, k_unit: int, **fusions) -> bool:
     """Whether a 4-bit format's GEMV runs these neighbour fusions (its launcher's keywords) for the operand
     x (the gate half with the SiLU) with its default config."""
-    if x.dim() != 2 or x.shape[0] != 1 or x.shape[1] != k:
-        return False
-    n = qweight.shape[0]
-    cfg = get_config(fmt, n, k, 1, k_unit, x.device)
-    return m1_fusion_problem(x, n, 8 * qweight.shape[1], cfg, **fusions) is None
+    n, kp = qweight.shape[0], 8 * qweight.shape[1]
+    return default_config_fuses(fmt, x, n, k, k_unit, lambda cfg: m1_fusion_problem(x, n, kp, cfg, **fusions))
 
 
 def operand(x: torch.Tensor, k: int, silu_mul: bool, name: str) -> torch.Tensor:

@@ -25,6 +25,7 @@ from floorline.kernels.pdl import early_launch_args, gdc_launch_dependents, gdc_
 from floorline.kernels.quant_common import (
     _load_x,
     _split_tile,
+    default_config_fuses,
     dot_block_m,
     geometry,
     operand,
@@ -280,11 +281,9 @@ def fusion_problem(x: torch.Tensor, n: int, cfg: QuantGemvConfig, norm_ss=None, 
 def w8_fusion_wanted(x: torch.Tensor, qweight: torch.Tensor, fp8: bool, **fusions) -> bool:
     """Whether `w8_gemv_triton` runs these neighbour fusions (its keywords) for the operand x (after any
     SiLU) with its default config."""
-    if x.dim() != 2 or x.shape[0] != 1 or x.shape[1] != qweight.shape[1]:
-        return False
     n, k = qweight.shape
-    cfg = get_config("fp8" if fp8 else "int8", n, k, 1, K_UNIT, x.device)
-    return fusion_problem(x, n, cfg, **fusions) is None
+    return default_config_fuses("fp8" if fp8 else "int8", x, n, k, K_UNIT,
+                                lambda cfg: fusion_problem(x, n, cfg, **fusions))
 
 
 def w8_dequantize_triton(qweight: torch.Tensor, scale: torch.Tensor, fp8: bool, out: torch.Tensor) -> torch.Tensor:

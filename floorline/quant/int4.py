@@ -137,17 +137,12 @@ class Int4Method(PackedMethod):
                 "scales": layer.scales.data[:, start:start + size].contiguous(),
                 "zeros": layer.zeros.data[:, start:start + size].contiguous()}
 
-    def gemv(self, layer, x, silu_mul) -> torch.Tensor:
+    def gemv(self, layer, x, silu_mul, **fusions):
         return int4_gemv_triton(x, layer.qweight, layer.scales, layer.zeros, layer.in_features, self.group,
-                                silu_mul=silu_mul, row_params=getattr(layer, "row_params", None))
+                                silu_mul=silu_mul, row_params=getattr(layer, "row_params", None), **fusions)
 
     def fusion_wanted(self, layer, operand, fusions) -> bool:
         return m1_fusion_wanted("int4", operand, layer.qweight, layer.in_features, self.group, **fusions)
-
-    def fused_gemv(self, layer, x, silu_mul, eps, fusions):
-        return int4_gemv_triton(x, layer.qweight, layer.scales, layer.zeros, layer.in_features, self.group,
-                                silu_mul=silu_mul, row_params=getattr(layer, "row_params", None), eps=eps,
-                                **fusions)
 
     def dequantize_ref(self, layer) -> torch.Tensor:
         return int4_dequantize_ref(layer.qweight, layer.scales, layer.zeros, layer.in_features, self.group)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from floorline.kernels.activation import silu_and_mul
 from floorline.kernels.quant_w8 import (
     int8_to_stored,
     stored_to_int8,
@@ -74,16 +73,11 @@ class Int8Method(PackedMethod):
         q = layer.qweight.data[start:start + size]
         return {"qweight": q if self.fp8 else stored_to_int8(q), "scale": layer.scale.data[start:start + size]}
 
-    def gemv(self, layer, x, silu_mul) -> torch.Tensor:
-        return w8_gemv_triton(x, layer.qweight, layer.scale, self.fp8, silu_mul=silu_mul)
+    def gemv(self, layer, x, silu_mul, **fusions):
+        return w8_gemv_triton(x, layer.qweight, layer.scale, self.fp8, silu_mul=silu_mul, **fusions)
 
     def fusion_wanted(self, layer, operand, fusions) -> bool:
         return w8_fusion_wanted(operand, layer.qweight, self.fp8, **fusions)
-
-    def fused_gemv(self, layer, x, silu_mul, eps, fusions):
-        if silu_mul:  # the activation kernel first: no 8-bit kernel fuses it (quant_common.unfused_silu)
-            x = silu_and_mul(x)
-        return w8_gemv_triton(x, layer.qweight, layer.scale, self.fp8, eps=eps, **fusions)
 
     def dequantize_ref(self, layer) -> torch.Tensor:
         return w8_dequantize_ref(layer.qweight, layer.scale, self.fp8)

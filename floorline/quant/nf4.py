@@ -202,16 +202,12 @@ class Nf4Method(PackedMethod):
             return None
         return layer.nested_absmax, layer.nested_map, layer.row_base, layer.row_offset, layer.row_map
 
-    def gemv(self, layer, x, silu_mul) -> torch.Tensor:
+    def gemv(self, layer, x, silu_mul, **fusions):
         return nf4_gemv_triton(x, layer.qweight, layer.absmax, self._nested(layer), layer.code,
-                               silu_mul=silu_mul, lookup=self.lookup)
+                               silu_mul=silu_mul, lookup=self.lookup, **fusions)
 
     def fusion_wanted(self, layer, operand, fusions) -> bool:
         return m1_fusion_wanted("nf4", operand, layer.qweight, layer.in_features, BLOCK, **fusions)
-
-    def fused_gemv(self, layer, x, silu_mul, eps, fusions):
-        return nf4_gemv_triton(x, layer.qweight, layer.absmax, self._nested(layer), layer.code,
-                               silu_mul=silu_mul, lookup=self.lookup, eps=eps, **fusions)
 
     def dequantize_ref(self, layer) -> torch.Tensor:
         return nf4_dequantize_ref(layer.qweight, layer.absmax, self._nested(layer))

@@ -128,8 +128,10 @@ class PackedMethod(QuantMethod):
             x = silu_and_mul(x)
         return self.matmul(layer, x)
 
-    def gemv(self, layer: torch.nn.Module, x: torch.Tensor, silu_mul: bool) -> torch.Tensor:
-        """The Triton GEMV: x [M <= DOT_MAX_M, K] (or [M, 2K] gate | up) -> [M, N]."""
+    def gemv(self, layer: torch.nn.Module, x: torch.Tensor, silu_mul: bool, **fusions):
+        """The Triton GEMV: x [M <= DOT_MAX_M, K] (or [M, 2K] gate | up) -> [M, N]. `fusions`: the
+        launcher's neighbour keywords (eps, norm_ss, residual, out_norm_weight), where `fusion_wanted`
+        said yes; they change what it returns (`fusion_args.fused_result`)."""
         raise NotImplementedError
 
     def apply_fused(self, layer, x, *, norm=None, residual=None, silu_mul=False, next_norm_weight=None):
@@ -152,16 +154,12 @@ class PackedMethod(QuantMethod):
         gate = x[:, : layer.in_features] if silu_mul else x  # the operand's layout, before the activation
         if not self.fusion_wanted(layer, gate, fusions):
             return None
-        return self.fused_gemv(layer, x, silu_mul, norm.eps if norm is not None else 0.0, fusions)
+        return self.gemv(layer, x, silu_mul, eps=norm.eps if norm is not None else 0.0, **fusions)
 
     def fusion_wanted(self, layer: torch.nn.Module, operand: torch.Tensor, fusions: dict) -> bool:
         """Whether the format's GEMV runs `fusions` (the keywords norm_ss, residual, out_norm_weight of its
         launcher) for this operand (the gate half with the SiLU) with its default config."""
         return False
-
-    def fused_gemv(self, layer: torch.nn.Module, x: torch.Tensor, silu_mul: bool, eps: float, fusions: dict):
-        """The GEMV with `fusions`, where `fusion_wanted` said yes."""
-        raise NotImplementedError
 
     def matmul(self, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Prefill / CPU: the dequantized weight times x."""

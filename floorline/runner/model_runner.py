@@ -158,7 +158,7 @@ class ModelRunner:
         positions = np.arange(int(query_start[-1]), dtype=np.int64) + np.repeat(starts - query_start[:-1], q_lens)
         slots = table[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
         seq_lens = (starts + q_lens).astype(np.int32)
-        fill = np.full(len(input_ids), -1, dtype=np.int64)
+        fill = np.full(len(input_ids) if fill_rows else 0, -1, dtype=np.int64)  # nothing to copy without fills
         fill[fill_rows] = fill_from
         (input_ids_t, positions_t, slots_t, query_start_t, seq_lens_t, table_t, logits_t, fill_t) = to_device_packed(
             [np.asarray(input_ids, dtype=np.int64), positions, slots, query_start.astype(np.int32), seq_lens, table,
