@@ -34,8 +34,8 @@ class QuantGemvConfig(SkinnyConfig):
     """The bf16 skinny GEMM's launch config (block_k counts weights, a multiple of the format's group),
     plus the persistent M = 1 kernels' fields: `programs_per_sm` > 0 launches that many programs per SM,
     each owning one K tile (split = K / block_k) and walking row tiles; `prefetch` loads the next row
-    tile's weights while the current one is summed; `half2` runs the persistent loop (and int4's unpipelined
-    M = 1 K loop; NF4's has no such form, where fp16x2 would add shuffles) in packed fp16x2 (`quant_half2`)
+    tile's weights while the current one is summed; `half2` runs the persistent loop (and int4's M = 1 K
+    loops, pipelined ones in `quant_int4_stream`; NF4's has no such form, where fp16x2 would add shuffles) in packed fp16x2 (`quant_half2`)
     for fp16 / bf16 activations (fp32 ones keep the fp32 loop); `check_config` refuses `prefetch` and `half2`
     on kernels without them; `pairs` runs the 4-bit dot paths that build their operands
     from the words in registers (`quant_pairs`; fp16 / bf16 activations, groups of >= 64); `early_launch`:
@@ -134,7 +134,8 @@ TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
     ('int4', 4096, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False),
     ('int4', 28672, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=10, prefetch=False, half2=True),
     # the down projection's K loop in fp16x2 (eleventh session: 13.7-14.1 us against 14.7-15.1 in fp32)
-    ('int4', 4096, 14336, 1): QuantGemvConfig(block_n=8, block_k=2048, split_k=2, num_warps=2, num_stages=1, use_dot=False, half2=True),
+    # the pipelined fp16x2 K loop (quant_int4_stream), fifteenth H200 session: 11.8-11.9 us against 13.1-13.5
+    ('int4', 4096, 14336, 1): QuantGemvConfig(block_n=8, block_k=1024, split_k=1, num_warps=2, num_stages=3, use_dot=False, half2=True),
     # NF4 qkv launches early as int4's does (2.737 -> 2.702 ms a step); NF4 o_proj at 5 programs an SM, the most
     # its 96 registers let one wave hold, not 6 (2.686 against 2.700: within the noise) (ninth session, A/Bs)
     ('nf4', 6144, 4096, 1): QuantGemvConfig(block_n=16, block_k=4096, split_k=1, num_warps=4, num_stages=1, use_dot=False, programs_per_sm=5, prefetch=False, early_launch=True),
@@ -236,7 +237,7 @@ def check_config(cfg: QuantGemvConfig, m: int, k_unit: int, name: str, dot_min_k
                  four_bit: bool = False, half2_k_loop: bool = False) -> None:
     """Raises a ValueError naming what `cfg` gets wrong for this launch; `four_bit`: the format has the
     persistent, fp16x2 and pair kernels (programs_per_sm, half2, pairs, early_launch); `half2_k_loop`: its
-    unpipelined M = 1 K loop has an fp16x2 form too (int4's)."""
+    M = 1 K loops have an fp16x2 form too (int4's)."""
     check_tiles(cfg, m, name, dot_min_k)
     if cfg.block_k % k_unit:
         raise ValueError(f"{name}: block_k must be a multiple of {k_unit}, got {cfg.block_k}")
@@ -249,8 +250,8 @@ def check_config(cfg: QuantGemvConfig, m: int, k_unit: int, name: str, dot_min_k
     if cfg.prefetch and not cfg.persistent:  # the K loops have no prefetch: refused, not ignored
         raise ValueError(f"{name}: prefetch is an option of the persistent M = 1 kernels (programs_per_sm > 0, "
                          f"use_dot=False), got {cfg}")
-    if cfg.half2 and not cfg.persistent and not (half2_k_loop and not cfg.use_dot and cfg.num_stages == 1):
-        k_loop = " and of this format's unpipelined M = 1 K loop (use_dot=False, num_stages=1)" if half2_k_loop else ""
+    if cfg.half2 and not cfg.persistent and not (half2_k_loop and not cfg.use_dot):
+        k_loop = " and of this format's M = 1 K loops (use_dot=False)" if half2_k_loop else ""
         raise ValueError(f"{name}: half2 is an option of the persistent M = 1 kernels (programs_per_sm > 0, "
                          f"use_dot=False){k_loop}, got {cfg}")
     if cfg.pairs and not cfg.use_dot:

@@ -54,9 +54,11 @@ from floorline.kernels.quant_int4_codes import (
     _load_group_params,
     _row_param_words,
     _unpack_row_params,
+    int4_row_params,
 )
 from floorline.kernels.quant_half2 import int4_mac4, pairs_by_word, x_pairs, x_scale, x_sums
 from floorline.kernels.quant_packing import unpack_int4
+from floorline.kernels.quant_int4_stream import int4_stream_launch
 from floorline.kernels.quant_pairs import int4_pairs_launch, pairs_ok
 from floorline.kernels.quant_x_pairs import int4_x_pairs, load_pair_words
 from floorline.kernels.skinny_gemm import (
@@ -402,6 +404,10 @@ def int4_gemv_triton(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
                  half2_k_loop=True)
     if cfg.persistent:
         return _int4_m1_launch(x, qweight, scales, zeros, k, group, silu_mul, cfg, out, row_params, eps, **fusions)
+    if m == 1 and not cfg.use_dot and cfg.num_stages > 1 and half2_ok(cfg, x):  # the pipelined fp16x2 K loop
+        pairs_x, meta = int4_x_pairs(x, kp, group, silu_mul)
+        rp = row_params if row_params is not None else int4_row_params(scales, zeros)
+        return int4_stream_launch(pairs_x, meta, qweight, rp, k, group, cfg, out, residual, out_norm_weight)
     half2 = not cfg.use_dot and cfg.num_stages == 1 and half2_ok(cfg, x)
     if half2:  # one kernel makes the tiles' x (and takes the SiLU kernel's place)
         x, meta = int4_x_pairs(x, kp, group, silu_mul)

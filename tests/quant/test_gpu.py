@@ -117,11 +117,13 @@ def test_gpu_int4_pipelined_k_loop_matches_reference(k, n, cfg):
 
 K_LOOP_HALF2 = [QuantGemvConfig(8, 2048, split_k=2, num_warps=2, num_stages=1, half2=True),
                 QuantGemvConfig(16, 1024, split_k=4, num_warps=4, num_stages=1, half2=True),
-                QuantGemvConfig(8, 1024, split_k=4, num_warps=1, num_stages=1, half2=True)]
+                QuantGemvConfig(8, 1024, split_k=4, num_warps=1, num_stages=1, half2=True),
+                QuantGemvConfig(8, 1024, split_k=1, num_warps=2, num_stages=3, half2=True),
+                QuantGemvConfig(16, 512, split_k=2, num_warps=4, num_stages=4, half2=True)]
 
 
 @pytest.mark.parametrize("k,n", [(4096, 6144), (14336, 4096), (576, 1536)])
-@pytest.mark.parametrize("cfg", K_LOOP_HALF2, ids=["split2", "w4-split4", "one-warp"])
+@pytest.mark.parametrize("cfg", K_LOOP_HALF2, ids=["split2", "w4-split4", "one-warp", "stream-st3", "stream-st4-split"])
 @pytest.mark.parametrize("silu", [False, True])
 def test_gpu_int4_k_loop_half2_matches_reference(k, n, cfg, silu):
     """The unpipelined int4 K loop in fp16x2 (inline PTX) on `quant_x_pairs`' x, in bf16; with `silu` the

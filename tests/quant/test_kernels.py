@@ -117,10 +117,11 @@ def test_int4_gemv_configs_and_split_k(use_dot, m, stages, split_k, k, block_k, 
 # the unpipelined M = 1 K loop in fp16x2 (per-position x scales): split-K, several K tiles a split, masked K
 # tails (320 = 2.5 tiles), the SiLU operand, groups of 32..128, one- and two-warp programs
 K_LOOP_HALF2 = [QuantGemvConfig(block_n=8, block_k=128, split_k=2, num_warps=2, num_stages=1, half2=True),
-                QuantGemvConfig(block_n=4, block_k=256, split_k=1, num_warps=1, num_stages=1, half2=True)]
+                QuantGemvConfig(block_n=4, block_k=256, split_k=1, num_warps=1, num_stages=1, half2=True),
+                QuantGemvConfig(block_n=8, block_k=128, split_k=2, num_warps=2, num_stages=3, half2=True)]
 
 
-@pytest.mark.parametrize("cfg", K_LOOP_HALF2, ids=["split", "one-warp"])
+@pytest.mark.parametrize("cfg", K_LOOP_HALF2, ids=["split", "one-warp", "pipelined"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("n,k,group", [(72, 512, 64), (40, 320, 32), (24, 384, 128)])
 @pytest.mark.parametrize("silu", [False, True])
@@ -428,11 +429,9 @@ def test_launchers_reject_bad_inputs():
         int4_gemv_triton(torch.randn(1, 128), qw, s, z, 128, 128, config=QuantGemvConfig(4, 128, pairs=True))
     with pytest.raises(ValueError, match="early_launch is an option of the persistent M = 1 kernels"):
         int4_gemv_triton(torch.randn(1, 128), qw, s, z, 128, 128, config=QuantGemvConfig(4, 128, early_launch=True))
-    k_loop_half2 = "half2 is an option of the persistent M = 1 kernels .* and of this format's unpipelined M = 1 K loop"
-    for ignored in (dict(num_stages=2), dict(use_dot=True)):  # the pipelined K loop, the dot path: fp32 only
-        with pytest.raises(ValueError, match=k_loop_half2):
-            int4_gemv_triton(torch.randn(1, 128), qw, s, z, 128, 128,
-                             config=QuantGemvConfig(16, 128, half2=True, **ignored))
+    k_loop_half2 = "half2 is an option of the persistent M = 1 kernels .* and of this format's M = 1 K loops"
+    with pytest.raises(ValueError, match=k_loop_half2):  # the dot path has no fp16x2 form
+        int4_gemv_triton(torch.randn(1, 128), qw, s, z, 128, 128, config=QuantGemvConfig(16, 128, half2=True, use_dot=True))
     with pytest.raises(ValueError, match=r"half2 is an option of the persistent M = 1 kernels \(programs_per_sm > 0, "
                                          r"use_dot=False\), got"):  # NF4's K loop has no fp16x2 form
         nf4_gemv_triton(torch.randn(1, 128), torch.zeros(8, 16, dtype=torch.int32), torch.ones(8, 2), None,
