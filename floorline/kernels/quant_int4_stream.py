@@ -19,35 +19,18 @@ from floorline.kernels.pdl import gdc_wait, pdl_args
 from floorline.kernels.quant_common import _split_tile, geometry
 from floorline.kernels.quant_half2 import int4_mac4, pairs_by_word
 from floorline.kernels.quant_int4_codes import _unpack_row_params
+from floorline.kernels.quant_x_pairs import load_pair_words
 from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
 
 
 @triton.jit
 def _stream_pairs(pairs_ptr, meta_ptr, pos, P, mask, NP: tl.constexpr, MASKED: tl.constexpr):
-    """x pairs of positions pos [1, NP, 1] (`quant_x_pairs`' layout): 16 pair words [1, NP] in `int4_mac4`'s
+    """x pairs of positions pos [1, NP, 1] (`quant_x_pairs`' layout): 16 pair words [1, NP, 1] in `int4_mac4`'s
     order, 1 / scale and the x sum [1, NP]; with MASKED, positions where `mask` is false read as 0."""
-    offs = pos * 4 + tl.arange(0, 4)[None, None, :]
-    mpos = tl.reshape(pos, (1, NP))
-    if MASKED:
-        m4 = tl.broadcast_to(mask, (1, NP, 4))
-        m2 = tl.reshape(mask, (1, NP))
-        a = tl.load(pairs_ptr + offs, mask=m4, other=0)
-        b = tl.load(pairs_ptr + 4 * P + offs, mask=m4, other=0)
-        c = tl.load(pairs_ptr + 8 * P + offs, mask=m4, other=0)
-        d = tl.load(pairs_ptr + 12 * P + offs, mask=m4, other=0)
-        inv_scale = tl.load(meta_ptr + mpos, mask=m2, other=0.0)
-        xsum = tl.load(meta_ptr + P + mpos, mask=m2, other=0.0)
-    else:
-        a = tl.load(pairs_ptr + offs)
-        b = tl.load(pairs_ptr + 4 * P + offs)
-        c = tl.load(pairs_ptr + 8 * P + offs)
-        d = tl.load(pairs_ptr + 12 * P + offs)
-        inv_scale = tl.load(meta_ptr + mpos)
-        xsum = tl.load(meta_ptr + P + mpos)
-    xp = pairs_by_word(a.to(tl.uint32, bitcast=True), b.to(tl.uint32, bitcast=True), c.to(tl.uint32, bitcast=True),
-                       d.to(tl.uint32, bitcast=True), 1, NP)
-    return xp, inv_scale, xsum
+    a, b, c, d, inv_scale, xsum = load_pair_words(pairs_ptr, meta_ptr, tl.reshape(pos, (1, NP, 1, 1)), P,
+                                                  tl.reshape(mask, (1, NP, 1, 1)) if MASKED else None, 1, NP, MASKED)
+    return pairs_by_word(a, b, c, d, 1, NP), tl.reshape(inv_scale, (1, NP)), tl.reshape(xsum, (1, NP))
 
 
 @triton.jit(do_not_specialize=["k_blocks_per_split", "num_splits"])
