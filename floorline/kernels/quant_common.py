@@ -267,6 +267,19 @@ def _slot_dot(acc, xs, w0, w1, w2, w3, w4, w5, w6, w7, BLOCK_N: tl.constexpr, NB
 
 
 @triton.jit
+def _k_loop_epilogue(out, rn, N, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, res_ptr, ss_out_ptr, nw_out_ptr,
+                     scaled_ptr, SPLIT: tl.constexpr, ADD_RESIDUAL: tl.constexpr, SCALE_OUT: tl.constexpr):
+    """An M = 1 K loop's rows out [BN]: stored, or as split-K partials (skinny_gemm's `_epilogue`), with the
+    residual and the next norm's outputs when asked (ADD_RESIDUAL / SCALE_OUT)."""
+    if ADD_RESIDUAL:
+        r = tl.load(res_ptr + rn, mask=rn < N, other=0.0)
+    else:
+        r = None
+    _epilogue(out, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
+              False, SPLIT, r, ss_out_ptr, tile, None, ADD_RESIDUAL, nw_out_ptr, scaled_ptr, SCALE_OUT)
+
+
+@triton.jit
 def _slot_dot_epilogue(acc, rn, M, N, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, BLOCK_M: tl.constexpr,
                        SPLIT: tl.constexpr):
     """Stores the dot path's [BM, BN] tile (rows < M, columns < N), through split-K partials with SPLIT."""

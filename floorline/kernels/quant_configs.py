@@ -35,9 +35,9 @@ class QuantGemvConfig(SkinnyConfig):
     plus the persistent M = 1 kernels' fields: `programs_per_sm` > 0 launches that many programs per SM,
     each owning one K tile (split = K / block_k) and walking row tiles; `prefetch` loads the next row
     tile's weights while the current one is summed; `half2` runs the persistent loop (and int4's M = 1 K
-    loops, pipelined ones in `quant_int4_stream`; NF4's has no such form, where fp16x2 would add shuffles) in packed fp16x2 (`quant_half2`)
-    for fp16 / bf16 activations (fp32 ones keep the fp32 loop); `check_config` refuses `prefetch` and `half2`
-    on kernels without them; `pairs` runs the 4-bit dot paths that build their operands
+    loops, with num_stages > 1 `quant_int4_stream`'s pipelined one; NF4's has no such form, where fp16x2
+    would add shuffles) in packed fp16x2 (`quant_half2`) for fp16 / bf16 activations (fp32 ones keep the
+    fp32 loop); `check_config` refuses `prefetch` and `half2` on kernels without them; `pairs` runs the 4-bit dot paths that build their operands
     from the words in registers (`quant_pairs`; fp16 / bf16 activations, groups of >= 64); `early_launch`:
     the persistent kernel lets its successor launch as it starts (PDL's `gdc_launch_dependents`; the
     8-bit GEMV always does). `programs_per_sm`, `half2`, `pairs` and `early_launch` are 4-bit options: the
@@ -134,7 +134,8 @@ TUNED_CONFIGS: dict[tuple[str, int, int, int], QuantGemvConfig] = {
     ('int4', 4096, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=8, prefetch=False),
     ('int4', 28672, 4096, 1): QuantGemvConfig(block_n=4, block_k=4096, split_k=1, num_warps=2, num_stages=1, use_dot=False, programs_per_sm=10, prefetch=False, half2=True),
     # the down projection's K loop in fp16x2 (eleventh session: 13.7-14.1 us against 14.7-15.1 in fp32)
-    # the pipelined fp16x2 K loop (quant_int4_stream), fifteenth H200 session: 11.8-11.9 us against 13.1-13.5
+    # the pipelined fp16x2 K loop (quant_int4_stream), fifteenth H200 session: 11.8-11.9 us against 13.1-13.5 alone,
+    # 1.90 ms a step against 1.94
     ('int4', 4096, 14336, 1): QuantGemvConfig(block_n=8, block_k=1024, split_k=1, num_warps=2, num_stages=3, use_dot=False, half2=True),
     # NF4 qkv launches early as int4's does (2.737 -> 2.702 ms a step); NF4 o_proj at 5 programs an SM, the most
     # its 96 registers let one wave hold, not 6 (2.686 against 2.700: within the noise) (ninth session, A/Bs)

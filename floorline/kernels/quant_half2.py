@@ -159,13 +159,13 @@ def x_pairs(lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3, scale, D0: tl.constexpr, D1:
 
 
 @triton.jit
-def pairs_by_word(a, b, c, d, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr = 1):
-    """Packed pairs [D0, D1, D2, 4] of the four slot pairs (word e along the last axis) -> the 16 pairs
-    [D0, D1, D2] in the MAC blocks' order: word e's four at 4e..4e + 3."""
-    a0, a1, a2, a3 = split4(a, D0, D1, D2)
-    b0, b1, b2, b3 = split4(b, D0, D1, D2)
-    c0, c1, c2, c3 = split4(c, D0, D1, D2)
-    d0, d1, d2, d3 = split4(d, D0, D1, D2)
+def pairs_by_word(a, b, c, d, D0: tl.constexpr, D1: tl.constexpr):
+    """Packed pairs [D0, D1, 1, 4] of the four slot pairs (word e along the last axis) -> the 16 pairs
+    [D0, D1, 1] in the MAC blocks' order: word e's four at 4e..4e + 3."""
+    a0, a1, a2, a3 = split4(a, D0, D1, 1)
+    b0, b1, b2, b3 = split4(b, D0, D1, 1)
+    c0, c1, c2, c3 = split4(c, D0, D1, 1)
+    d0, d1, d2, d3 = split4(d, D0, D1, 1)
     return a0, b0, c0, d0, a1, b1, c1, d1, a2, b2, c2, d2, a3, b3, c3, d3
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from floorline.kernels.fusion_args import fused_outputs, fused_result, ptr_or
 from floorline.kernels.pdl import gdc_launch_dependents, gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
+    _k_loop_epilogue,
     _persistent_reduce,
     _persistent_store,
     _row_words,
@@ -62,7 +63,6 @@ from floorline.kernels.quant_int4_stream import int4_stream_launch
 from floorline.kernels.quant_pairs import int4_pairs_launch, pairs_ok
 from floorline.kernels.quant_x_pairs import int4_x_pairs, load_pair_words
 from floorline.kernels.skinny_gemm import (
-    _epilogue,
     _load_ss_parts,
     _rstd,
 )
@@ -198,12 +198,8 @@ def _int4_gemv_kernel(
                 q_ptrs += BLOCK_K // 8
                 x_ptrs += BLOCK_K
         out = tl.sum(tl.sum(acc, axis=0), axis=0)
-        if ADD_RESIDUAL:
-            r = tl.load(res_ptr + rn, mask=rn < N, other=0.0)
-        else:
-            r = None
-        _epilogue(out, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
-                  False, SPLIT, r, ss_out_ptr, tile, None, ADD_RESIDUAL, nw_out_ptr, scaled_ptr, SCALE_OUT)
+        _k_loop_epilogue(out, rn, N, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, res_ptr, ss_out_ptr,
+                         nw_out_ptr, scaled_ptr, SPLIT, ADD_RESIDUAL, SCALE_OUT)
 
 
 @triton.jit

@@ -1,26 +1,26 @@
-"""int4's pipelined M = 1 K loop: row-outer tiles through cp.async, summed in packed fp16x2.
+"""int4's pipelined M = 1 K loop: [row, word] tiles through cp.async, summed in packed fp16x2.
 
 The unpipelined K loop (`quant_int4._int4_gemv_kernel`) loads a tile and then sums it, so a program's
 loads and its math never overlap; 8-bit's pipelined K loop keeps several tiles in flight through shared
-memory and reaches ~75% of DRAM on the H200. The 4-bit tiles of that loop, [chunk, group, row, word],
-spread a warp's 16-byte chunks 128 bytes apart in shared memory (8-way bank conflicts on the cp.async
-writes and the reads back). Here a tile is [row, group, chunk, word]: for each row its words are
-contiguous, so a warp's chunks sit side by side, and the scales come from `int4_row_params` (4 bytes a
-row and group, contiguous along the groups) so they are copied with the tile instead of loaded 2 bytes at
-a time. The math is `quant_half2`'s on `quant_x_pairs`' x pairs (made once a call).
+memory and reaches ~75% of DRAM on the H200. Earlier pipelined 4-bit loops ([chunk, group, row, word]
+tiles, fp32 math) lost to 8-way shared-memory bank conflicts. Here a tile is loaded as [row, word], one
+arange along a row's words, so cp.async puts a warp's lanes along 512 contiguous bytes and the shared
+tile is row-major (conflict-free); it is then reshaped to [row, chunk, word], a chunk being one x
+position (4 words, 32 codes, of one group). The scales come from `int4_row_params` loaded [row, group]
+(contiguous along the groups) and are copied with the tile; gathered per chunk, they pulled Triton's
+layout to lanes along rows (16-way conflicts). The math is `quant_half2`'s on `quant_x_pairs`' x pairs
+(made once a call).
 """
-
 from __future__ import annotations
 
 import torch
 
 from floorline.kernels.fusion_args import fused_outputs, fused_result, ptr_or
 from floorline.kernels.pdl import gdc_wait, pdl_args
-from floorline.kernels.quant_common import _split_tile, geometry
+from floorline.kernels.quant_common import _k_loop_epilogue, _split_tile, geometry
 from floorline.kernels.quant_half2 import int4_mac4, pairs_by_word
 from floorline.kernels.quant_int4_codes import _unpack_row_params
 from floorline.kernels.quant_x_pairs import load_pair_words
-from floorline.kernels.skinny_gemm import _epilogue
 from floorline.kernels.triton_compat import tl, triton
 
 
@@ -51,13 +51,13 @@ def _int4_stream_kernel(
         gdc_wait()
     NP: tl.constexpr = BLOCK_K // 32  # chunks (x positions) a tile
     NC: tl.constexpr = GROUP // 32  # chunks a group
+    NB: tl.constexpr = BLOCK_K // GROUP  # groups a tile
     tile, split, k_start, k_end, rn, rn_w = _split_tile(Kp, k_blocks_per_split, N, BLOCK_N, BLOCK_K)
-    rows = rn_w.to(tl.int64)[:, None, None]
+    rows = rn_w.to(tl.int64)[:, None]
     rp_ = tl.arange(0, NP)[None, :, None]  # [1, NP, 1]
     # [BN, words]: one arange along a row's words, so the copy's layout spreads a warp's lanes along them
-    q_ptrs = q_ptr + rn_w.to(tl.int64)[:, None] * stride_qn + k_start // 8 + tl.arange(0, BLOCK_K // 8)[None, :]
-    NB: tl.constexpr = BLOCK_K // GROUP  # groups a tile
-    rp_ptrs = rp_ptr + rn_w.to(tl.int64)[:, None] * num_groups + k_start // GROUP + tl.arange(0, NB)[None, :]
+    q_ptrs = q_ptr + rows * stride_qn + k_start // 8 + tl.arange(0, BLOCK_K // 8)[None, :]
+    rp_ptrs = rp_ptr + rows * num_groups + k_start // GROUP + tl.arange(0, NB)[None, :]
     acc = tl.zeros([BLOCK_N, NP], dtype=tl.float32)
     for k in tl.range(k_start, k_end, BLOCK_K, num_stages=NUM_STAGES):
         if EVEN_K:
@@ -77,13 +77,8 @@ def _int4_stream_kernel(
         acc += (s * inv_scale) * (tl.reshape(t, (BLOCK_N, NP)) + (8.0 - z) * xsum)
         q_ptrs += BLOCK_K // 8
         rp_ptrs += BLOCK_K // GROUP
-    out = tl.sum(acc, axis=1)
-    if ADD_RESIDUAL:
-        r = tl.load(res_ptr + rn, mask=rn < N, other=0.0)
-    else:
-        r = None
-    _epilogue(out, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
-              False, SPLIT, r, ss_out_ptr, tile, None, ADD_RESIDUAL, nw_out_ptr, scaled_ptr, SCALE_OUT)
+    _k_loop_epilogue(tl.sum(acc, axis=1), rn, N, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, res_ptr,
+                     ss_out_ptr, nw_out_ptr, scaled_ptr, SPLIT, ADD_RESIDUAL, SCALE_OUT)
 
 
 def int4_stream_launch(pairs: torch.Tensor, meta: torch.Tensor, qweight: torch.Tensor, row_params: torch.Tensor,

@@ -26,6 +26,7 @@ from floorline.kernels.fusion_args import fused_outputs, fused_result, ptr_or
 from floorline.kernels.nf4_lookup import NF4_CODE, lookup_id, nf4_code_of, nf4_lane_table
 from floorline.kernels.pdl import gdc_launch_dependents, gdc_wait, pdl_args
 from floorline.kernels.quant_common import (
+    _k_loop_epilogue,
     _load_x,
     _persistent_reduce,
     _persistent_store,
@@ -51,7 +52,6 @@ from floorline.kernels.quant_nf4_state import _block_absmax, _row_state
 from floorline.kernels.quant_packing import unpack_nf4
 from floorline.kernels.quant_pairs import nf4_pairs_launch, pairs_ok
 from floorline.kernels.skinny_gemm import (
-    _epilogue,
     _load_ss_parts,
     _rstd,
 )
@@ -168,12 +168,8 @@ def _nf4_gemv_kernel(
                                       NESTED, EVEN_K)
             acc = _nf4_fma_tile(acc, w, absmax, x_ptrs, code_ptr, table, k, rb, KB, K, LOOKUP, EVEN_K)
         out = tl.sum(tl.sum(acc, axis=0), axis=0)
-        if ADD_RESIDUAL:
-            r = tl.load(res_ptr + rn, mask=rn < N, other=0.0)
-        else:
-            r = None
-        _epilogue(out, rn, rn, rn < N, out_ptr, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, N, N,
-                  False, SPLIT, r, ss_out_ptr, tile, None, ADD_RESIDUAL, nw_out_ptr, scaled_ptr, SCALE_OUT)
+        _k_loop_epilogue(out, rn, N, out_ptr, ws_ptr, cnt_ptr, tile, split, num_splits, res_ptr, ss_out_ptr,
+                         nw_out_ptr, scaled_ptr, SPLIT, ADD_RESIDUAL, SCALE_OUT)
 
 
 @triton.jit

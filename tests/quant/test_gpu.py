@@ -126,8 +126,9 @@ K_LOOP_HALF2 = [QuantGemvConfig(8, 2048, split_k=2, num_warps=2, num_stages=1, h
 @pytest.mark.parametrize("cfg", K_LOOP_HALF2, ids=["split2", "w4-split4", "one-warp", "stream-st3", "stream-st4-split"])
 @pytest.mark.parametrize("silu", [False, True])
 def test_gpu_int4_k_loop_half2_matches_reference(k, n, cfg, silu):
-    """The unpipelined int4 K loop in fp16x2 (inline PTX) on `quant_x_pairs`' x, in bf16; with `silu` the
-    pairs kernel applies the SiLU-and-mul of gate | up, as for the down projection."""
+    """The int4 K loops in fp16x2 (inline PTX; unpipelined, and pipelined with num_stages > 1) on
+    `quant_x_pairs`' x, in bf16; with `silu` the pairs kernel applies the SiLU-and-mul of gate | up, as for
+    the down projection."""
     layer, w = _layer("int4", k, n)
     x = torch.randn(1, 2 * k if silu else k, device="cuda", dtype=torch.bfloat16)
     ref = F.linear((silu_and_mul(x) if silu else x).float(), w)

@@ -114,8 +114,8 @@ def test_int4_gemv_configs_and_split_k(use_dot, m, stages, split_k, k, block_k, 
     _close(int4_gemv_triton(x, qw, s, z, k, 64, config=cfg), int4_gemm_ref(x, qw, s, z, k, 64), torch.float32, seed)
 
 
-# the unpipelined M = 1 K loop in fp16x2 (per-position x scales): split-K, several K tiles a split, masked K
-# tails (320 = 2.5 tiles), the SiLU operand, groups of 32..128, one- and two-warp programs
+# the M = 1 K loops in fp16x2 (per-position x scales), unpipelined and pipelined (quant_int4_stream): split-K,
+# several K tiles a split, masked K tails (320 = 2.5 tiles), the SiLU operand, groups of 32..128, 1-2 warps
 K_LOOP_HALF2 = [QuantGemvConfig(block_n=8, block_k=128, split_k=2, num_warps=2, num_stages=1, half2=True),
                 QuantGemvConfig(block_n=4, block_k=256, split_k=1, num_warps=1, num_stages=1, half2=True),
                 QuantGemvConfig(block_n=8, block_k=128, split_k=2, num_warps=2, num_stages=3, half2=True)]
